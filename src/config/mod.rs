@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use cidr::Cidr;
+pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, ConfigErrors};
 
 /// A complete, validated configuration.

@@ -1,0 +1,215 @@
+//! The configuration file exactly as written in TOML, before any meaning is given to it.
+//!
+//! Every table denies unknown keys, so a misspelt key is an error, not a silently ignored
+//! setting. Values that a semantic check may complain about are `Spanned`, so the error can
+//! point at them. Enumerations (algorithm, protocol, log format) and durations stay strings
+//! here: `validate.rs` turns them into types with messages that list the valid values, which
+//! serde's own "unknown variant" errors would not do as well.
+//!
+//! Keys that are part of sluice's format but not implemented yet are accepted as raw
+//! `toml::Value`s so that validation can say exactly that, instead of "unknown field".
+//!
+//! Defaults live in `validate.rs`, next to the checks, so that a missing key and a written
+//! one take the same path.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A key the format reserves for a later version: accepted here, rejected by validation.
+pub(super) type Later = Option<Spanned<toml::Value>>;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct File {
+    pub server: Option<ServerFile>,
+    pub admin: Option<Spanned<AdminFile>>,
+    pub log: Option<LogFile>,
+    #[serde(default)]
+    pub listener: Vec<Spanned<ListenerFile>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RouteFile>>,
+    #[serde(default)]
+    pub pool: Pools,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ServerFile {
+    pub workers: Option<usize>,
+    pub shutdown_timeout: Option<Spanned<DurationText>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub state_dir: Option<String>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AdminFile {
+    pub bind: Option<Spanned<String>>,
+    pub token: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LogFile {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access_log: Option<bool>,
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerFile {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    pub header_read_timeout: Option<Spanned<DurationText>>,
+    pub idle_timeout: Option<Spanned<DurationText>>,
+    pub max_header_bytes: Option<Spanned<usize>>,
+    pub max_uri_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    pub max_body_bytes: Option<u64>,
+    pub tls: Later,
+    pub redirect_https: Later,
+    pub hsts: Later,
+}
+
+/// One `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteFile {
+    pub listener: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub pool: Spanned<String>,
+    pub strip_prefix: Later,
+    pub split: Later,
+}
+
+/// One `[pool.NAME]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PoolFile {
+    pub algorithm: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub backends: Option<Spanned<Vec<BackendFile>>>,
+    pub timeouts: Option<TimeoutsFile>,
+    pub hash_key: Later,
+    pub slow_start: Later,
+    pub all_unhealthy: Later,
+    pub tls: Later,
+    pub health_check: Later,
+    pub outlier_detection: Later,
+    pub retry: Later,
+    pub limits: Later,
+}
+
+/// `{ address = "...", weight = N }` in `pool.NAME.backends`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BackendFile {
+    pub address: Spanned<String>,
+    /// Signed so that a negative weight gets sluice's range message rather than serde's.
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// `[pool.NAME.timeouts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TimeoutsFile {
+    pub connect: Option<Spanned<DurationText>>,
+    pub request: Option<Spanned<DurationText>>,
+    pub idle: Option<Spanned<DurationText>>,
+}
+
+/// The `[pool.*]` tables in file order, each with its name.
+///
+/// A plain map would come out sorted by name (toml keeps tables in a `BTreeMap` unless its
+/// `preserve_order` feature is on), but pools are documented to keep file order, so the
+/// entries are sorted by where their name appears.
+#[derive(Debug, Default)]
+pub(super) struct Pools(pub Vec<(Spanned<String>, PoolFile)>);
+
+impl<'de> Deserialize<'de> for Pools {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PoolsVisitor;
+
+        impl<'de> Visitor<'de> for PoolsVisitor {
+            type Value = Pools;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of pools, one `[pool.NAME]` each")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pools, A::Error> {
+                let mut pools = Vec::new();
+                while let Some(name) = map.next_key::<Spanned<String>>()? {
+                    pools.push((name, map.next_value::<PoolFile>()?));
+                }
+                pools.sort_by_key(|(name, _)| name.span().start);
+                Ok(Pools(pools))
+            }
+        }
+
+        deserializer.deserialize_map(PoolsVisitor)
+    }
+}
+
+/// A duration as written. Numbers are accepted here only so that validation can answer
+/// `timeout = 5` with "durations need a unit" instead of serde's "expected a string".
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum DurationText {
+    Text(String),
+    Number(f64),
+}
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+
+        impl Visitor<'_> for DurationVisitor {
+            type Value = DurationText;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration string with a unit, like \"250ms\", \"5s\", \"1m\" or \"1h\"")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {
+                Ok(DurationText::Text(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<DurationText, E> {
+                // Precision does not matter: the value is only echoed back in an error.
+                Ok(DurationText::Number(v as f64))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationText, E> {
+                Ok(DurationText::Number(v as f64))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<DurationText, E> {
+                Ok(DurationText::Number(v))
+            }
+        }
+
+        deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+/// Parses the whole file. On failure the errors are toml's own: every syntax error it can
+/// find (its parser recovers and goes on), or else the first unknown key or wrong type, where
+/// serde stops. Never an empty list.
+pub(super) fn parse(text: &str) -> Result<File, Vec<toml::de::Error>> {
+    let (_, syntax) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        return Err(syntax);
+    }
+    toml::from_str(text).map_err(|e| vec![e])
+}

@@ -1,0 +1,115 @@
+//! The one-screen summary `sluice check` prints for a valid configuration: enough to confirm
+//! that sluice understood the file the way its writer meant, not a dump of every setting.
+
+use std::fmt::Write;
+
+use crate::config::{Config, HostMatch};
+
+pub(in crate::config) fn summary(config: &Config) -> String {
+    let mut out = format!("{} is valid\n", config.source.display());
+    let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+    let _ = writeln!(
+        out,
+        "  {}, {}, {}, {}",
+        count(config.listeners.len(), "listener"),
+        count(config.routes.len(), "route"),
+        count(config.pools.len(), "pool"),
+        count(backends, "backend"),
+    );
+    let _ = match &config.admin {
+        Some(admin) => writeln!(
+            out,
+            "  admin API on {} ({})",
+            admin.bind,
+            if admin.token.is_some() {
+                "token required"
+            } else {
+                "no token"
+            }
+        ),
+        None => writeln!(out, "  admin API disabled"),
+    };
+
+    out.push_str("listeners:\n");
+    let rows = config
+        .listeners
+        .iter()
+        .map(|l| vec![l.name.clone(), l.bind.to_string()]);
+    table(&mut out, rows);
+
+    out.push_str("routes:\n");
+    let rows = config.routes.iter().map(|r| {
+        let listener = r
+            .listener
+            .and_then(|i| config.listeners.get(i))
+            .map_or("*", |l| l.name.as_str());
+        let host = match &r.host {
+            HostMatch::Any => "*".to_string(),
+            HostMatch::Exact(host) => host.clone(),
+            HostMatch::Wildcard(suffix) => format!("*{suffix}"),
+        };
+        let pool = config.pools.get(r.pool).map_or("?", |p| p.name.as_str());
+        vec![
+            listener.to_string(),
+            host,
+            r.path_prefix.clone(),
+            format!("-> {pool}"),
+        ]
+    });
+    table(&mut out, rows);
+
+    out.push_str("pools:\n");
+    let rows = config.pools.iter().map(|p| {
+        let backends: Vec<String> = p
+            .backends
+            .iter()
+            .map(|b| {
+                // Show what a name resolved to: the address that will actually be dialled.
+                if b.address == b.resolved.to_string() {
+                    format!("{} (weight {})", b.address, b.weight)
+                } else {
+                    format!("{} = {} (weight {})", b.address, b.resolved, b.weight)
+                }
+            })
+            .collect();
+        vec![
+            p.name.clone(),
+            p.algorithm.as_str().to_string(),
+            backends.join(", "),
+        ]
+    });
+    table(&mut out, rows);
+    out.truncate(out.trim_end().len());
+    out
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Writes rows indented by two spaces, with columns padded to line up.
+fn table(out: &mut String, rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "  {cell:width$}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+}

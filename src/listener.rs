@@ -1,0 +1,428 @@
+//! Accepting and serving downstream connections: socket options, the connection limit,
+//! HTTP/1.1 and HTTP/2 (prior knowledge) on one port, per-connection timeouts, graceful shutdown.
+//!
+//! hyper's own header-read timer starts at different moments across versions and does not run
+//! while hyper-util detects the protocol, so sluice times connection phases itself: a
+//! `ConnState` records when a request head started arriving and when the connection went idle,
+//! and a watchdog, polled in the connection's own task, closes it when a phase overruns.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config;
+use crate::proxy::{headers, ConnContext, Proxy};
+use crate::state::Shared;
+
+const NONE: u64 = u64::MAX;
+
+/// Timing state of one downstream connection, shared by its requests and its watchdog.
+#[derive(Debug)]
+pub struct ConnState {
+    epoch: Instant,
+    inflight: AtomicUsize,
+    /// Milliseconds after `epoch` when the current request head began to arrive, or `NONE`.
+    head_since: AtomicU64,
+    /// Milliseconds after `epoch` when the last request finished.
+    idle_since: AtomicU64,
+    /// HTTP/2 frames between requests are not request heads.
+    h2: AtomicBool,
+}
+
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            epoch: Instant::now(),
+            inflight: AtomicUsize::new(0),
+            // A new connection must deliver its first head within the header timeout.
+            head_since: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    /// A request arrived: its head is complete, and it is in flight until the guard drops.
+    pub fn request_started(self: &Arc<Self>, h2: bool) -> ActiveRequest {
+        if h2 {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(NONE, Ordering::Relaxed);
+        ActiveRequest(self.clone())
+    }
+
+    fn on_read(&self) {
+        if self.inflight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == NONE
+            && !self.h2.load(Ordering::Relaxed)
+        {
+            self.head_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// What the watchdog should do now.
+    fn verdict(&self, now: Instant, timeouts: &Timeouts) -> Verdict {
+        if self.inflight.load(Ordering::Relaxed) > 0 {
+            // A request's own timeouts govern it; look again later.
+            return Verdict::Wait(None);
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        let (deadline, expired) = if head != NONE {
+            (self.at(head) + timeouts.header_read, Verdict::SlowHead)
+        } else {
+            let idle = self.idle_since.load(Ordering::Relaxed);
+            (self.at(idle) + timeouts.idle, Verdict::Idle)
+        };
+        if now >= deadline {
+            expired
+        } else {
+            Verdict::Wait(Some(deadline))
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Wait(Option<Instant>),
+    Idle,
+    SlowHead,
+}
+
+/// RAII: one request in flight on a connection.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<ConnState>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        let state = &self.0;
+        if state.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            state.idle_since.store(state.now_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// The socket, reporting reads to the connection's `ConnState`.
+struct WatchedIo {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.state.on_read();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// One listener socket served by one worker.
+pub struct Acceptor {
+    pub shared: Arc<Shared>,
+    /// Index into the config's listeners.
+    pub index: usize,
+    pub worker: usize,
+    pub listener: TcpListener,
+    pub settings: config::Listener,
+}
+
+impl Acceptor {
+    /// Accepts until `shutdown`, spawning each connection on `tracker`.
+    pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        let builder = Arc::new(http_builder(&self.settings));
+        let timeouts = Timeouts {
+            header_read: self.settings.header_read_timeout,
+            idle: self.settings.idle_timeout,
+        };
+        loop {
+            // Beyond `max_connections`, wait for a slot before accepting: excess connections queue
+            // in the kernel's backlog instead of costing memory here.
+            let permit = tokio::select! {
+                permit = self.shared.connections.clone().acquire_owned() => permit,
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        accept_error(&self.settings.name, e).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+            let state = Arc::new(ConnState::new());
+            let ctx = ConnContext {
+                shared: self.shared.clone(),
+                listener: self.index,
+                worker: self.worker,
+                peer,
+                peer_value: headers::peer_value(peer.ip()),
+                conn: state.clone(),
+            };
+            let builder = builder.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                serve(&builder, stream, state, ctx, timeouts, shutdown).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn accept_error(listener: &str, e: io::Error) {
+    // Running out of file descriptors must not turn into a busy loop: back off briefly.
+    tracing::warn!(listener, error = %e, "accept failed");
+    if !matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+    ) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn http_builder(settings: &config::Listener) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The watchdog times heads and idle connections; hyper's timer would fight it.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        // Room for the largest allowed head, so sluice's own checks answer 414 and 431 with a
+        // body and a request id; only far larger heads meet hyper's bare 431.
+        .max_buf_size((settings.max_header_bytes + settings.max_uri_bytes + 1024).max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32);
+    builder
+}
+
+async fn serve(
+    builder: &auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    ctx: ConnContext,
+    timeouts: Timeouts,
+    shutdown: CancellationToken,
+) {
+    let peer = ctx.peer;
+    let io = TokioIo::new(WatchedIo {
+        stream,
+        state: state.clone(),
+    });
+    let conn = builder.serve_connection(io, Proxy(Arc::new(ctx)));
+    let mut conn = pin!(conn);
+    let mut stopping = pin!(shutdown.cancelled());
+    let mut sleep = pin!(tokio::time::sleep(timeouts.header_read));
+    let mut closing = false;
+    let outcome = poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(result.err());
+        }
+        if !closing && stopping.as_mut().poll(cx).is_ready() {
+            // Finish what is in flight, close idle keep-alive connections, accept no more.
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+            return poll_again(cx);
+        }
+        match watchdog(cx, &state, &timeouts, sleep.as_mut(), closing) {
+            Action::Wait => Poll::Pending,
+            Action::Close(why) => {
+                tracing::debug!(%peer, why, "closing connection");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                // A graceful close gets the header timeout to finish before it is cut.
+                sleep.as_mut().reset(Instant::now() + timeouts.header_read);
+                poll_again(cx)
+            }
+            Action::Drop(why) => {
+                tracing::debug!(%peer, why, "dropping connection");
+                Poll::Ready(None)
+            }
+        }
+    })
+    .await;
+    if let Some(e) = outcome {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Wakes the task again at once: after a state change that the connection must see.
+fn poll_again<T>(cx: &mut Context<'_>) -> Poll<T> {
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
+#[derive(Debug, PartialEq)]
+enum Action {
+    Wait,
+    /// Close gracefully (idle: nothing is lost).
+    Close(&'static str),
+    /// Cut the connection now.
+    Drop(&'static str),
+}
+
+/// Checks the connection's phase deadline. Only re-arms the timer when a deadline is earlier
+/// than the armed one (or the armed one has passed), so a busy keep-alive connection costs no
+/// timer operation per request.
+fn watchdog(
+    cx: &mut Context<'_>,
+    state: &ConnState,
+    timeouts: &Timeouts,
+    mut sleep: Pin<&mut Sleep>,
+    closing: bool,
+) -> Action {
+    loop {
+        let now = Instant::now();
+        match state.verdict(now, timeouts) {
+            Verdict::Wait(deadline) => {
+                let deadline = deadline.unwrap_or(now + timeouts.idle.max(timeouts.header_read));
+                if deadline < sleep.deadline() || sleep.deadline() <= now {
+                    sleep.as_mut().reset(deadline);
+                }
+            }
+            Verdict::SlowHead => return Action::Drop("request head not received in time"),
+            Verdict::Idle if !closing => return Action::Close("idle"),
+            // Already closing: the timer is the grace period, and its end cuts the connection.
+            Verdict::Idle => {
+                return match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Action::Drop("graceful close took too long"),
+                    Poll::Pending => Action::Wait,
+                }
+            }
+        }
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Action::Wait;
+        }
+    }
+}
+
+/// Binds a listening socket for `addr` with the options every listener uses. With
+/// `reuse_port`, several workers can each bind their own socket to the same address and the
+/// kernel spreads connections among them.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts {
+        header_read: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_give_the_right_deadlines() {
+        let state = Arc::new(ConnState::new());
+        let start = state.epoch;
+        // A fresh connection must send its head within the header timeout.
+        assert_eq!(state.verdict(start, &T), Verdict::Wait(Some(start + T.header_read)));
+        assert_eq!(state.verdict(start + T.header_read, &T), Verdict::SlowHead);
+
+        let active = state.request_started(false);
+        assert_eq!(state.verdict(start + Duration::from_secs(500), &T), Verdict::Wait(None));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(active);
+        // Idle: measured from the end of the last request.
+        let idle_from = start + Duration::from_secs(5);
+        assert_eq!(state.verdict(idle_from, &T), Verdict::Wait(Some(idle_from + T.idle)));
+        assert_eq!(state.verdict(idle_from + T.idle, &T), Verdict::Idle);
+
+        // The first byte of the next head switches to the header timeout.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        state.on_read();
+        let head_from = idle_from + Duration::from_secs(20);
+        assert_eq!(state.verdict(head_from, &T), Verdict::Wait(Some(head_from + T.header_read)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_frames_between_requests_are_not_heads() {
+        let state = Arc::new(ConnState::new());
+        drop(state.request_started(true));
+        state.on_read();
+        let now = Instant::now();
+        assert_eq!(state.verdict(now, &T), Verdict::Wait(Some(now + T.idle)));
+    }
+}

@@ -1,0 +1,84 @@
+//! Every way a request can fail, where the failure came from, and the status it maps to.
+//! This is the one place that turns a cause into an HTTP status.
+
+use http::StatusCode;
+
+/// Who caused a failure: decides the status class and whether a retry elsewhere may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Backend,
+    Sluice,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("malformed request: {0}")]
+    BadRequest(&'static str),
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("request header fields too large")]
+    HeadersTooLarge,
+    #[error("request body larger than the listener allows")]
+    BodyTooLarge,
+    #[error("no route matches this host and path")]
+    NoRoute,
+    #[error("no backend of the pool can take traffic")]
+    NoBackend,
+    #[error("connecting to the backend failed: {0}")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("the backend failed: {0}")]
+    Upstream(#[source] hyper_util::client::legacy::Error),
+    #[error("the backend did not answer in time")]
+    Timeout,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn origin(&self) -> Origin {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::UriTooLong
+            | ProxyError::HeadersTooLarge
+            | ProxyError::BodyTooLarge => Origin::Client,
+            ProxyError::NoRoute | ProxyError::NoBackend => Origin::Sluice,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
+                Origin::Backend
+            }
+        }
+    }
+
+    /// The connection must close after the answer: the request's framing cannot be trusted, so
+    /// whatever follows it on the connection cannot be either.
+    pub fn closes_connection(&self) -> bool {
+        self.origin() == Origin::Client
+    }
+
+    /// The short plain-text body of the local answer: the status line's reason and the cause.
+    /// Static text: a local answer never reflects request bytes back.
+    pub fn body(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::UriTooLong => "request target too long\n",
+            ProxyError::HeadersTooLarge => "request header fields too large\n",
+            ProxyError::BodyTooLarge => "request body too large\n",
+            ProxyError::NoRoute => "no route matches this host and path\n",
+            ProxyError::NoBackend => "no backend available\n",
+            ProxyError::Connect(_) => "bad gateway: could not connect to the backend\n",
+            ProxyError::Upstream(_) => "bad gateway: the backend failed\n",
+            ProxyError::Timeout => "gateway timeout: the backend did not answer in time\n",
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Header rules, pure: strict framing checks, hop-by-hop removal, forwarding headers, request ids.
+//!
+//! hyper accepts several ambiguous HTTP/1 framings that a proxy must not forward (request
+//! smuggling), so `check_request` re-checks what hyper let through.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Version};
+
+use super::error::ProxyError;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Rejects what cannot be forwarded unambiguously. Runs before routing: a rejected request is
+/// never forwarded, and its connection is closed.
+pub fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
+    }
+    let headers = req.headers();
+    for upgrade in headers.get_all(header::UPGRADE) {
+        let Ok(v) = upgrade.to_str() else {
+            return Err(ProxyError::BadRequest("invalid Upgrade header\n"));
+        };
+        if v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")) {
+            return Err(ProxyError::BadRequest("Upgrade: h2c is not supported\n"));
+        }
+    }
+    match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => check_h2_authority(req),
+        version => check_h1_framing(req, version),
+    }
+}
+
+fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header\n"));
+    }
+    match host {
+        None if version == Version::HTTP_11 => {
+            return Err(ProxyError::BadRequest("missing Host header\n"))
+        }
+        None => {}
+        Some(host) => {
+            let valid = http::uri::Authority::try_from(host.as_bytes())
+                .is_ok_and(|a| a.as_str().len() == host.len() && !host.is_empty());
+            if !valid {
+                return Err(ProxyError::BadRequest("invalid Host header\n"));
+            }
+            // Absolute-form target: its authority must name the same host as `Host`.
+            if let Some(authority) = req.uri().authority() {
+                if !authority.as_str().eq_ignore_ascii_case(host.to_str().unwrap_or("")) {
+                    return Err(ProxyError::BadRequest(
+                        "request target and Host name different hosts\n",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(scheme) = req.uri().scheme_str() {
+        if scheme != "http" && scheme != "https" {
+            return Err(ProxyError::BadRequest("unsupported scheme in request target\n"));
+        }
+    }
+
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next();
+    if lengths.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Content-Length header\n"));
+    }
+    if let Some(len) = length {
+        let digits = len.as_bytes();
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(ProxyError::BadRequest("invalid Content-Length\n"));
+        }
+    }
+
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(te) = codings.next() {
+        if length.is_some() {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding\n",
+            ));
+        }
+        if version != Version::HTTP_11 {
+            return Err(ProxyError::BadRequest("Transfer-Encoding in HTTP/1.0\n"));
+        }
+        // Only a single, plain `chunked` is unambiguous: stacked, repeated or unknown codings
+        // are read differently by different servers.
+        if codings.next().is_some() || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
+        {
+            return Err(ProxyError::BadRequest("unsupported Transfer-Encoding\n"));
+        }
+    }
+    Ok(())
+}
+
+/// HTTP/2 carries the host in `:authority`; a `Host` header that disagrees makes the request
+/// ambiguous.
+fn check_h2_authority<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header\n"));
+    }
+    if let (Some(host), Some(authority)) = (host, req.uri().authority()) {
+        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+            return Err(ProxyError::BadRequest(":authority and Host name different hosts\n"));
+        }
+    }
+    Ok(())
+}
+
+/// The host a request names: `Host` (HTTP/1), else the target's authority (HTTP/2 `:authority`).
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok(),
+        None => req.uri().authority().map(|a| a.as_str()),
+    }
+}
+
+/// Headers a client or backend cannot make sluice drop by naming them in `Connection`: the ones
+/// sluice sets itself and the ones that frame the message.
+fn is_protected(name: &HeaderName) -> bool {
+    name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REQUEST_ID
+}
+
+/// Removes hop-by-hop headers (RFC 9110 section 7.6.1) and every header named in `Connection`,
+/// except protected ones. `TE: trailers` survives: it is end-to-end in practice (gRPC needs it).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
+        let (_, values) = connection.remove_entry_mult();
+        let named: Vec<HeaderName> = values
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .flat_map(|v| {
+                v.split(',')
+                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for name in named {
+            if !is_protected(&name) {
+                headers.remove(&name);
+            }
+        }
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::UPGRADE);
+    headers.remove(header::TRAILER);
+    if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted peer the existing chain is
+/// extended and its `-Proto`/`-Host` kept; from anyone else they are replaced, so a client
+/// cannot forge its address.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    trusted: bool,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
+    let chain = if trusted {
+        let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+        if existing.peek().is_some() {
+            let mut joined = Vec::with_capacity(64);
+            for v in existing {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), chain.unwrap_or_else(|| peer.clone()));
+    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST.clone(), host);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// The peer address as a header value, made once per connection.
+pub fn peer_value(ip: IpAddr) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+}
+
+/// A new request id: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    thread_local! {
+        static RNG: Cell<(u64, u64)> = Cell::new({
+            let s = RandomState::new();
+            (s.hash_one(1u8) | 1, s.hash_one(2u8) | 1)
+        });
+    }
+    let (hi, lo) = RNG.with(|rng| {
+        let (mut a, mut b) = rng.get();
+        let mut next = || {
+            // xorshift128+: fast, and ids need uniqueness, not secrecy.
+            let (mut s1, s0) = (a, b);
+            a = s0;
+            s1 ^= s1 << 23;
+            b = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+            b.wrapping_add(s0)
+        };
+        let out = (next(), next());
+        rng.set((a, b));
+        out
+    });
+    let mut buf = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, byte) in hi.to_be_bytes().iter().chain(lo.to_be_bytes().iter()).enumerate() {
+        buf[2 * i] = HEX[usize::from(byte >> 4)];
+        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+}
+
+#[cfg(test)]
+mod tests;

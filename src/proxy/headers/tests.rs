@@ -1,0 +1,133 @@
+use super::*;
+
+fn req(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut b = Request::builder().version(version).uri(target);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap()
+}
+
+#[test]
+fn framing_table() {
+    use Version::{HTTP_10, HTTP_11};
+    let ok = Ok(());
+    let bad = |s| Err(s);
+    #[rustfmt::skip]
+    let cases: &[(Version, &str, &[(&str, &str)], Result<(), &str>)] = &[
+        (HTTP_11, "/", &[("host", "a")], ok),
+        (HTTP_11, "/", &[], bad("missing Host header\n")),
+        (HTTP_10, "/", &[], ok),
+        (HTTP_11, "/", &[("host", "a"), ("host", "a")], bad("more than one Host header\n")),
+        (HTTP_11, "/", &[("host", "a b")], bad("invalid Host header\n")),
+        (HTTP_11, "/", &[("host", "")], bad("invalid Host header\n")),
+        (HTTP_11, "http://a/x", &[("host", "a")], ok),
+        (HTTP_11, "http://A/x", &[("host", "a")], ok),
+        (HTTP_11, "http://evil/x", &[("host", "a")], bad("request target and Host name different hosts\n")),
+        (HTTP_11, "/", &[("host", "a"), ("content-length", "5")], ok),
+        (HTTP_11, "/", &[("host", "a"), ("content-length", "5"), ("content-length", "5")], bad("more than one Content-Length header\n")),
+        (HTTP_11, "/", &[("host", "a"), ("content-length", "5, 5")], bad("invalid Content-Length\n")),
+        (HTTP_11, "/", &[("host", "a"), ("content-length", "+5")], bad("invalid Content-Length\n")),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "chunked")], ok),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "Chunked ")], ok),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "chunked"), ("content-length", "3")], bad("both Content-Length and Transfer-Encoding\n")),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")], bad("unsupported Transfer-Encoding\n")),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "gzip, chunked")], bad("unsupported Transfer-Encoding\n")),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "chunked, gzip")], bad("unsupported Transfer-Encoding\n")),
+        (HTTP_11, "/", &[("host", "a"), ("transfer-encoding", "xchunked")], bad("unsupported Transfer-Encoding\n")),
+        (HTTP_10, "/", &[("transfer-encoding", "chunked")], bad("Transfer-Encoding in HTTP/1.0\n")),
+        (HTTP_11, "/", &[("host", "a"), ("upgrade", "h2c"), ("connection", "upgrade")], bad("Upgrade: h2c is not supported\n")),
+        (HTTP_11, "/", &[("host", "a"), ("upgrade", "foo, H2C")], bad("Upgrade: h2c is not supported\n")),
+    ];
+    for (version, target, headers, want) in cases {
+        let got = check_request(&req(*version, target, headers)).map_err(|e| e.body());
+        assert_eq!(&got, want, "{version:?} {target} {headers:?}");
+    }
+}
+
+#[test]
+fn connect_is_rejected() {
+    let r = Request::builder().method(Method::CONNECT).uri("a:443").header("host", "a:443").body(()).unwrap();
+    assert!(matches!(check_request(&r), Err(ProxyError::BadRequest(_))));
+}
+
+#[test]
+fn h2_authority_must_agree_with_host() {
+    assert!(check_request(&req(Version::HTTP_2, "https://a/", &[])).is_ok());
+    assert!(check_request(&req(Version::HTTP_2, "https://a/", &[("host", "a")])).is_ok());
+    assert!(check_request(&req(Version::HTTP_2, "https://a/", &[("host", "b")])).is_err());
+}
+
+#[test]
+fn hop_by_hop_and_connection_named_headers_go() {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("connection", "keep-alive, X-Secret, x-forwarded-for, host, x-request-id"),
+        ("connection", "close"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("upgrade", "websocket"),
+        ("trailer", "x"),
+        ("te", "gzip"),
+        ("x-secret", "1"),
+        ("x-forwarded-for", "1.2.3.4"),
+        ("x-request-id", "abc"),
+        ("host", "a"),
+        ("x-kept", "yes"),
+    ] {
+        h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    strip_hop_by_hop(&mut h);
+    let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+    left.sort();
+    assert_eq!(left, ["host", "x-forwarded-for", "x-kept", "x-request-id"]);
+}
+
+#[test]
+fn te_trailers_survives() {
+    let mut h = HeaderMap::new();
+    h.insert(header::TE, HeaderValue::from_static("trailers"));
+    strip_hop_by_hop(&mut h);
+    assert_eq!(h.get(header::TE).unwrap(), "trailers");
+}
+
+#[test]
+fn forwarded_headers_replace_for_untrusted_and_extend_for_trusted() {
+    let peer = peer_value("10.0.0.9".parse().unwrap());
+    let spoofed = || {
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil"));
+        h
+    };
+    let mut h = spoofed();
+    set_forwarded(&mut h, &peer, false, "http", Some(HeaderValue::from_static("a.com")));
+    assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+    assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    assert_eq!(h[&X_FORWARDED_HOST], "a.com");
+
+    let mut h = spoofed();
+    h.append(&X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
+    set_forwarded(&mut h, &peer, true, "http", Some(HeaderValue::from_static("a.com")));
+    assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 7.7.7.7, 10.0.0.9");
+    assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+    assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    assert_eq!(h[&X_FORWARDED_HOST], "evil");
+}
+
+#[test]
+fn mapped_ipv6_peer_prints_as_ipv4() {
+    assert_eq!(peer_value("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4");
+    assert_eq!(peer_value("::1".parse().unwrap()), "::1");
+}
+
+#[test]
+fn request_ids_are_hex_and_distinct() {
+    let a = new_request_id();
+    let b = new_request_id();
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 32);
+    assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+}

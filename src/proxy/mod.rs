@@ -1,0 +1,237 @@
+//! The request service: one request's path from client to backend and back.
+//!
+//! `check -> route -> choose backend -> rewrite headers -> forward -> rewrite response`.
+//! Every local answer goes through `local_answer`, so all carry a plain-text cause and an
+//! `x-request-id`; every request, answered locally or not, is one `Exchange`.
+
+pub mod body;
+pub mod error;
+pub mod exchange;
+mod forward;
+pub mod headers;
+pub mod route;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, Version};
+use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
+
+use self::body::{ResponseBody, UpstreamBody};
+use self::error::ProxyError;
+use self::exchange::{AccessRecord, Exchange};
+use self::headers::X_REQUEST_ID;
+use crate::listener::ConnState;
+use crate::state::{ListenerState, Shared, Snapshot};
+
+/// What a connection's requests share: where they came from and which worker serves them.
+#[derive(Debug)]
+pub struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub listener: usize,
+    pub worker: usize,
+    pub peer: SocketAddr,
+    /// `X-Forwarded-For` value for this peer, made once per connection.
+    pub peer_value: HeaderValue,
+    pub conn: Arc<ConnState>,
+}
+
+/// The hyper service of one downstream connection.
+#[derive(Debug, Clone)]
+pub struct Proxy(pub Arc<ConnContext>);
+
+impl hyper::service::Service<Request<Incoming>> for Proxy {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let ctx = self.0.clone();
+        Box::pin(async move { Ok(handle(&ctx, req).await) })
+    }
+}
+
+async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ResponseBody> {
+    let version = req.version();
+    let active = ctx.conn.request_started(version == Version::HTTP_2);
+    let snapshot = ctx.shared.snapshot();
+    let listener = &snapshot.listeners[ctx.listener];
+    let request_id = match req.headers().get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() && id.len() <= 200 => id.clone(),
+        _ => headers::new_request_id(),
+    };
+    let log = snapshot.access_log.then(|| {
+        Box::new(AccessRecord {
+            start: Instant::now(),
+            listener: listener.name.clone(),
+            client: ctx.peer,
+            method: req.method().clone(),
+            host: headers::request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+            path: req.uri().path().to_owned(),
+            request_id: request_id.clone(),
+            status: 0,
+            pool: None,
+            upstream: None,
+            bytes_in: None,
+            bytes_out: 0,
+            aborted: false,
+        })
+    });
+    let mut exchange = Exchange::new(active, log);
+    match proxy(ctx, &snapshot, listener, req, &request_id, &mut exchange).await {
+        Ok(mut response) => {
+            headers::strip_hop_by_hop(response.headers_mut());
+            response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            exchange.set_status(response.status());
+            response.map(|body| ResponseBody::upstream(body, exchange))
+        }
+        Err(e) => {
+            if e.origin() == error::Origin::Backend {
+                tracing::warn!(listener = &*listener.name, error = %e, "upstream request failed");
+            }
+            let mut response = local_answer(&e, request_id, Some(exchange));
+            if version == Version::HTTP_2 {
+                // Connection-specific headers are malformed in HTTP/2.
+                response.headers_mut().remove(header::CONNECTION);
+            }
+            response
+        }
+    }
+}
+
+async fn proxy(
+    ctx: &ConnContext,
+    snapshot: &Snapshot,
+    listener: &ListenerState,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    exchange: &mut Exchange,
+) -> Result<Response<Incoming>, ProxyError> {
+    check_limits(listener, &req)?;
+    headers::check_request(&req)?;
+
+    let host = headers::request_host(&req);
+    let route = listener
+        .router
+        .find(host, req.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    let pool = &snapshot.pools[route.pool];
+    if let Some(log) = exchange.log_mut() {
+        log.pool = Some(pool.name.clone());
+    }
+
+    let index = pool
+        .balancer
+        .select(pool.backends.len())
+        .next()
+        .ok_or(ProxyError::NoBackend)?;
+    let backend = &pool.backends[index];
+
+    let (mut parts, body) = req.into_parts();
+    let host_value = match parts.headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        // HTTP/2 names the host in `:authority`; HTTP/1.1 to the backend needs `Host`.
+        None => parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
+    let body = upstream_body(listener, body, exchange);
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(h) = &host_value {
+        parts.headers.insert(header::HOST, h.clone());
+    }
+    if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        // hyper's client sends no body at all for a GET of unknown length unless told.
+        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    let trusted = listener
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(ctx.peer.ip()));
+    headers::set_forwarded(&mut parts.headers, &ctx.peer_value, trusted, "http", host_value);
+    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+
+    exchange.set_backend(backend.start_request());
+    let sent = Instant::now();
+    let result = forward::send(pool, ctx.worker, backend, parts, body).await;
+    if let Some(log) = exchange.log_mut() {
+        log.upstream = Some(sent.elapsed());
+    }
+    result
+}
+
+/// Limits hyper does not enforce the way the SPEC wants: URI length (414), head size (431) and
+/// a declared body length over the limit (413, before any backend is contacted).
+fn check_limits(listener: &ListenerState, req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let uri_len = req
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if uri_len > listener.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    let head: usize = req.method().as_str().len()
+        + uri_len
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head > listener.max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    if let (Some(limit), Some(len)) = (listener.max_body_bytes, req.body().size_hint().exact()) {
+        if len > limit {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+fn upstream_body(listener: &ListenerState, body: Incoming, exchange: &mut Exchange) -> UpstreamBody {
+    if body.is_end_stream() {
+        return UpstreamBody::Empty;
+    }
+    let counter = exchange.log_mut().map(|log| {
+        let counter = Arc::new(AtomicU64::new(0));
+        log.bytes_in = Some(counter.clone());
+        counter
+    });
+    UpstreamBody::Streaming {
+        inner: body,
+        allowed: listener.max_body_bytes.unwrap_or(u64::MAX),
+        counter,
+    }
+}
+
+/// An answer sluice makes itself: the status, a short plain-text cause, the request id, and
+/// `Connection: close` when the request's framing cannot be trusted.
+pub fn local_answer(
+    e: &ProxyError,
+    request_id: HeaderValue,
+    mut exchange: Option<Exchange>,
+) -> Response<ResponseBody> {
+    let status = e.status();
+    if let Some(exchange) = exchange.as_mut() {
+        exchange.set_status(status);
+    }
+    let mut response = Response::new(ResponseBody::local(e.body(), exchange));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(X_REQUEST_ID.clone(), request_id);
+    if e.closes_connection() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

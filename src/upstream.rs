@@ -1,0 +1,134 @@
+//! Backends and pools as the request path sees them: resolved addresses, shared runtime state
+//! (in-flight and total counters), the balancer, and one upstream HTTP client per worker.
+//!
+//! A `Backend`'s runtime state lives in an `Arc` so that a later snapshot can carry it over; the
+//! per-worker clients keep their idle keep-alive connections on the worker that opened them, so a
+//! request never hands a connection between threads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::balance::Balancer;
+use crate::config;
+use crate::proxy::body::UpstreamBody;
+
+/// The HTTP client one worker uses to reach every backend of one pool.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+/// One backend of a pool.
+#[derive(Debug)]
+pub struct Backend {
+    /// The address as configured (`app-2.internal:8080`): the backend's identity in logs and APIs.
+    pub address: Arc<str>,
+    /// Resolved at load time.
+    pub addr: SocketAddr,
+    /// `ip:port`, pre-parsed so building an upstream URI copies nothing.
+    pub authority: Authority,
+    pub weight: u32,
+    active: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(cfg: &config::Backend) -> Backend {
+        let authority = Authority::try_from(cfg.resolved.to_string().as_str())
+            .expect("a socket address is a valid authority");
+        Backend {
+            address: Arc::from(cfg.address.as_str()),
+            addr: cfg.resolved,
+            authority,
+            weight: cfg.weight,
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    /// Requests currently in flight to this backend (head sent, response body not finished).
+    pub fn active_requests(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn requests_total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// RAII: one request in flight to a backend.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pool: its backends, how to choose among them, and how to talk to them.
+#[derive(Debug)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Arc<Backend>>,
+    pub balancer: Balancer,
+    pub timeouts: config::Timeouts,
+    /// One client per worker, indexed by the worker's number.
+    clients: Box<[UpstreamClient]>,
+}
+
+impl Pool {
+    pub fn new(cfg: &config::Pool, workers: usize) -> Pool {
+        let clients = (0..workers.max(1))
+            .map(|_| build_client(&cfg.timeouts))
+            .collect();
+        Pool {
+            name: Arc::from(cfg.name.as_str()),
+            backends: cfg.backends.iter().map(|b| Arc::new(Backend::new(b))).collect(),
+            balancer: Balancer::new(cfg.algorithm),
+            timeouts: cfg.timeouts.clone(),
+            clients,
+        }
+    }
+
+    /// The client of `worker`; a worker number beyond the pool's (never expected) falls back to
+    /// the first client rather than failing the request.
+    pub fn client(&self, worker: usize) -> &UpstreamClient {
+        self.clients.get(worker).unwrap_or(&self.clients[0])
+    }
+}
+
+fn build_client(timeouts: &config::Timeouts) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(timeouts.connect));
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    // The URIs we build always carry an IP literal, so the connector never resolves names.
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        // Without a timer the idle timeout below silently does nothing.
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(timeouts.idle)
+        .pool_max_idle_per_host(4096)
+        // A stale pooled connection that fails before the request is written is retried by
+        // hyper-util itself; one that fails after is handled in `proxy::forward`.
+        .retry_canceled_requests(true)
+        .build(connector)
+}
