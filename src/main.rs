@@ -64,10 +64,12 @@ fn run(
     };
     let level = log_level.unwrap_or_else(|| config.log.level.clone());
     let _log = sluice::telemetry::init(&level, format)?;
-    serve(config, workers)
+    serve(config, workers, |_| ())
 }
 
-fn serve(config: Config, workers: Option<usize>) -> anyhow::Result<()> {
+/// Binds, calls `ready` with the bound server (to print where it listens), and serves until a
+/// signal stops it.
+fn serve(config: Config, workers: Option<usize>, ready: impl FnOnce(&Server)) -> anyhow::Result<()> {
     let source = config.source.display().to_string();
     let server = Server::bind(
         config,
@@ -83,6 +85,7 @@ fn serve(config: Config, workers: Option<usize>) -> anyhow::Result<()> {
     if let Some(addr) = server.admin_addr() {
         tracing::info!(%addr, "admin API listening");
     }
+    ready(&server);
     let shutdown = CancellationToken::new();
     server::shutdown_on_signals(shutdown.clone())?;
     server.run(shutdown)?;
@@ -93,6 +96,9 @@ fn serve(config: Config, workers: Option<usize>) -> anyhow::Result<()> {
 fn demo(bind: std::net::SocketAddr, admin: std::net::SocketAddr) -> anyhow::Result<()> {
     let _log = sluice::telemetry::init("info", LogFormat::Text)?;
     let config = sluice::demo::start(bind, admin)?;
-    println!("{}", sluice::demo::instructions(bind, admin));
-    serve(config, None)
+    serve(config, None, |server| {
+        let bind = server.listener_addrs()[0];
+        let admin = server.admin_addr().unwrap_or(admin);
+        println!("{}", sluice::demo::instructions(bind, admin));
+    })
 }

@@ -1,0 +1,36 @@
+//! Forwarding: round robin across backends, bodies both ways, HTTP/2 downstream.
+
+mod support;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_rotates_across_backends() {
+    let (a, b, c) = (TestBackend::start("a"), TestBackend::start("b"), TestBackend::start("c"));
+    let sluice = TestSluice::start(&simple_config(&[&a, &b, &c]));
+    let mut names = Vec::new();
+    for _ in 0..6 {
+        let got = get(&sluice.url("/")).await;
+        assert_eq!(got.status, 200);
+        names.push(got.text());
+    }
+    assert_eq!(names, ["a", "b", "c", "a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_query_and_body_reach_the_backend() {
+    let a = TestBackend::start("a");
+    let sluice = TestSluice::start(&simple_config(&[&a]));
+    let req = http::Request::post(sluice.url("/submit?x=1&y=%20"))
+        .header("content-type", "text/plain")
+        .body(full("payload bytes"))
+        .unwrap();
+    let got = send(req).await;
+    assert_eq!(got.status, 200);
+    let seen = a.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].uri, "/submit?x=1&y=%20");
+    assert_eq!(seen[0].body, "payload bytes");
+    assert_eq!(seen[0].headers["content-type"], "text/plain");
+}
