@@ -143,7 +143,9 @@ fn mask(addr: IpAddr, prefix_len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let keep = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+            let keep = u32::MAX
+                .checked_shl(32 - u32::from(prefix_len))
+                .unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(bits & keep))
         }
         IpAddr::V6(v6) => {

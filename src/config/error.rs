@@ -287,26 +287,38 @@ pub(super) fn did_you_mean<'a>(
     let input = input.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (levenshtein(&input, &c.to_lowercase()), c))
+        .map(|c| (edit_distance(&input, &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (c.chars().count() / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
-/// Edit distance (insertions, deletions, substitutions), one row at a time.
-pub(super) fn levenshtein(a: &str, b: &str) -> usize {
+/// Edit distance counting insertions, deletions, substitutions and swaps of two adjacent
+/// characters (Levenshtein plus transpositions, the "optimal string alignment" variant):
+/// `wbe` for `web` is one slip of the fingers, not two.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+    // Three rows of the classic table: two back (for swaps), previous, current.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current: Vec<usize> = vec![0; b.len() + 1];
+    for i in 1..=a.len() {
+        current[0] = i;
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (previous[j - 1] + cost)
+                .min(previous[j] + 1)
+                .min(current[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(before[j - 2] + 1);
+            }
+            current[j] = best;
         }
+        std::mem::swap(&mut before, &mut previous);
+        std::mem::swap(&mut previous, &mut current);
     }
-    row[b.len()]
+    previous[b.len()]
 }
 
 #[cfg(test)]
@@ -314,7 +326,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn levenshtein_distances() {
+    fn edit_distances() {
         let cases = [
             ("", "", 0),
             ("abc", "", 3),
@@ -324,9 +336,14 @@ mod tests {
             ("kitten", "sitting", 3),
             ("json", "json", 0),
             ("ä", "a", 1),
+            // Adjacent swaps count once.
+            ("wbe", "web", 1),
+            ("jsno", "json", 1),
+            ("ab", "ba", 1),
+            ("ca", "abc", 3),
         ];
         for (a, b, want) in cases {
-            assert_eq!(levenshtein(a, b), want, "{a:?} vs {b:?}");
+            assert_eq!(edit_distance(a, b), want, "{a:?} vs {b:?}");
         }
     }
 
@@ -381,7 +398,7 @@ error: unknown algorithm `round-robin`
             // A span over several lines is cut at the end of the first.
             ("[t]\nx = 1\n", 0..10, 1, 1, 3),
             // Columns count characters, not bytes.
-            ("é = \"x\"", 5..8, 1, 4, 3),
+            ("é = \"x\"", 5..8, 1, 5, 3),
             // CRLF line endings do not leak into the shown line.
             ("a = 1\r\nb = 2\r\n", 11..12, 2, 5, 1),
             // Out-of-range spans are clamped rather than panicking.
@@ -427,10 +444,7 @@ error: unknown algorithm `round-robin`
                 "unknown field `pol`, expected `pool`",
                 Some("did you mean `pool`?"),
             ),
-            (
-                "unknown field `zzz`, expected `host` or `pool`",
-                None,
-            ),
+            ("unknown field `zzz`, expected `host` or `pool`", None),
             ("invalid type: integer `1`, expected a string", None),
         ];
         for (message, want) in cases {

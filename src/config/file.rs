@@ -40,9 +40,13 @@ pub(super) struct File {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ServerFile {
+    /// Runtime worker threads; default 0 = one per CPU core.
     pub workers: Option<usize>,
+    /// Grace period for in-flight requests on shutdown; duration, default "30s".
     pub shutdown_timeout: Option<Spanned<DurationText>>,
+    /// Downstream connections across all listeners; count, default 10000, at least 1.
     pub max_connections: Option<Spanned<usize>>,
+    /// Directory for runtime registrations; path, default "./state".
     pub state_dir: Option<String>,
 }
 
@@ -50,7 +54,9 @@ pub(super) struct ServerFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AdminFile {
+    /// `IP:port` of the admin API; default "127.0.0.1:9901".
     pub bind: Option<Spanned<String>>,
+    /// Bearer token for admin requests; default "" = none, required off loopback.
     pub token: Option<String>,
 }
 
@@ -58,8 +64,11 @@ pub(super) struct AdminFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogFile {
+    /// A tracing filter; default "info".
     pub level: Option<Spanned<String>>,
+    /// `text` or `json`; default "text".
     pub format: Option<Spanned<String>>,
+    /// One line per request on target `access`; default true.
     pub access_log: Option<bool>,
 }
 
@@ -67,17 +76,28 @@ pub(super) struct LogFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenerFile {
+    /// Unique name routes refer to; required.
     pub name: Spanned<String>,
+    /// `IP:port` to listen on; required.
     pub bind: Spanned<String>,
+    /// The whole request head must arrive within this; duration, default "10s".
     pub header_read_timeout: Option<Spanned<DurationText>>,
+    /// Keep-alive connections with no request in flight close after this; default "60s".
     pub idle_timeout: Option<Spanned<DurationText>>,
+    /// Larger request heads get 431; bytes, default 65536, at least 1024.
     pub max_header_bytes: Option<Spanned<usize>>,
+    /// Longer request targets get 414; bytes, default 8192 (sluice addition).
     pub max_uri_bytes: Option<Spanned<usize>>,
     #[serde(default)]
+    /// CIDRs whose `X-Forwarded-For` is extended; default empty.
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// Larger request bodies get 413; bytes, default 0 = no limit.
     pub max_body_bytes: Option<u64>,
+    /// Later: HTTPS certificates.
     pub tls: Later,
+    /// Later: answer plain HTTP with 308 to https; default false.
     pub redirect_https: Later,
+    /// Later: `Strict-Transport-Security` value.
     pub hsts: Later,
 }
 
@@ -85,11 +105,17 @@ pub(super) struct ListenerFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RouteFile {
+    /// Listener name; default: every listener.
     pub listener: Option<Spanned<String>>,
+    /// Exact host or `*.suffix`, without port; default: any host.
     pub host: Option<Spanned<String>>,
+    /// Path prefix starting with `/`; default "/".
     pub path_prefix: Option<Spanned<String>>,
+    /// Pool name; required.
     pub pool: Spanned<String>,
+    /// Later: remove `path_prefix` before forwarding; default false.
     pub strip_prefix: Later,
+    /// Later: weighted canary split across pools.
     pub split: Later,
 }
 
@@ -97,17 +123,29 @@ pub(super) struct RouteFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PoolFile {
+    /// Balancing algorithm; default "round_robin".
     pub algorithm: Option<Spanned<String>>,
+    /// Upstream protocol; default "http1".
     pub protocol: Option<Spanned<String>>,
+    /// Required and non-empty.
     pub backends: Option<Spanned<Vec<BackendFile>>>,
+    /// `[pool.NAME.timeouts]`; every key has a default.
     pub timeouts: Option<TimeoutsFile>,
+    /// Later: key for `ring_hash` and `maglev`.
     pub hash_key: Later,
+    /// Later: ramp-up duration for new or recovered backends; default "0s".
     pub slow_start: Later,
+    /// Later: `fail_closed` or `fail_open`; default "fail_closed".
     pub all_unhealthy: Later,
+    /// Later: HTTPS to the backends.
     pub tls: Later,
+    /// Later: active health checks.
     pub health_check: Later,
+    /// Later: passive ejection on live-traffic failures.
     pub outlier_detection: Later,
+    /// Later: retries on another backend.
     pub retry: Later,
+    /// Later: circuit breaking.
     pub limits: Later,
 }
 
@@ -115,8 +153,10 @@ pub(super) struct PoolFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct BackendFile {
+    /// `host:port`, resolved once at load time; required.
     pub address: Spanned<String>,
-    /// Signed so that a negative weight gets sluice's range message rather than serde's.
+    /// Relative share, 1 to 1000; default 1. Signed so that a negative weight gets sluice's
+    /// range message rather than serde's.
     pub weight: Option<Spanned<i64>>,
 }
 
@@ -124,8 +164,11 @@ pub(super) struct BackendFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TimeoutsFile {
+    /// Connecting to a backend; duration, default "2s".
     pub connect: Option<Spanned<DurationText>>,
+    /// The exchange up to the response head; duration, default "30s".
     pub request: Option<Spanned<DurationText>>,
+    /// Idle upstream keep-alive connections close after this; duration, default "60s".
     pub idle: Option<Spanned<DurationText>>,
 }
 
@@ -178,7 +221,9 @@ impl<'de> Deserialize<'de> for DurationText {
             type Value = DurationText;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string with a unit, like \"250ms\", \"5s\", \"1m\" or \"1h\"")
+                f.write_str(
+                    "a duration string with a unit, like \"250ms\", \"5s\", \"1m\" or \"1h\"",
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationText, E> {

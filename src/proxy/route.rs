@@ -144,7 +144,8 @@ mod tests {
     fn wildcard_needs_a_label_before_the_suffix() {
         let r = Router::for_listener(&[route(None, "*.example.com", "/", 0)], 0);
         assert_eq!(pool_for(&r, Some("example.com"), "/"), None);
-        assert_eq!(pool_for(&r, Some(".example.com"), "/"), Some(0));
+        assert_eq!(pool_for(&r, Some(".example.com"), "/"), None);
+        assert_eq!(pool_for(&r, Some("a.example.com"), "/"), Some(0));
         assert_eq!(pool_for(&r, Some("notexample.com"), "/"), None);
     }
 

@@ -35,8 +35,8 @@ impl ValueError {
     }
 }
 
-const DURATION_FORM: &str =
-    "a duration is a whole number and a unit (ms, s, m or h), like \"250ms\", \"5s\", \"1m\", \"1h\"";
+const DURATION_FORM: &str = "a duration is a whole number and a unit (ms, s, m or h), \
+                             like \"250ms\", \"5s\", \"1m\", \"1h\"";
 
 /// Spellings people reach for, mapped to the unit sluice uses, for a precise did-you-mean.
 const UNIT_ALIASES: [(&str, &str); 16] = [
@@ -63,9 +63,11 @@ pub(super) fn parse_duration(written: &DurationText) -> Result<Duration, ValueEr
     let text = match written {
         DurationText::Text(text) => text.as_str(),
         DurationText::Number(n) => {
-            return Err(ValueError::new(format!("`{n}` is a number, not a duration"))
-                .note(DURATION_FORM)
-                .help(format!("durations need a unit: did you mean \"{n}s\"?")));
+            return Err(
+                ValueError::new(format!("`{n}` is a number, not a duration"))
+                    .note(DURATION_FORM)
+                    .help(format!("durations need a unit: did you mean \"{n}s\"?")),
+            );
         }
     };
     let digits_end = text
@@ -76,11 +78,11 @@ pub(super) fn parse_duration(written: &DurationText) -> Result<Duration, ValueEr
         return Err(ValueError::new(format!("`{text}` is not a duration")).note(DURATION_FORM));
     }
     if unit.starts_with(['.', ',']) {
-        return Err(
-            ValueError::new(format!("`{text}` has a fraction; durations are whole numbers"))
-                .note(DURATION_FORM)
-                .help("use a smaller unit, like \"1500ms\" for 1.5 seconds"),
-        );
+        return Err(ValueError::new(format!(
+            "`{text}` has a fraction; durations are whole numbers"
+        ))
+        .note(DURATION_FORM)
+        .help("use a smaller unit, like \"1500ms\" for 1.5 seconds"));
     }
     let per_unit = match unit {
         "ms" => Duration::from_millis(1),
@@ -121,7 +123,8 @@ pub(super) fn parse_duration(written: &DurationText) -> Result<Duration, ValueEr
 /// take requests for port 80, which is surely not what the writer meant.
 pub(super) fn parse_host(written: &str) -> Result<HostMatch, ValueError> {
     let host = written.to_ascii_lowercase();
-    let wildcard_form = "a host is an exact name like `api.example.com`, or `*.example.com` for its subdomains";
+    let wildcard_form =
+        "a host is an exact name like `api.example.com`, or `*.example.com` for its subdomains";
     if host.is_empty() {
         return Err(ValueError::new("host is empty").help("omit `host` to match every host"));
     }
@@ -129,7 +132,9 @@ pub(super) fn parse_host(written: &str) -> Result<HostMatch, ValueError> {
         return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
             Some(Ok(_)) => Ok(HostMatch::Exact(host)),
             _ if inner.contains("]:") => Err(port_error(written)),
-            _ => Err(ValueError::new(format!("`{written}` is not an IPv6 address"))),
+            _ => Err(ValueError::new(format!(
+                "`{written}` is not an IPv6 address"
+            ))),
         };
     }
     if host.contains(':') {
@@ -152,14 +157,13 @@ pub(super) fn parse_host(written: &str) -> Result<HostMatch, ValueError> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
     {
-        return Err(
-            ValueError::new(format!("host `{written}` contains `{bad}`"))
-                .note("host names are letters, digits, `-` and `.`; write international names in their punycode (xn--) form"),
-        );
+        let note = "host names are letters, digits, `-` and `.`; \
+                    write international names in their punycode (xn--) form";
+        return Err(ValueError::new(format!("host `{written}` contains `{bad}`")).note(note));
     }
     if name.split('.').any(str::is_empty) {
         return Err(
-            ValueError::new(format!("host `{written}` has an empty label")).note(wildcard_form)
+            ValueError::new(format!("host `{written}` has an empty label")).note(wildcard_form),
         );
     }
     Ok(if is_wildcard {
@@ -179,10 +183,11 @@ fn port_error(written: &str) -> ValueError {
         .help(format!("did you mean `{without}`?"))
 }
 
-/// Resolves `host:port` once, at load time, preferring an IPv4 address: backends reached by
-/// name are most often dual-stack services whose IPv6 route is the less tested one.
+/// Resolves `host:port` once, at load time, preferring an IPv4 address: names like
+/// `localhost` resolve to both families, and backends often listen on IPv4 only.
 pub(super) fn resolve_backend(address: &str) -> Result<SocketAddr, ValueError> {
-    let form = "a backend address is `host:port`, like `10.0.0.11:8080`, `[fd00::1]:8080` or `app-2.internal:8080`";
+    let form = "a backend address is `host:port`, \
+                like `10.0.0.11:8080`, `[fd00::1]:8080` or `app-2.internal:8080`";
     if let Ok(addr) = address.parse::<SocketAddr>() {
         return if addr.port() == 0 {
             Err(ValueError::new(format!("backend `{address}` has port 0")).note(form))
@@ -229,9 +234,7 @@ pub(super) fn resolve_backend(address: &str) -> Result<SocketAddr, ValueError> {
         .find(|a| a.is_ipv4())
         .or_else(|| addrs.first())
         .copied()
-        .ok_or_else(|| {
-            ValueError::new(format!("backend `{address}` resolved to no addresses"))
-        })
+        .ok_or_else(|| ValueError::new(format!("backend `{address}` resolved to no addresses")))
 }
 
 #[cfg(test)]
@@ -255,15 +258,35 @@ mod tests {
         // (input, message, help)
         let bad = [
             ("5", "`5` has no unit", Some("did you mean \"5s\"?")),
-            ("5sec", "`5sec` has an unknown unit `sec`", Some("did you mean \"5s\"?")),
-            ("2 minutes", "`2 minutes` has an unknown unit ` minutes`", Some("did you mean \"2m\"?")),
+            (
+                "5sec",
+                "`5sec` has an unknown unit `sec`",
+                Some("did you mean \"5s\"?"),
+            ),
+            (
+                "2 minutes",
+                "`2 minutes` has an unknown unit ` minutes`",
+                Some("did you mean \"2m\"?"),
+            ),
             ("5d", "`5d` has an unknown unit `d`", None),
-            ("5S", "`5S` has an unknown unit `S`", Some("did you mean \"5s\"?")),
-            ("1.5s", "`1.5s` has a fraction; durations are whole numbers", Some("use a smaller unit, like \"1500ms\" for 1.5 seconds")),
+            (
+                "5S",
+                "`5S` has an unknown unit `S`",
+                Some("did you mean \"5s\"?"),
+            ),
+            (
+                "1.5s",
+                "`1.5s` has a fraction; durations are whole numbers",
+                Some("use a smaller unit, like \"1500ms\" for 1.5 seconds"),
+            ),
             ("s", "`s` is not a duration", None),
             ("", "`` is not a duration", None),
             ("-5s", "`-5s` is not a duration", None),
-            ("99999999999h", "`99999999999h` is too long a duration", None),
+            (
+                "99999999999h",
+                "`99999999999h` is too long a duration",
+                None,
+            ),
         ];
         for (input, message, help) in bad {
             let err = parse_duration(&text(input)).unwrap_err();
@@ -275,7 +298,10 @@ mod tests {
         }
         let err = parse_duration(&DurationText::Number(5.0)).unwrap_err();
         assert_eq!(err.message, "`5` is a number, not a duration");
-        assert_eq!(err.help.as_deref(), Some("durations need a unit: did you mean \"5s\"?"));
+        assert_eq!(
+            err.help.as_deref(),
+            Some("durations need a unit: did you mean \"5s\"?")
+        );
     }
 
     #[test]
@@ -296,11 +322,17 @@ mod tests {
         }
         let bad = [
             ("", "host is empty"),
-            ("example.com:8080", "host `example.com:8080` includes a port"),
+            (
+                "example.com:8080",
+                "host `example.com:8080` includes a port",
+            ),
             ("[::1]:8080", "host `[::1]:8080` includes a port"),
             ("[nope]", "`[nope]` is not an IPv6 address"),
             ("*", "`*` uses `*` where it is not allowed"),
-            ("*example.com", "`*example.com` uses `*` where it is not allowed"),
+            (
+                "*example.com",
+                "`*example.com` uses `*` where it is not allowed",
+            ),
             ("api.*.com", "`api.*.com` uses `*` where it is not allowed"),
             ("*.*.com", "`*.*.com` uses `*` where it is not allowed"),
             ("exa mple.com", "host `exa mple.com` contains ` `"),
@@ -329,17 +361,31 @@ mod tests {
         let bad = [
             ("127.0.0.1", "backend address `127.0.0.1` has no port"),
             ("127.0.0.1:0", "backend `127.0.0.1:0` has port 0"),
-            ("app:http", "backend address `app:http` has an invalid port `http`"),
-            ("app:70000", "backend address `app:70000` has an invalid port `70000`"),
+            (
+                "app:http",
+                "backend address `app:http` has an invalid port `http`",
+            ),
+            (
+                "app:70000",
+                "backend address `app:70000` has an invalid port `70000`",
+            ),
             (":8080", "backend address `:8080` has no host"),
-            ("::1:8080", "backend address `::1:8080` needs brackets around its IPv6 address"),
+            (
+                "::1:8080",
+                "backend address `::1:8080` needs brackets around its IPv6 address",
+            ),
         ];
         for (input, message) in bad {
-            assert_eq!(resolve_backend(input).unwrap_err().message, message, "{input}");
+            assert_eq!(
+                resolve_backend(input).unwrap_err().message,
+                message,
+                "{input}"
+            );
         }
         let err = resolve_backend("no-such-host.invalid:80").unwrap_err();
         assert!(
-            err.message.starts_with("cannot resolve backend `no-such-host.invalid:80`"),
+            err.message
+                .starts_with("cannot resolve backend `no-such-host.invalid:80`"),
             "{}",
             err.message
         );

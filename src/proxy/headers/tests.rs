@@ -10,7 +10,8 @@ fn req(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> 
 
 #[test]
 fn framing_table() {
-    use Version::{HTTP_10, HTTP_11};
+    const HTTP_10: Version = Version::HTTP_10;
+    const HTTP_11: Version = Version::HTTP_11;
     let ok = Ok(());
     let bad = |s| Err(s);
     #[rustfmt::skip]

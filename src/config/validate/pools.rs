@@ -1,0 +1,167 @@
+//! Pool checks: algorithm and protocol, backends (weights, duplicates, name resolution) and
+//! timeouts.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::values::resolve_backend;
+use super::{Checker, ALGORITHMS, MAX_WEIGHT, PROTOCOLS};
+use crate::config::error::did_you_mean;
+use crate::config::file;
+use crate::config::{Algorithm, Backend, ConfigError, Pool, Protocol, Timeouts};
+
+impl Checker<'_> {
+    pub(super) fn pool(&mut self, name: Spanned<String>, pool: file::PoolFile) -> Pool {
+        let algorithm = self.algorithm(pool.algorithm.as_ref());
+        let protocol = self.protocol(pool.protocol.as_ref());
+        for (key, value) in [
+            ("hash_key", &pool.hash_key),
+            ("slow_start", &pool.slow_start),
+            ("all_unhealthy", &pool.all_unhealthy),
+            ("tls", &pool.tls),
+            ("health_check", &pool.health_check),
+            ("outlier_detection", &pool.outlier_detection),
+            ("retry", &pool.retry),
+            ("limits", &pool.limits),
+        ] {
+            self.later(key, value);
+        }
+        let backends = self.backends(&name, pool.backends);
+        let timeouts = pool.timeouts.unwrap_or_default();
+        Pool {
+            name: name.into_inner(),
+            algorithm,
+            protocol,
+            backends,
+            timeouts: Timeouts {
+                connect: self.timeout(timeouts.connect, Duration::from_secs(2)),
+                request: self.timeout(timeouts.request, Duration::from_secs(30)),
+                idle: self.timeout(timeouts.idle, Duration::from_secs(60)),
+            },
+        }
+    }
+
+    fn algorithm(&mut self, written: Option<&Spanned<String>>) -> Algorithm {
+        let Some(written) = written else {
+            return Algorithm::RoundRobin;
+        };
+        match written.get_ref().as_str() {
+            "round_robin" => Algorithm::RoundRobin,
+            _ => {
+                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &["round_robin"]));
+                Algorithm::RoundRobin
+            }
+        }
+    }
+
+    fn protocol(&mut self, written: Option<&Spanned<String>>) -> Protocol {
+        if let Some(written) = written {
+            if written.get_ref() != "http1" {
+                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &["http1"]));
+            }
+        }
+        Protocol::Http1
+    }
+
+    /// A value outside the implemented ones: "not implemented yet" for a name the format
+    /// defines, "unknown" with the full list and a did-you-mean for anything else.
+    fn choice_error(
+        &self,
+        written: &Spanned<String>,
+        what: &str,
+        all: &[&str],
+        available: &[&str],
+    ) -> ConfigError {
+        let value = written.get_ref();
+        if all.contains(&value.as_str()) {
+            return self.error(
+                written.span(),
+                format!(
+                    "{what} `{value}` is not implemented in this version yet; available: {}",
+                    available.join(", ")
+                ),
+            );
+        }
+        self.error(written.span(), format!("unknown {what} `{value}`"))
+            .with_note(format!("expected one of: {}", all.join(", ")))
+            .with_suggestion(did_you_mean(value, all.iter().copied()))
+    }
+
+    fn backends(
+        &mut self,
+        pool: &Spanned<String>,
+        backends: Option<Spanned<Vec<file::BackendFile>>>,
+    ) -> Vec<Backend> {
+        let backends = match backends {
+            Some(b) if !b.get_ref().is_empty() => b.into_inner(),
+            other => {
+                let span = other.map_or_else(|| pool.span(), |b| b.span());
+                let error = self
+                    .error(span, format!("pool `{}` has no backends", pool.get_ref()))
+                    .with_help("add `backends = [{ address = \"10.0.0.11:8080\" }]`");
+                self.push(error);
+                return Vec::new();
+            }
+        };
+        let mut first_at: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for backend in backends {
+            let address = &backend.address;
+            let key = address.get_ref().to_ascii_lowercase();
+            if let Some(first) = first_at.get(&key) {
+                let error = self
+                    .error(
+                        address.span(),
+                        format!(
+                            "backend `{}` appears twice in pool `{}`",
+                            address.get_ref(),
+                            pool.get_ref()
+                        ),
+                    )
+                    .with_note(format!("first listed at line {}", self.line_of(*first)))
+                    .with_help("to send it more traffic, raise its `weight` instead");
+                self.push(error);
+            } else {
+                first_at.insert(key, address.span().start);
+            }
+            let weight = match &backend.weight {
+                None => 1,
+                Some(w) if (1..=MAX_WEIGHT).contains(w.get_ref()) => {
+                    u32::try_from(*w.get_ref()).unwrap_or(1)
+                }
+                Some(w) => {
+                    let mut error = self.error(
+                        w.span(),
+                        format!("weight must be 1 to {MAX_WEIGHT}, not {}", w.get_ref()),
+                    );
+                    if *w.get_ref() == 0 {
+                        error = error.with_help(format!(
+                            "use draining to stop traffic to a backend: \
+                             DELETE /api/pools/{}/backends/{}",
+                            pool.get_ref(),
+                            address.get_ref()
+                        ));
+                    }
+                    self.push(error);
+                    1
+                }
+            };
+            let resolved = match resolve_backend(address.get_ref()) {
+                Ok(addr) => addr,
+                Err(e) => {
+                    self.push(self.value_error(address.span(), e));
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+                }
+            };
+            out.push(Backend {
+                address: address.get_ref().clone(),
+                resolved,
+                weight,
+            });
+        }
+        out
+    }
+}
