@@ -16,7 +16,12 @@ pub enum Command {
     /// Run the proxy.
     Run {
         /// Config file [default: $SLUICE_CONFIG, then config/sluice.toml]
-        #[arg(long, env = "SLUICE_CONFIG", default_value = "config/sluice.toml", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "SLUICE_CONFIG",
+            default_value = "config/sluice.toml",
+            hide_env_values = true
+        )]
         config: PathBuf,
         /// Worker threads (overrides server.workers; 0 = one per core).
         #[arg(long)]
@@ -31,7 +36,12 @@ pub enum Command {
     /// Validate a config file fully and print a summary; exit 0 valid, 1 invalid.
     Check {
         /// Config file [default: $SLUICE_CONFIG, then config/sluice.toml]
-        #[arg(long, env = "SLUICE_CONFIG", default_value = "config/sluice.toml", hide_env_values = true)]
+        #[arg(
+            long,
+            env = "SLUICE_CONFIG",
+            default_value = "config/sluice.toml",
+            hide_env_values = true
+        )]
         config: PathBuf,
     },
     /// Try sluice out: three demo backends and the proxy on 127.0.0.1:8080, admin on :9901.

@@ -38,8 +38,12 @@ pub fn start(bind: SocketAddr, admin: SocketAddr) -> io::Result<Config> {
             runtime.block_on(async move {
                 let mut tasks = Vec::new();
                 for (i, socket) in sockets.into_iter().enumerate() {
-                    let listener = tokio::net::TcpListener::from_std(socket).expect("a bound socket");
-                    tasks.push(tokio::spawn(backend(format!("backend-{}", i + 1), listener)));
+                    let listener =
+                        tokio::net::TcpListener::from_std(socket).expect("a bound socket");
+                    tasks.push(tokio::spawn(backend(
+                        format!("backend-{}", i + 1),
+                        listener,
+                    )));
                 }
                 for t in tasks {
                     let _ = t.await;
@@ -93,7 +97,9 @@ pub fn instructions(bind: SocketAddr, admin: SocketAddr) -> String {
 async fn backend(name: String, listener: tokio::net::TcpListener) {
     let name: &'static str = Box::leak(name.into_boxed_str());
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| async move {
                 Ok::<_, Infallible>(answer(name, &req))

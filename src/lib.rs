@@ -20,6 +20,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod listener;
 pub mod proxy;
 pub mod server;

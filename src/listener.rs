@@ -11,7 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config;
+use crate::framing::{self, Scanner};
 use crate::proxy::{headers, ConnContext, Proxy};
 use crate::state::Shared;
 
@@ -40,6 +41,8 @@ pub struct ConnState {
     idle_since: AtomicU64,
     /// HTTP/2 frames between requests are not request heads.
     h2: AtomicBool,
+    /// Follows the raw HTTP/1 byte stream for framing hyper would silently repair.
+    framing: Mutex<Scanner>,
 }
 
 impl ConnState {
@@ -51,7 +54,16 @@ impl ConnState {
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             h2: AtomicBool::new(false),
+            framing: Mutex::new(Scanner::default()),
         }
+    }
+
+    /// The framing verdict on the HTTP/1 request that just arrived (heads are taken in order).
+    pub fn framing_verdict(&self) -> framing::Verdict {
+        let mut scanner = self.framing.lock().unwrap_or_else(|e| e.into_inner());
+        scanner
+            .take_verdict()
+            .unwrap_or(Err("request framing could not be verified\n"))
     }
 
     fn now_ms(&self) -> u64 {
@@ -145,13 +157,19 @@ impl AsyncRead for WatchedIo {
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.state.on_read();
+            let mut scanner = this.state.framing.lock().unwrap_or_else(|e| e.into_inner());
+            scanner.feed(&buf.filled()[before..]);
         }
         result
     }
 }
 
 impl AsyncWrite for WatchedIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
     }
 
@@ -195,13 +213,6 @@ impl Acceptor {
             idle: self.settings.idle_timeout,
         };
         loop {
-            // Beyond `max_connections`, wait for a slot before accepting: excess connections queue
-            // in the kernel's backlog instead of costing memory here.
-            let permit = tokio::select! {
-                permit = self.shared.connections.clone().acquire_owned() => permit,
-                () = shutdown.cancelled() => break,
-            };
-            let Ok(permit) = permit else { break };
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -212,6 +223,14 @@ impl Acceptor {
                 },
                 () = shutdown.cancelled() => break,
             };
+            // Beyond `max_connections`, this acceptor waits for a slot before serving (and so
+            // before accepting more): excess connections queue in the kernel's backlog. A
+            // waiting acceptor holds no slot, so idle listeners never starve busy ones.
+            let permit = tokio::select! {
+                permit = self.shared.connections.clone().acquire_owned() => permit,
+                () = shutdown.cancelled() => break,
+            };
+            let Ok(permit) = permit else { break };
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
@@ -239,7 +258,9 @@ async fn accept_error(listener: &str, e: io::Error) {
     tracing::warn!(listener, error = %e, "accept failed");
     if !matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     ) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -398,23 +419,35 @@ mod tests {
         let state = Arc::new(ConnState::new());
         let start = state.epoch;
         // A fresh connection must send its head within the header timeout.
-        assert_eq!(state.verdict(start, &T), Verdict::Wait(Some(start + T.header_read)));
+        assert_eq!(
+            state.verdict(start, &T),
+            Verdict::Wait(Some(start + T.header_read))
+        );
         assert_eq!(state.verdict(start + T.header_read, &T), Verdict::SlowHead);
 
         let active = state.request_started(false);
-        assert_eq!(state.verdict(start + Duration::from_secs(500), &T), Verdict::Wait(None));
+        assert_eq!(
+            state.verdict(start + Duration::from_secs(500), &T),
+            Verdict::Wait(None)
+        );
         tokio::time::advance(Duration::from_secs(5)).await;
         drop(active);
         // Idle: measured from the end of the last request.
         let idle_from = start + Duration::from_secs(5);
-        assert_eq!(state.verdict(idle_from, &T), Verdict::Wait(Some(idle_from + T.idle)));
+        assert_eq!(
+            state.verdict(idle_from, &T),
+            Verdict::Wait(Some(idle_from + T.idle))
+        );
         assert_eq!(state.verdict(idle_from + T.idle, &T), Verdict::Idle);
 
         // The first byte of the next head switches to the header timeout.
         tokio::time::advance(Duration::from_secs(20)).await;
         state.on_read();
         let head_from = idle_from + Duration::from_secs(20);
-        assert_eq!(state.verdict(head_from, &T), Verdict::Wait(Some(head_from + T.header_read)));
+        assert_eq!(
+            state.verdict(head_from, &T),
+            Verdict::Wait(Some(head_from + T.header_read))
+        );
     }
 
     #[tokio::test(start_paused = true)]

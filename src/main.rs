@@ -69,7 +69,11 @@ fn run(
 
 /// Binds, calls `ready` with the bound server (to print where it listens), and serves until a
 /// signal stops it.
-fn serve(config: Config, workers: Option<usize>, ready: impl FnOnce(&Server)) -> anyhow::Result<()> {
+fn serve(
+    config: Config,
+    workers: Option<usize>,
+    ready: impl FnOnce(&Server),
+) -> anyhow::Result<()> {
     let source = config.source.display().to_string();
     let server = Server::bind(
         config,

@@ -15,10 +15,10 @@ use std::thread;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::config::{self, Config};
 use crate::listener::{self, Acceptor};
 use crate::state::{Shared, Snapshot};
-use crate::admin;
 
 /// How workers share the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,13 @@ impl Server {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for (index, settings) in config.listeners.iter().enumerate() {
             let first = listener::bind(settings.bind, per_core).map_err(|e| {
-                io::Error::new(e.kind(), format!("listener `{}` cannot bind {}: {e}", settings.name, settings.bind))
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "listener `{}` cannot bind {}: {e}",
+                        settings.name, settings.bind
+                    ),
+                )
             })?;
             // Port 0 picks a port once; the other workers' sockets join that port.
             let addr = first.local_addr()?;
@@ -104,7 +110,10 @@ impl Server {
         let admin = match &config.admin {
             Some(admin) => {
                 let socket = listener::bind(admin.bind, false).map_err(|e| {
-                    io::Error::new(e.kind(), format!("admin API cannot bind {}: {e}", admin.bind))
+                    io::Error::new(
+                        e.kind(),
+                        format!("admin API cannot bind {}: {e}", admin.bind),
+                    )
                 })?;
                 Some((socket, admin.clone()))
             }
@@ -184,16 +193,20 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = io::Result<()>>,
 {
-    thread::Builder::new().name(name.to_string()).spawn(move || {
-        let runtime = match threads {
-            None => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-            Some(n) => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n)
-                .enable_all()
-                .build()?,
-        };
-        runtime.block_on(task())
-    })
+    thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let runtime = match threads {
+                None => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+                Some(n) => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .enable_all()
+                    .build()?,
+            };
+            runtime.block_on(task())
+        })
 }
 
 async fn serve_worker(
@@ -213,7 +226,9 @@ async fn serve_worker(
             listener: tokio::net::TcpListener::from_std(socket)?,
             settings,
         };
-        acceptors.push(tokio::spawn(acceptor.run(shutdown.clone(), tracker.clone())));
+        acceptors.push(tokio::spawn(
+            acceptor.run(shutdown.clone(), tracker.clone()),
+        ));
     }
     shutdown.cancelled().await;
     for acceptor in acceptors {
@@ -234,7 +249,9 @@ async fn serve_worker(
 /// Cancels `shutdown` on SIGTERM or SIGINT. Runs on its own thread for the life of the process.
 pub fn shutdown_on_signals(shutdown: CancellationToken) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     // Registered here, before the thread starts, so a signal that arrives early is not lost.
     let (mut term, mut int, mut hup) = runtime.block_on(async {
         Ok::<_, io::Error>((

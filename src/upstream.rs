@@ -101,7 +101,11 @@ impl Pool {
             .collect();
         Pool {
             name: Arc::from(cfg.name.as_str()),
-            backends: cfg.backends.iter().map(|b| Arc::new(Backend::new(b))).collect(),
+            backends: cfg
+                .backends
+                .iter()
+                .map(|b| Arc::new(Backend::new(b)))
+                .collect(),
             balancer: Balancer::new(cfg.algorithm),
             timeouts: cfg.timeouts.clone(),
             clients,

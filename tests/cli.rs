@@ -97,7 +97,11 @@ fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
         return None;
     }
     let rest = &line[line.find("addr=")? + 5..];
-    rest.split_whitespace().next()?.trim_matches('"').parse().ok()
+    rest.split_whitespace()
+        .next()?
+        .trim_matches('"')
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -135,7 +139,10 @@ fn check_rejects_an_invalid_file_with_location_caret_and_suggestion() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("{}:9:13", path.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:9:13", path.display())),
+        "{stderr}"
+    );
     assert!(stderr.contains("algorithm = \"round-robin\""), "{stderr}");
     assert!(stderr.contains('^'), "{stderr}");
     assert!(stderr.contains("did you mean `round_robin`"), "{stderr}");
@@ -190,7 +197,14 @@ async fn demo_rotates_across_three_backends_and_stops_on_sigterm() {
         seen.push(name);
     }
     seen.sort();
-    assert_eq!(seen, ["hello from backend-1", "hello from backend-2", "hello from backend-3"]);
+    assert_eq!(
+        seen,
+        [
+            "hello from backend-1",
+            "hello from backend-2",
+            "hello from backend-3"
+        ]
+    );
     demo.signal("TERM");
     assert_eq!(demo.wait_exit(Duration::from_secs(10)), Some(0));
 }
@@ -244,23 +258,33 @@ async fn sigterm_finishes_in_flight_requests_closes_idle_ones_and_exits_0() {
         }
         Some((String::from_utf8_lossy(&got).into_owned(), Instant::now()))
     });
-    answered.recv_timeout(Duration::from_secs(10)).expect("idle connection answered");
+    answered
+        .recv_timeout(Duration::from_secs(10))
+        .expect("idle connection answered");
 
     // A request in flight at the backend when the signal arrives.
     let in_flight = tokio::spawn(get_owned(format!("http://{addr}/")));
-    assert!(eventually(Duration::from_secs(10), || entered.load(Ordering::SeqCst) == 2));
+    assert!(eventually(Duration::from_secs(10), || entered
+        .load(Ordering::SeqCst)
+        == 2));
     let signalled = Instant::now();
     sluice.signal("TERM");
 
     let got = in_flight.await.unwrap();
     assert_eq!(got.status, 200);
     assert_eq!(got.text(), "finished");
-    let (idle_text, idle_closed) = idle.join().unwrap().expect("idle connection closed cleanly");
+    let (idle_text, idle_closed) = idle
+        .join()
+        .unwrap()
+        .expect("idle connection closed cleanly");
     assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
     // Closed at once, not after the in-flight request's remaining ~800ms.
     assert!(idle_closed.duration_since(signalled) < Duration::from_millis(500));
     assert_eq!(sluice.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer accepting");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
 }
 
 async fn get_owned(url: String) -> Got {
@@ -272,11 +296,18 @@ async fn json_access_log_has_one_line_per_request_with_its_fields() {
     let a = TestBackend::start("a");
     let config = simple_config(&[&a]).replace("access_log = false", "access_log = true");
     let path = temp_config("json", &config);
-    let mut sluice = Proc::spawn(&["run", "--config", path.to_str().unwrap(), "--log-format", "json"]);
+    let mut sluice = Proc::spawn(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     let addr = sluice
         .wait_for(Duration::from_secs(20), |line| {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["message"] == "listening").then(|| v["addr"].as_str()?.parse::<std::net::SocketAddr>().ok())?
+            (v["message"] == "listening")
+                .then(|| v["addr"].as_str()?.parse::<std::net::SocketAddr>().ok())?
         })
         .expect("listening line");
     let req = http::Request::post(format!("http://{addr}/logged?q=1"))
@@ -313,17 +344,27 @@ async fn json_access_log_has_one_line_per_request_with_its_fields() {
 async fn access_log_off_writes_no_access_lines() {
     let a = TestBackend::start("a");
     let path = temp_config("nolog", &simple_config(&[&a]));
-    let mut sluice = Proc::spawn(&["run", "--config", path.to_str().unwrap(), "--log-format", "json"]);
+    let mut sluice = Proc::spawn(&[
+        "run",
+        "--config",
+        path.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     let addr = sluice
         .wait_for(Duration::from_secs(20), |line| {
             let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["message"] == "listening").then(|| v["addr"].as_str()?.parse::<std::net::SocketAddr>().ok())?
+            (v["message"] == "listening")
+                .then(|| v["addr"].as_str()?.parse::<std::net::SocketAddr>().ok())?
         })
         .expect("listening line");
     assert_eq!(get(&format!("http://{addr}/")).await.status, 200);
     sluice.signal("TERM");
     assert_eq!(sluice.wait_exit(Duration::from_secs(10)), Some(0));
     let rest: Vec<String> = sluice.lines.try_iter().collect();
-    assert!(rest.iter().all(|l| !l.contains("\"target\":\"access\"")), "{rest:?}");
+    assert!(
+        rest.iter().all(|l| !l.contains("\"target\":\"access\"")),
+        "{rest:?}"
+    );
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }

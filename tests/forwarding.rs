@@ -6,7 +6,11 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_rotates_across_backends() {
-    let (a, b, c) = (TestBackend::start("a"), TestBackend::start("b"), TestBackend::start("c"));
+    let (a, b, c) = (
+        TestBackend::start("a"),
+        TestBackend::start("b"),
+        TestBackend::start("c"),
+    );
     let sluice = TestSluice::start(&simple_config(&[&a, &b, &c]));
     let mut names = Vec::new();
     for _ in 0..6 {

@@ -66,7 +66,11 @@ pub async fn serve(
     Ok(())
 }
 
-fn handle(settings: &config::Admin, _shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(
+    settings: &config::Admin,
+    _shared: &Shared,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if req.method() == Method::GET && path == "/healthz" {
         return text(StatusCode::OK, "ok\n");

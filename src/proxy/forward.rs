@@ -41,8 +41,13 @@ pub async fn send(
 
     // Only a request that can be sent again identically may be retried: idempotent and with no
     // body. Its head is copied up front, since the client consumes the request.
-    let replay = (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty))
-        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+    let replay = (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty)).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
 
     let client = pool.client(worker);
     let deadline = tokio::time::Instant::now() + pool.timeouts.request;
@@ -74,8 +79,12 @@ impl Failure {
         match self {
             Failure::Timeout => ProxyError::Timeout,
             Failure::Client(e) if e.is_connect() => ProxyError::Connect(e),
-            Failure::Client(e) if body_too_large(&e) => ProxyError::BodyTooLarge,
-            Failure::Client(e) => ProxyError::Upstream(e),
+            Failure::Client(e) => match body_error(&e) {
+                Some(BodyError::TooLarge) => ProxyError::BodyTooLarge,
+                // The client's own body was malformed or cut: not the backend's fault.
+                Some(BodyError::Client(_)) => ProxyError::BadRequest("invalid request body\n"),
+                None => ProxyError::Upstream(e),
+            },
         }
     }
 }
@@ -126,13 +135,14 @@ fn is_stale_connection(e: &legacy::Error) -> bool {
     false
 }
 
-fn body_too_large(e: &legacy::Error) -> bool {
+/// The request-body failure behind an upstream error, if that is what it was.
+fn body_error(e: &legacy::Error) -> Option<&BodyError> {
     let mut source = e.source();
     while let Some(err) = source {
-        if matches!(err.downcast_ref::<BodyError>(), Some(BodyError::TooLarge)) {
-            return true;
+        if let Some(body) = err.downcast_ref::<BodyError>() {
+            return Some(body);
         }
         source = err.source();
     }
-    false
+    None
 }

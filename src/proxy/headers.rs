@@ -60,7 +60,10 @@ fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyEr
             }
             // Absolute-form target: its authority must name the same host as `Host`.
             if let Some(authority) = req.uri().authority() {
-                if !authority.as_str().eq_ignore_ascii_case(host.to_str().unwrap_or("")) {
+                if !authority
+                    .as_str()
+                    .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+                {
                     return Err(ProxyError::BadRequest(
                         "request target and Host name different hosts\n",
                     ));
@@ -70,14 +73,18 @@ fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyEr
     }
     if let Some(scheme) = req.uri().scheme_str() {
         if scheme != "http" && scheme != "https" {
-            return Err(ProxyError::BadRequest("unsupported scheme in request target\n"));
+            return Err(ProxyError::BadRequest(
+                "unsupported scheme in request target\n",
+            ));
         }
     }
 
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
     let length = lengths.next();
     if lengths.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Content-Length header\n"));
+        return Err(ProxyError::BadRequest(
+            "more than one Content-Length header\n",
+        ));
     }
     if let Some(len) = length {
         let digits = len.as_bytes();
@@ -115,8 +122,13 @@ fn check_h2_authority<B>(req: &Request<B>) -> Result<(), ProxyError> {
         return Err(ProxyError::BadRequest("more than one Host header\n"));
     }
     if let (Some(host), Some(authority)) = (host, req.uri().authority()) {
-        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
-            return Err(ProxyError::BadRequest(":authority and Host name different hosts\n"));
+        if !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(ProxyError::BadRequest(
+                ":authority and Host name different hosts\n",
+            ));
         }
     }
     Ok(())
@@ -198,7 +210,10 @@ pub fn set_forwarded(
     } else {
         None
     };
-    headers.insert(X_FORWARDED_FOR.clone(), chain.unwrap_or_else(|| peer.clone()));
+    headers.insert(
+        X_FORWARDED_FOR.clone(),
+        chain.unwrap_or_else(|| peer.clone()),
+    );
     if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
@@ -247,7 +262,12 @@ pub fn new_request_id() -> HeaderValue {
     });
     let mut buf = [0u8; 32];
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in hi.to_be_bytes().iter().chain(lo.to_be_bytes().iter()).enumerate() {
+    for (i, byte) in hi
+        .to_be_bytes()
+        .iter()
+        .chain(lo.to_be_bytes().iter())
+        .enumerate()
+    {
         buf[2 * i] = HEX[usize::from(byte >> 4)];
         buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
     }

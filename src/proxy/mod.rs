@@ -83,11 +83,22 @@ async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ResponseB
             aborted: false,
         })
     });
+    let framing = if version == Version::HTTP_2 {
+        Ok(())
+    } else {
+        ctx.conn.framing_verdict()
+    };
     let mut exchange = Exchange::new(active, log);
-    match proxy(ctx, &snapshot, listener, req, &request_id, &mut exchange).await {
+    let result = match framing {
+        Ok(()) => proxy(ctx, &snapshot, listener, req, &request_id, &mut exchange).await,
+        Err(why) => Err(ProxyError::BadRequest(why)),
+    };
+    match result {
         Ok(mut response) => {
             headers::strip_hop_by_hop(response.headers_mut());
-            response.headers_mut().insert(X_REQUEST_ID.clone(), request_id);
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID.clone(), request_id);
             exchange.set_status(response.status());
             response.map(|body| ResponseBody::upstream(body, exchange))
         }
@@ -149,14 +160,25 @@ async fn proxy(
     }
     if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         // hyper's client sends no body at all for a GET of unknown length unless told.
-        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
     let trusted = listener
         .trusted_proxies
         .iter()
         .any(|net| net.contains(ctx.peer.ip()));
-    headers::set_forwarded(&mut parts.headers, &ctx.peer_value, trusted, "http", host_value);
-    parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    headers::set_forwarded(
+        &mut parts.headers,
+        &ctx.peer_value,
+        trusted,
+        "http",
+        host_value,
+    );
+    parts
+        .headers
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
 
     exchange.set_backend(backend.start_request());
     let sent = Instant::now();
@@ -170,10 +192,7 @@ async fn proxy(
 /// Limits hyper does not enforce the way the SPEC wants: URI length (414), head size (431) and
 /// a declared body length over the limit (413, before any backend is contacted).
 fn check_limits(listener: &ListenerState, req: &Request<Incoming>) -> Result<(), ProxyError> {
-    let uri_len = req
-        .uri()
-        .path_and_query()
-        .map_or(0, |p| p.as_str().len());
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > listener.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
@@ -195,7 +214,11 @@ fn check_limits(listener: &ListenerState, req: &Request<Incoming>) -> Result<(),
     Ok(())
 }
 
-fn upstream_body(listener: &ListenerState, body: Incoming, exchange: &mut Exchange) -> UpstreamBody {
+fn upstream_body(
+    listener: &ListenerState,
+    body: Incoming,
+    exchange: &mut Exchange,
+) -> UpstreamBody {
     if body.is_end_stream() {
         return UpstreamBody::Empty;
     }

@@ -24,8 +24,9 @@ use sluice::server::{RunOptions, RuntimeKind, Server};
 use tokio_util::sync::CancellationToken;
 
 pub type Body = BoxBody<Bytes, Infallible>;
-pub type Handler =
-    Arc<dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
@@ -58,7 +59,11 @@ impl TestBackend {
             let (record, tag) = (record.clone(), tag.clone());
             Box::pin(async move {
                 let (parts, body) = req.into_parts();
-                let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                let body = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
                 record.lock().unwrap().push(Seen {
                     method: parts.method,
                     uri: parts.uri,
@@ -83,7 +88,10 @@ impl TestBackend {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(socket).unwrap();
                 loop {

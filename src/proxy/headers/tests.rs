@@ -8,6 +8,14 @@ fn req(version: Version, target: &str, headers: &[(&str, &str)]) -> Request<()> 
     b.body(()).unwrap()
 }
 
+/// Version, target, headers, expected verdict.
+type Case<'a> = (
+    Version,
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Result<(), &'a str>,
+);
+
 #[test]
 fn framing_table() {
     const HTTP_10: Version = Version::HTTP_10;
@@ -15,7 +23,7 @@ fn framing_table() {
     let ok = Ok(());
     let bad = |s| Err(s);
     #[rustfmt::skip]
-    let cases: &[(Version, &str, &[(&str, &str)], Result<(), &str>)] = &[
+    let cases: &[Case] = &[
         (HTTP_11, "/", &[("host", "a")], ok),
         (HTTP_11, "/", &[], bad("missing Host header\n")),
         (HTTP_10, "/", &[], ok),
@@ -48,7 +56,12 @@ fn framing_table() {
 
 #[test]
 fn connect_is_rejected() {
-    let r = Request::builder().method(Method::CONNECT).uri("a:443").header("host", "a:443").body(()).unwrap();
+    let r = Request::builder()
+        .method(Method::CONNECT)
+        .uri("a:443")
+        .header("host", "a:443")
+        .body(())
+        .unwrap();
     assert!(matches!(check_request(&r), Err(ProxyError::BadRequest(_))));
 }
 
@@ -63,7 +76,10 @@ fn h2_authority_must_agree_with_host() {
 fn hop_by_hop_and_connection_named_headers_go() {
     let mut h = HeaderMap::new();
     for (k, v) in [
-        ("connection", "keep-alive, X-Secret, x-forwarded-for, host, x-request-id"),
+        (
+            "connection",
+            "keep-alive, X-Secret, x-forwarded-for, host, x-request-id",
+        ),
         ("connection", "close"),
         ("keep-alive", "timeout=5"),
         ("proxy-connection", "keep-alive"),
@@ -104,14 +120,26 @@ fn forwarded_headers_replace_for_untrusted_and_extend_for_trusted() {
         h
     };
     let mut h = spoofed();
-    set_forwarded(&mut h, &peer, false, "http", Some(HeaderValue::from_static("a.com")));
+    set_forwarded(
+        &mut h,
+        &peer,
+        false,
+        "http",
+        Some(HeaderValue::from_static("a.com")),
+    );
     assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
     assert_eq!(h[&X_FORWARDED_PROTO], "http");
     assert_eq!(h[&X_FORWARDED_HOST], "a.com");
 
     let mut h = spoofed();
     h.append(&X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
-    set_forwarded(&mut h, &peer, true, "http", Some(HeaderValue::from_static("a.com")));
+    set_forwarded(
+        &mut h,
+        &peer,
+        true,
+        "http",
+        Some(HeaderValue::from_static("a.com")),
+    );
     assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 7.7.7.7, 10.0.0.9");
     assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
     assert_eq!(h[&X_FORWARDED_PROTO], "https");

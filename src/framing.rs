@@ -1,0 +1,370 @@
+//! A raw-byte scanner of HTTP/1 request framing, run on everything a downstream connection
+//! reads, before hyper parses it.
+//!
+//! hyper quietly repairs some ambiguous framings: it drops a `Content-Length` that meets a
+//! `Transfer-Encoding`, and folds a repeated identical `Content-Length` into one. A proxy must
+//! refuse those requests instead (request smuggling), and after hyper's repair the evidence is
+//! gone. So this scanner follows the byte stream itself: request heads line by line, then each
+//! body by its declared length or chunk by chunk, and records one verdict per head, in order.
+//! The request service takes the verdicts in the same order.
+//!
+//! It fails closed: bytes it cannot follow put it in `Lost`, and every later request on the
+//! connection is refused rather than trusted.
+
+use std::collections::VecDeque;
+
+/// What the scanner concluded about one request head.
+pub type Verdict = Result<(), &'static str>;
+
+/// The longest header line kept for inspection; longer `Content-Length` or
+/// `Transfer-Encoding` lines are refused (no legitimate one comes close).
+const MAX_KEPT_LINE: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading a request head, at the start of a line.
+    Head,
+    /// Reading the rest of a header line.
+    HeadLine,
+    /// Fixed-length body: bytes left.
+    Body(u64),
+    ChunkSize,
+    /// Chunk extensions, up to the end of the size line.
+    ChunkExt,
+    ChunkData(u64),
+    /// The CRLF after chunk data.
+    ChunkDataEnd,
+    /// Trailer lines after the last chunk, up to an empty line.
+    Trailers,
+    /// Not HTTP/1 (the HTTP/2 preface): nothing to check.
+    Off,
+    /// Out of step with the stream: refuse what follows.
+    Lost,
+}
+
+/// Facts about the head being read.
+#[derive(Debug, Default)]
+struct Head {
+    lines: usize,
+    content_lengths: usize,
+    length: Option<u64>,
+    transfer_encodings: usize,
+    chunked: bool,
+}
+
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+    line: Vec<u8>,
+    /// The current line is longer than `MAX_KEPT_LINE` and was cut.
+    line_cut: bool,
+    head: Head,
+    chunk_size: u64,
+    chunk_digits: usize,
+    /// Heads seen and not yet taken by the request service.
+    verdicts: VecDeque<Verdict>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner {
+            state: State::Head,
+            line: Vec::with_capacity(64),
+            line_cut: false,
+            head: Head::default(),
+            chunk_size: 0,
+            chunk_digits: 0,
+            verdicts: VecDeque::new(),
+        }
+    }
+}
+
+impl Scanner {
+    /// The verdict on the next request head, in arrival order. `None` when the scanner has no
+    /// complete head on record: the request cannot be vouched for.
+    pub fn take_verdict(&mut self) -> Option<Verdict> {
+        match self.state {
+            State::Off => Some(Ok(())),
+            _ => self.verdicts.pop_front(),
+        }
+    }
+
+    /// Follows `bytes`, the next bytes read from the connection.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Off | State::Lost => return,
+                State::Body(left) => {
+                    let n = left.min(bytes.len() as u64);
+                    bytes = &bytes[n as usize..];
+                    self.state = if n == left {
+                        State::Head
+                    } else {
+                        State::Body(left - n)
+                    };
+                }
+                State::ChunkData(left) => {
+                    let n = left.min(bytes.len() as u64);
+                    bytes = &bytes[n as usize..];
+                    self.state = if n == left {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData(left - n)
+                    };
+                }
+                _ => {
+                    let b = bytes[0];
+                    bytes = &bytes[1..];
+                    self.byte(b);
+                }
+            }
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        match self.state {
+            State::Head | State::HeadLine | State::Trailers => {
+                if b == b'\n' {
+                    self.end_line();
+                } else {
+                    if self.state == State::Head {
+                        self.state = State::HeadLine;
+                    }
+                    if self.line.len() < MAX_KEPT_LINE {
+                        self.line.push(b);
+                    } else {
+                        self.line_cut = true;
+                    }
+                }
+            }
+            State::ChunkSize => match b {
+                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
+                    self.chunk_digits += 1;
+                    match self.chunk_size.checked_mul(16) {
+                        Some(v) if self.chunk_digits <= 16 => self.chunk_size = v + digit,
+                        _ => self.state = State::Lost,
+                    }
+                }
+                b';' | b' ' | b'\t' if self.chunk_digits > 0 => self.state = State::ChunkExt,
+                b'\r' if self.chunk_digits > 0 => self.state = State::ChunkExt,
+                b'\n' if self.chunk_digits > 0 => self.end_chunk_size(),
+                _ => self.state = State::Lost,
+            },
+            State::ChunkExt => {
+                if b == b'\n' {
+                    self.end_chunk_size();
+                }
+            }
+            State::ChunkDataEnd => match b {
+                b'\r' => {}
+                b'\n' => self.start_chunk(),
+                _ => self.state = State::Lost,
+            },
+            State::Body(_) | State::ChunkData(_) | State::Off | State::Lost => {}
+        }
+    }
+
+    fn start_chunk(&mut self) {
+        self.chunk_size = 0;
+        self.chunk_digits = 0;
+        self.state = State::ChunkSize;
+    }
+
+    fn end_chunk_size(&mut self) {
+        self.state = if self.chunk_size == 0 {
+            State::Trailers
+        } else {
+            State::ChunkData(self.chunk_size)
+        };
+    }
+
+    fn end_line(&mut self) {
+        if self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        let empty = self.line.is_empty() && !self.line_cut;
+        if self.state == State::Trailers {
+            if empty {
+                self.state = State::Head;
+            }
+        } else if empty && self.head.lines == 0 {
+            // Empty lines before a request line are allowed and ignored (RFC 9112 2.2).
+            self.state = State::Head;
+        } else if empty {
+            self.end_head();
+        } else {
+            self.header_line();
+            if self.state != State::Off {
+                self.state = State::Head;
+            }
+        }
+        self.line.clear();
+        self.line_cut = false;
+    }
+
+    fn header_line(&mut self) {
+        let head = &mut self.head;
+        head.lines += 1;
+        if head.lines == 1 {
+            if self.line == b"PRI * HTTP/2.0" {
+                self.state = State::Off;
+            }
+            return;
+        }
+        let Some(colon) = self.line.iter().position(|&b| b == b':') else {
+            return;
+        };
+        let (name, value) = (&self.line[..colon], self.line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            head.content_lengths += 1;
+            let digits =
+                !value.is_empty() && value.len() <= 19 && value.iter().all(u8::is_ascii_digit);
+            head.length = if digits && !self.line_cut {
+                std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+            } else {
+                None
+            };
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            head.transfer_encodings += 1;
+            head.chunked = !self.line_cut && value.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+
+    fn end_head(&mut self) {
+        let head = std::mem::take(&mut self.head);
+        if self.state == State::Off {
+            return;
+        }
+        let verdict = if head.content_lengths > 1 {
+            Err("more than one Content-Length header\n")
+        } else if head.content_lengths > 0 && head.transfer_encodings > 0 {
+            Err("both Content-Length and Transfer-Encoding\n")
+        } else if head.transfer_encodings > 1 || (head.transfer_encodings == 1 && !head.chunked) {
+            Err("unsupported Transfer-Encoding\n")
+        } else if head.content_lengths == 1 && head.length.is_none() {
+            Err("invalid Content-Length\n")
+        } else {
+            Ok(())
+        };
+        self.state = match verdict {
+            // The request will be refused and its connection closed: nothing after it counts.
+            Err(_) => State::Lost,
+            Ok(()) if head.chunked => {
+                self.start_chunk();
+                State::ChunkSize
+            }
+            Ok(()) => match head.length {
+                Some(n) if n > 0 => State::Body(n),
+                _ => State::Head,
+            },
+        };
+        self.verdicts.push_back(verdict);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(input: &[u8]) -> Scanner {
+        let mut s = Scanner::default();
+        s.feed(input);
+        s
+    }
+
+    fn verdicts(input: &[u8]) -> Vec<Verdict> {
+        let mut s = scan(input);
+        std::iter::from_fn(|| s.take_verdict()).take(10).collect()
+    }
+
+    #[test]
+    fn plain_requests_pass_in_order() {
+        let input = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(verdicts(input), [Ok(()), Ok(())]);
+    }
+
+    #[test]
+    fn bodies_are_skipped_by_length_and_by_chunks() {
+        let input = b"POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\nGET /fake HTTP/1.1\r\n\
+                      POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      5;ext=1\r\nhello\r\n1A\r\nContent-Length: 1\r\nContent\r\n0\r\nX-Trailer: 1\r\n\r\n\
+                      GET /3 HTTP/1.1\r\n\r\n";
+        assert_eq!(verdicts(input), [Ok(()), Ok(()), Ok(())]);
+    }
+
+    #[test]
+    fn every_split_of_the_stream_gives_the_same_verdicts() {
+        let input: &[u8] =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                             POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        for split in 0..input.len() {
+            let mut s = Scanner::default();
+            s.feed(&input[..split]);
+            s.feed(&input[split..]);
+            let got: Vec<Verdict> = std::iter::from_fn(|| s.take_verdict()).collect();
+            assert_eq!(
+                got,
+                [Ok(()), Err("more than one Content-Length header\n")],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_heads_are_refused() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n", "more than one Content-Length header\n"),
+            (b"POST / HTTP/1.1\r\ncontent-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", "both Content-Length and Transfer-Encoding\n"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n", "both Content-Length and Transfer-Encoding\n"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", "unsupported Transfer-Encoding\n"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "unsupported Transfer-Encoding\n"),
+            (b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", "invalid Content-Length\n"),
+        ];
+        for (input, why) in cases {
+            assert_eq!(
+                verdicts(input),
+                [Err(*why)],
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_after_a_refused_head_is_vouched_for() {
+        let mut s = scan(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nxGET / HTTP/1.1\r\n\r\n");
+        assert!(s.take_verdict().unwrap().is_err());
+        assert_eq!(s.take_verdict(), None);
+    }
+
+    #[test]
+    fn a_broken_chunk_loses_the_stream() {
+        let mut s = scan(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\n\r\n",
+        );
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+        assert_eq!(s.take_verdict(), None);
+        assert_eq!(s.state, State::Lost);
+    }
+
+    #[test]
+    fn http2_preface_turns_the_scanner_off() {
+        let mut s = scan(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04");
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+    }
+
+    #[test]
+    fn leading_empty_lines_and_bare_lf_are_tolerated() {
+        assert_eq!(verdicts(b"\r\n\nGET / HTTP/1.1\nHost: a\n\n"), [Ok(())]);
+    }
+
+    #[test]
+    fn an_overlong_framing_line_is_refused() {
+        let mut input = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
+        input.extend(std::iter::repeat_n(b'0', 300));
+        input.extend_from_slice(b"5\r\n\r\n");
+        assert_eq!(verdicts(&input), [Err("invalid Content-Length\n")]);
+    }
+}

@@ -1,0 +1,601 @@
+//! Strict framing and local answers: every malformed request is sent as raw bytes to a real
+//! sluice in front of a real backend; sluice must answer it itself, close the connection, and
+//! never let the backend see it. Local answers (404, 502) carry a plain-text cause and a request
+//! id.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// How long a raw read waits before deciding the server is not going to say more.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP/1 response read off a raw socket.
+#[derive(Debug)]
+struct RawResponse {
+    status_line: String,
+    /// Names lower-cased, in wire order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn status(&self) -> u16 {
+        self.status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {:?}", self.status_line))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw client connection that can read one response at a time and then tell whether the
+/// server closed the connection.
+struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    fn open(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        // A server may answer and close before reading everything; what it answered still
+        // arrives, so a failed write is left for the read to explain.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` means the server closed the connection.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = match self.stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A close with unread request bytes in the server's buffer arrives as a reset.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    fn fill_or_panic(&mut self, what: &str) {
+        match self.fill() {
+            Ok(0) => panic!(
+                "connection closed while reading {what}; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "reading {what} failed ({e}); got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    fn take_line(&mut self) -> String {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            self.fill_or_panic("a line");
+        }
+    }
+
+    fn take_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.fill_or_panic("a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads one complete response (`Content-Length`, chunked, or until close).
+    fn response(&mut self) -> RawResponse {
+        let status_line = self.take_line();
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line has a colon");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let body = if let Some(len) = get("content-length") {
+            self.take_exact(len.parse().expect("numeric content-length"))
+        } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let size = self.take_line();
+                let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+                    .expect("hex chunk size");
+                if size == 0 {
+                    while !self.take_line().is_empty() {}
+                    break;
+                }
+                body.extend(self.take_exact(size));
+                assert_eq!(self.take_line(), "", "chunk not followed by CRLF");
+            }
+            body
+        } else {
+            while self.fill().is_ok_and(|n| n > 0) {}
+            std::mem::take(&mut self.buf)
+        };
+        RawResponse {
+            status_line,
+            headers,
+            body,
+        }
+    }
+
+    /// After a response: reads whatever else the server sends, and whether it then closed the
+    /// connection (`false`: still open after `READ_TIMEOUT`).
+    fn rest(&mut self) -> (String, bool) {
+        let deadline = Instant::now() + READ_TIMEOUT;
+        let closed = loop {
+            match self.fill() {
+                Ok(0) => break true,
+                Ok(_) if Instant::now() < deadline => {}
+                Ok(_) | Err(_) => break false,
+            }
+        };
+        (
+            String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned(),
+            closed,
+        )
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `request` on a fresh connection to a sluice in front of a recording backend, and
+/// checks that sluice answered `status` itself, said nothing more, closed the connection, and
+/// that the backend saw nothing.
+fn assert_rejected(request: &[u8], status: u16) -> RawResponse {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    assert_rejected_by(&sluice, &backend, request, status)
+}
+
+fn assert_rejected_by(
+    sluice: &TestSluice,
+    backend: &TestBackend,
+    request: &[u8],
+    status: u16,
+) -> RawResponse {
+    let shown = String::from_utf8_lossy(&request[..request.len().min(300)]).into_owned();
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(request);
+    let response = conn.response();
+    assert_eq!(
+        response.status(),
+        status,
+        "request {shown:?} got {response:?}"
+    );
+    assert!(
+        response.status_line.starts_with("HTTP/1.1 "),
+        "{:?}",
+        response.status_line
+    );
+    let (rest, closed) = conn.rest();
+    assert_eq!(rest, "", "more bytes after the answer to {shown:?}");
+    assert!(closed, "connection left open after answering {shown:?}");
+    assert!(
+        backend.seen().is_empty(),
+        "backend saw {:?} for {shown:?}",
+        backend.seen()
+    );
+    response
+}
+
+// ---- Content-Length and Transfer-Encoding ----
+
+#[test]
+fn content_length_with_transfer_encoding_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn transfer_encoding_before_content_length_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn repeated_transfer_encoding_headers_are_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn stacked_gzip_then_chunked_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn chunked_not_last_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn unknown_transfer_coding_xchunked_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn identity_transfer_coding_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: identity\r\n\r\nhello",
+        400,
+    );
+}
+
+#[test]
+fn duplicate_content_length_with_same_value_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        400,
+    );
+}
+
+#[test]
+fn duplicate_content_length_with_different_values_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    );
+}
+
+#[test]
+fn content_length_list_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5, 5\r\n\r\nhello",
+        400,
+    );
+}
+
+#[test]
+fn non_numeric_content_length_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: abc\r\n\r\nhello",
+        400,
+    );
+}
+
+#[test]
+fn negative_content_length_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: -5\r\n\r\nhello",
+        400,
+    );
+}
+
+#[test]
+fn signed_content_length_is_rejected() {
+    assert_rejected(
+        b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: +5\r\n\r\nhello",
+        400,
+    );
+}
+
+// ---- Host and the request target ----
+
+#[test]
+fn http11_without_host_is_rejected() {
+    assert_rejected(b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400);
+}
+
+#[test]
+fn duplicate_host_is_rejected() {
+    assert_rejected(
+        b"GET / HTTP/1.1\r\nHost: good.example\r\nHost: evil.example\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn absolute_form_naming_another_host_is_rejected() {
+    assert_rejected(
+        b"GET http://evil.example/ HTTP/1.1\r\nHost: good\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn connect_is_rejected() {
+    assert_rejected(
+        b"CONNECT host.example:443 HTTP/1.1\r\nHost: host.example:443\r\n\r\n",
+        400,
+    );
+}
+
+#[test]
+fn upgrade_to_h2c_is_rejected() {
+    assert_rejected(
+        b"GET / HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+        400,
+    );
+}
+
+// ---- bodies ----
+
+#[test]
+fn invalid_chunk_size_is_not_forwarded_as_a_complete_request() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    );
+    let response = conn.response();
+    assert!(matches!(response.status(), 400 | 502), "got {response:?}");
+    let (rest, closed) = conn.rest();
+    assert_eq!(rest, "", "more bytes after the answer");
+    assert!(closed, "connection left open after a broken chunked body");
+    // The head was valid, so the backend may have seen it start; it must never have seen a
+    // complete request carrying the body (its recorder stores an empty body when the request
+    // broke off).
+    for seen in backend.seen() {
+        assert!(
+            seen.body.is_empty(),
+            "backend received a body from a broken chunked request: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn smuggled_request_never_reaches_the_backend() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    // The body, read as chunked, carries a whole second request; a hop that forwards it and
+    // a next hop that honours `Content-Length: 0` would see that request as a new one.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n\
+{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        smuggled.len()
+    );
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(request.as_bytes());
+    let response = conn.response();
+    let (rest, closed) = conn.rest();
+    // First what matters most: the smuggled request never arrives as a request of its own.
+    let seen = backend.seen();
+    assert!(
+        seen.iter().all(|s| s.uri.path() != "/smuggled"),
+        "smuggled request reached the backend: {seen:?}"
+    );
+    assert!(
+        seen.len() <= 1,
+        "backend saw {} requests: {seen:?}",
+        seen.len()
+    );
+    // And the ambiguous request is not forwarded at all.
+    assert_eq!(
+        response.status_line, "HTTP/1.1 400 Bad Request",
+        "{response:?}"
+    );
+    assert_eq!(rest, "", "more bytes after the answer");
+    assert!(closed, "connection left open after an ambiguous request");
+    assert!(seen.is_empty(), "backend saw {seen:?}");
+}
+
+// ---- limits ----
+
+fn limits_config(backend: &TestBackend, limit: &str) -> String {
+    format!(
+        r#"
+[log]
+access_log = false
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+{limit}
+
+[[route]]
+pool = "app"
+
+[pool.app]
+backends = [{}]
+"#,
+        backend_list(&[backend])
+    )
+}
+
+#[test]
+fn over_long_uri_gets_414() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&limits_config(&backend, "max_uri_bytes = 1024"));
+    let path = format!("/{}", "a".repeat(1999));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
+    let response = assert_rejected_by(&sluice, &backend, request.as_bytes(), 414);
+    assert_eq!(response.status_line, "HTTP/1.1 414 URI Too Long");
+
+    // The limit is the only reason: a URI under it goes through on the same sluice.
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(format!("GET /{} HTTP/1.1\r\nHost: app\r\n\r\n", "b".repeat(900)).as_bytes());
+    assert_eq!(conn.response().status(), 200);
+    assert_eq!(backend.seen().len(), 1);
+}
+
+#[test]
+fn over_large_head_gets_431() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&limits_config(&backend, "max_header_bytes = 4096"));
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(6000)
+    );
+    let response = assert_rejected_by(&sluice, &backend, request.as_bytes(), 431);
+    assert_eq!(
+        response.status_line,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(
+        format!(
+            "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+            "x".repeat(3000)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(conn.response().status(), 200);
+    assert_eq!(backend.seen().len(), 1);
+}
+
+// ---- what is accepted ----
+
+#[test]
+fn http10_without_host_is_forwarded() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(b"GET /old HTTP/1.0\r\nAccept: */*\r\n\r\n");
+    let response = conn.response();
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert_eq!(response.text(), "app");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].uri, "/old");
+    assert_eq!(seen[0].headers["accept"], "*/*");
+}
+
+// ---- local answers ----
+
+fn assert_local_answer(response: &RawResponse, status: u16, cause: &str) {
+    assert_eq!(response.status(), status, "{response:?}");
+    let content_type = response.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("text/plain"),
+        "content-type {content_type:?}"
+    );
+    let text = response.text();
+    assert!(!text.trim().is_empty() && text.len() < 200, "body {text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains(cause),
+        "body {text:?} does not name {cause:?}"
+    );
+    let id = response.header("x-request-id").unwrap_or_default();
+    assert!(!id.is_empty(), "no x-request-id in {response:?}");
+}
+
+#[test]
+fn no_route_gets_a_plain_text_404() {
+    let backend = TestBackend::start("app");
+    let config = format!(
+        r#"
+[log]
+access_log = false
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[route]]
+host = "only.example"
+pool = "app"
+
+[pool.app]
+backends = [{}]
+"#,
+        backend_list(&[&backend])
+    );
+    let sluice = TestSluice::start(&config);
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(b"GET /x HTTP/1.1\r\nHost: other.example\r\n\r\n");
+    let response = conn.response();
+    assert_local_answer(&response, 404, "route");
+    assert!(backend.seen().is_empty());
+
+    // The route itself works: only the host made the difference.
+    conn.send(b"GET /x HTTP/1.1\r\nHost: only.example\r\n\r\n");
+    assert_eq!(conn.response().status(), 200);
+    assert_eq!(backend.seen().len(), 1);
+}
+
+#[test]
+fn refused_backend_gets_a_plain_text_502() {
+    let refused = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let config = format!(
+        r#"
+[log]
+access_log = false
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+
+[[route]]
+pool = "app"
+
+[pool.app]
+backends = [{{ address = "{refused}" }}]
+"#
+    );
+    let sluice = TestSluice::start(&config);
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(b"GET / HTTP/1.1\r\nHost: app\r\nX-Request-Id: trace-502\r\n\r\n");
+    let response = conn.response();
+    assert_local_answer(&response, 502, "backend");
+    assert_eq!(response.header("x-request-id"), Some("trace-502"));
+}

@@ -1,0 +1,518 @@
+//! Header rules through a real backend that records what it saw: hop-by-hop removal in both
+//! directions, the forwarding headers, the client's `Host`, request ids, and HTTP/2 `:authority`.
+//! Requests are raw bytes, so the test, not a client library, decides what is on the wire.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Response;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::*;
+
+/// How long a raw read waits before deciding the server is not going to say more.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One HTTP/1 response read off a raw socket.
+#[derive(Debug)]
+struct RawResponse {
+    status_line: String,
+    /// Names lower-cased, in wire order.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn status(&self) -> u16 {
+        self.status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line {:?}", self.status_line))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw client connection that can read one response at a time and then tell whether the
+/// server closed the connection.
+struct RawConn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    fn open(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        // A server may answer and close before reading everything; what it answered still
+        // arrives, so a failed write is left for the read to explain.
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` means the server closed the connection.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = match self.stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A close with unread request bytes in the server's buffer arrives as a reset.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                ) =>
+            {
+                0
+            }
+            Err(e) => return Err(e),
+        };
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    fn fill_or_panic(&mut self, what: &str) {
+        match self.fill() {
+            Ok(0) => panic!(
+                "connection closed while reading {what}; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+            Ok(_) => {}
+            Err(e) => panic!(
+                "reading {what} failed ({e}); got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+        }
+    }
+
+    fn take_line(&mut self) -> String {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return line;
+            }
+            self.fill_or_panic("a line");
+        }
+    }
+
+    fn take_exact(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            self.fill_or_panic("a body");
+        }
+        self.buf.drain(..n).collect()
+    }
+
+    /// Reads one complete response (`Content-Length`, chunked, or until close).
+    fn response(&mut self) -> RawResponse {
+        let status_line = self.take_line();
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line();
+            if line.is_empty() {
+                break;
+            }
+            let (name, value) = line.split_once(':').expect("header line has a colon");
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let body = if let Some(len) = get("content-length") {
+            self.take_exact(len.parse().expect("numeric content-length"))
+        } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let size = self.take_line();
+                let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
+                    .expect("hex chunk size");
+                if size == 0 {
+                    while !self.take_line().is_empty() {}
+                    break;
+                }
+                body.extend(self.take_exact(size));
+                assert_eq!(self.take_line(), "", "chunk not followed by CRLF");
+            }
+            body
+        } else {
+            while self.fill().is_ok_and(|n| n > 0) {}
+            std::mem::take(&mut self.buf)
+        };
+        RawResponse {
+            status_line,
+            headers,
+            body,
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends `request` on a fresh connection and returns the response and what the backend saw.
+fn exchange(sluice: &TestSluice, backend: &TestBackend, request: &str) -> (RawResponse, Seen) {
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(request.as_bytes());
+    let response = conn.response();
+    assert_eq!(response.status(), 200, "{response:?}");
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1, "backend saw {seen:?}");
+    (response, seen.into_iter().next().unwrap())
+}
+
+/// Every value the backend saw for `name`.
+fn values(seen: &Seen, name: &str) -> Vec<String> {
+    seen.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+fn is_request_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn trusting_config(backend: &TestBackend) -> String {
+    format!(
+        r#"
+[log]
+access_log = false
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+trusted_proxies = ["127.0.0.0/8"]
+
+[[route]]
+pool = "app"
+
+[pool.app]
+backends = [{}]
+"#,
+        backend_list(&[backend])
+    )
+}
+
+// ---- hop-by-hop, request direction ----
+
+#[test]
+fn hop_by_hop_request_headers_are_removed() {
+    let request = "GET / HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, x-secret\r\nKeep-Alive: timeout=5\r\n\
+Proxy-Connection: keep-alive\r\nTE: gzip\r\nTrailer: x-checksum\r\nx-secret: hunter2\r\n\
+x-kept: yes\r\n\r\n";
+
+    // Control: sent straight to a backend, every one of these headers arrives, so their absence
+    // through sluice is sluice's doing.
+    let direct = TestBackend::start("direct");
+    let mut conn = RawConn::open(direct.addr);
+    conn.send(request.as_bytes());
+    assert_eq!(conn.response().status(), 200);
+    let control = &direct.seen()[0];
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "x-secret",
+    ] {
+        assert!(control.headers.contains_key(name), "control lost {name}");
+    }
+
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (_, seen) = exchange(&sluice, &backend, request);
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "x-secret",
+    ] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "backend saw {name}: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(values(&seen, "x-kept"), ["yes"]);
+}
+
+#[test]
+fn every_header_named_in_connection_is_removed() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    // Several tokens across two Connection headers, odd spacing and case.
+    let (_, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET / HTTP/1.1\r\nHost: app\r\nConnection: X-One ,x-two\r\nConnection: x-three\r\n\
+x-one: 1\r\nx-two: 2\r\nx-three: 3\r\nx-four: 4\r\n\r\n",
+    );
+    for name in ["connection", "x-one", "x-two", "x-three"] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "backend saw {name}: {:?}",
+            seen.headers
+        );
+    }
+    assert_eq!(values(&seen, "x-four"), ["4"]);
+}
+
+#[test]
+fn upgrade_websocket_is_removed() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (_, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    );
+    assert!(!seen.headers.contains_key("upgrade"), "{:?}", seen.headers);
+    assert!(
+        !seen.headers.contains_key("connection"),
+        "{:?}",
+        seen.headers
+    );
+    assert_eq!(values(&seen, "sec-websocket-version"), ["13"]);
+}
+
+#[test]
+fn te_trailers_survives() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (_, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET / HTTP/1.1\r\nHost: app\r\nTE: trailers\r\n\r\n",
+    );
+    assert_eq!(values(&seen, "te"), ["trailers"]);
+}
+
+#[test]
+fn connection_cannot_remove_headers_sluice_sets() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (response, seen) = exchange(
+        &sluice,
+        &backend,
+        "POST /p HTTP/1.1\r\nHost: app.example\r\n\
+Connection: x-forwarded-for, x-request-id, host, x-forwarded-proto, x-forwarded-host, content-length\r\n\
+X-Forwarded-For: 6.6.6.6\r\nContent-Length: 4\r\n\r\nbody",
+    );
+    assert_eq!(values(&seen, "host"), ["app.example"]);
+    assert_eq!(values(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&seen, "x-forwarded-host"), ["app.example"]);
+    let ids = values(&seen, "x-request-id");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(is_request_id(&ids[0]), "{ids:?}");
+    assert_eq!(response.header("x-request-id"), Some(ids[0].as_str()));
+    assert_eq!(seen.body, "body");
+}
+
+// ---- hop-by-hop, response direction ----
+
+#[test]
+fn hop_by_hop_response_headers_are_removed() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler: Handler = Arc::new(|_req| {
+        Box::pin(async {
+            Response::builder()
+                .header("connection", "x-internal")
+                .header("x-internal", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
+                .header("upgrade", "websocket")
+                .header("x-public", "yes")
+                .body(full("hello"))
+                .unwrap()
+        })
+    });
+    let backend = TestBackend::with_handler("app", seen, handler);
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+
+    // Control: the backend really puts these on the wire, so their absence below is sluice's.
+    let mut direct = RawConn::open(backend.addr);
+    direct.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n");
+    let direct = direct.response();
+    for name in [
+        "connection",
+        "x-internal",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(
+            direct.header(name).is_some(),
+            "backend did not send {name}: {direct:?}"
+        );
+    }
+
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n");
+    let response = conn.response();
+    assert_eq!(response.status_line, "HTTP/1.1 200 OK");
+    assert_eq!(response.text(), "hello");
+    for name in [
+        "connection",
+        "x-internal",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert_eq!(
+            response.header(name),
+            None,
+            "client saw {name}: {:?}",
+            response.headers
+        );
+    }
+    assert_eq!(response.header("x-public"), Some("yes"));
+}
+
+// ---- forwarding headers ----
+
+#[test]
+fn forwarded_for_from_an_untrusted_peer_is_replaced() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (_, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
+X-Forwarded-Host: forged.example\r\n\r\n",
+    );
+    assert_eq!(values(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&seen, "x-forwarded-host"), ["app"]);
+}
+
+#[test]
+fn forwarded_for_from_a_trusted_peer_is_extended() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&trusting_config(&backend));
+    let (_, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n",
+    );
+    assert_eq!(values(&seen, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+}
+
+#[test]
+fn forwarded_for_is_set_when_absent_even_from_a_trusted_peer() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&trusting_config(&backend));
+    let (_, seen) = exchange(&sluice, &backend, "GET / HTTP/1.1\r\nHost: app\r\n\r\n");
+    assert_eq!(values(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+}
+
+#[test]
+fn client_host_with_port_reaches_the_backend_unchanged() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (_, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET /where?q=1 HTTP/1.1\r\nHost: Shop.Example:8080\r\n\r\n",
+    );
+    assert_eq!(values(&seen, "host"), ["Shop.Example:8080"]);
+    assert_eq!(values(&seen, "x-forwarded-host"), ["Shop.Example:8080"]);
+    assert_eq!(values(&seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(&seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.uri, "/where?q=1");
+}
+
+// ---- request ids ----
+
+#[test]
+fn request_id_is_added_and_echoed() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (response, seen) = exchange(&sluice, &backend, "GET / HTTP/1.1\r\nHost: app\r\n\r\n");
+    let ids = values(&seen, "x-request-id");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(is_request_id(&ids[0]), "not 32 hex digits: {:?}", ids[0]);
+    assert_eq!(response.header("x-request-id"), Some(ids[0].as_str()));
+
+    // A second request gets a different id.
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n");
+    let second = conn.response();
+    let second_id = second.header("x-request-id").unwrap_or_default();
+    assert!(is_request_id(second_id), "{second:?}");
+    assert_ne!(second_id, ids[0]);
+}
+
+#[test]
+fn client_request_id_is_kept_and_echoed() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let (response, seen) = exchange(
+        &sluice,
+        &backend,
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Request-Id: client-trace-42\r\n\r\n",
+    );
+    assert_eq!(values(&seen, "x-request-id"), ["client-trace-42"]);
+    assert_eq!(response.header("x-request-id"), Some("client-trace-42"));
+}
+
+// ---- HTTP/2 downstream ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_authority_becomes_host_for_an_http11_backend() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let req = http::Request::get(sluice.url("/h2?x=1"))
+        .body(full(""))
+        .unwrap();
+    let response = client.request(req).await.expect("h2 request");
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1);
+    let seen = &seen[0];
+    let authority = sluice.addr().to_string();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.uri, "/h2?x=1");
+    assert_eq!(values(seen, "host"), [authority.as_str()]);
+    assert_eq!(values(seen, "x-forwarded-host"), [authority.as_str()]);
+    assert_eq!(values(seen, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values(seen, "x-forwarded-proto"), ["http"]);
+    assert_eq!(values(seen, "x-request-id"), [id]);
+}
