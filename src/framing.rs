@@ -112,6 +112,33 @@ impl Scanner {
                         State::ChunkData(left - n)
                     };
                 }
+                State::Head | State::HeadLine | State::Trailers => {
+                    // Whole lines at a time: find the line end, inspect the line in place, and
+                    // copy only a line that a read boundary cut in two.
+                    match bytes.iter().position(|&b| b == b'\n') {
+                        Some(end) => {
+                            if self.line.is_empty() && !self.line_cut {
+                                let line = &bytes[..end];
+                                self.end_line_with(line);
+                            } else {
+                                self.keep(&bytes[..end]);
+                                let line = std::mem::take(&mut self.line);
+                                self.end_line_with(&line);
+                                self.line = line;
+                            }
+                            self.line.clear();
+                            self.line_cut = false;
+                            bytes = &bytes[end + 1..];
+                        }
+                        None => {
+                            self.keep(bytes);
+                            if self.state == State::Head {
+                                self.state = State::HeadLine;
+                            }
+                            return;
+                        }
+                    }
+                }
                 _ => {
                     let b = bytes[0];
                     bytes = &bytes[1..];
@@ -121,22 +148,17 @@ impl Scanner {
         }
     }
 
+    /// Keeps part of a line that continues in the next read (up to `MAX_KEPT_LINE`).
+    fn keep(&mut self, part: &[u8]) {
+        let room = MAX_KEPT_LINE.saturating_sub(self.line.len());
+        self.line.extend_from_slice(&part[..part.len().min(room)]);
+        if part.len() > room {
+            self.line_cut = true;
+        }
+    }
+
     fn byte(&mut self, b: u8) {
         match self.state {
-            State::Head | State::HeadLine | State::Trailers => {
-                if b == b'\n' {
-                    self.end_line();
-                } else {
-                    if self.state == State::Head {
-                        self.state = State::HeadLine;
-                    }
-                    if self.line.len() < MAX_KEPT_LINE {
-                        self.line.push(b);
-                    } else {
-                        self.line_cut = true;
-                    }
-                }
-            }
             State::ChunkSize => match b {
                 b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                     let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
@@ -161,7 +183,13 @@ impl Scanner {
                 b'\n' => self.start_chunk(),
                 _ => self.state = State::Lost,
             },
-            State::Body(_) | State::ChunkData(_) | State::Off | State::Lost => {}
+            State::Head
+            | State::HeadLine
+            | State::Trailers
+            | State::Body(_)
+            | State::ChunkData(_)
+            | State::Off
+            | State::Lost => {}
         }
     }
 
@@ -179,11 +207,9 @@ impl Scanner {
         };
     }
 
-    fn end_line(&mut self) {
-        if self.line.last() == Some(&b'\r') {
-            self.line.pop();
-        }
-        let empty = self.line.is_empty() && !self.line_cut;
+    fn end_line_with(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let empty = line.is_empty() && !self.line_cut;
         if self.state == State::Trailers {
             if empty {
                 self.state = State::Head;
@@ -194,28 +220,30 @@ impl Scanner {
         } else if empty {
             self.end_head();
         } else {
-            self.header_line();
+            self.header_line(line);
             if self.state != State::Off {
                 self.state = State::Head;
             }
         }
-        self.line.clear();
-        self.line_cut = false;
     }
 
-    fn header_line(&mut self) {
+    fn header_line(&mut self, line: &[u8]) {
         let head = &mut self.head;
         head.lines += 1;
         if head.lines == 1 {
-            if self.line == b"PRI * HTTP/2.0" {
+            if line == b"PRI * HTTP/2.0" {
                 self.state = State::Off;
             }
             return;
         }
-        let Some(colon) = self.line.iter().position(|&b| b == b':') else {
+        // Only two names matter; most lines are dismissed on their first byte.
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            return;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             return;
         };
-        let (name, value) = (&self.line[..colon], self.line[colon + 1..].trim_ascii());
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"content-length") {
             head.content_lengths += 1;
             let digits =

@@ -37,7 +37,7 @@ pub struct ConnState {
     inflight: AtomicUsize,
     /// Milliseconds after `epoch` when the current request head began to arrive, or `NONE`.
     head_since: AtomicU64,
-    /// Milliseconds after `epoch` when the last request finished.
+    /// Milliseconds after `epoch` when the last request finished, or `NONE` before the first.
     idle_since: AtomicU64,
     /// HTTP/2 frames between requests are not request heads.
     h2: AtomicBool,
@@ -52,7 +52,7 @@ impl ConnState {
             inflight: AtomicUsize::new(0),
             // A new connection must deliver its first head within the header timeout.
             head_since: AtomicU64::new(0),
-            idle_since: AtomicU64::new(0),
+            idle_since: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
             framing: Mutex::new(Scanner::default()),
         }
@@ -103,7 +103,11 @@ impl ConnState {
         let (deadline, expired) = if head != NONE {
             (self.at(head) + timeouts.header_read, Verdict::SlowHead)
         } else {
-            let idle = self.idle_since.load(Ordering::Relaxed);
+            // `NONE` cannot meet a cleared head (a request ran); count from the start if it does.
+            let idle = match self.idle_since.load(Ordering::Relaxed) {
+                NONE => 0,
+                idle => idle,
+            };
             (self.at(idle) + timeouts.idle, Verdict::Idle)
         };
         if now >= deadline {
@@ -303,6 +307,11 @@ async fn serve(
     let mut stopping = pin!(shutdown.cancelled());
     let mut sleep = pin!(tokio::time::sleep(timeouts.header_read));
     let mut closing = false;
+    // The connection's start is the first head's start (`head_since` = 0), armed above.
+    let mut armed = Armed {
+        head: 0,
+        idle: NONE,
+    };
     let outcome = poll_fn(|cx| {
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(result.err());
@@ -313,7 +322,7 @@ async fn serve(
             closing = true;
             return poll_again(cx);
         }
-        match watchdog(cx, &state, &timeouts, sleep.as_mut(), closing) {
+        match watchdog(cx, &state, &timeouts, sleep.as_mut(), &mut armed, closing) {
             Action::Wait => Poll::Pending,
             Action::Close(why) => {
                 tracing::debug!(%peer, why, "closing connection");
@@ -350,37 +359,54 @@ enum Action {
     Drop(&'static str),
 }
 
-/// Checks the connection's phase deadline. Only re-arms the timer when a deadline is earlier
-/// than the armed one (or the armed one has passed), so a busy keep-alive connection costs no
-/// timer operation per request.
+/// The phase starts (`head_since`, `idle_since`) the timer has already taken into account.
+struct Armed {
+    head: u64,
+    idle: u64,
+}
+
+/// Checks the connection's phase deadline without reading the clock on the common path: the
+/// armed timer only moves earlier when a new request head starts arriving (its header deadline
+/// comes before the idle one); everything else is re-evaluated when the timer fires, at most
+/// once per timeout period.
 fn watchdog(
     cx: &mut Context<'_>,
     state: &ConnState,
     timeouts: &Timeouts,
     mut sleep: Pin<&mut Sleep>,
+    armed: &mut Armed,
     closing: bool,
 ) -> Action {
+    let head = state.head_since.load(Ordering::Relaxed);
+    if head != NONE && head != armed.head {
+        armed.head = head;
+        let deadline = state.at(head) + timeouts.header_read;
+        if deadline < sleep.deadline() {
+            sleep.as_mut().reset(deadline);
+        }
+    }
+    let idle = state.idle_since.load(Ordering::Relaxed);
+    if idle != NONE && idle != armed.idle && state.inflight.load(Ordering::Relaxed) == 0 {
+        armed.idle = idle;
+        let deadline = state.at(idle) + timeouts.idle;
+        if deadline < sleep.deadline() {
+            sleep.as_mut().reset(deadline);
+        }
+    }
     loop {
+        if sleep.as_mut().poll(cx).is_pending() {
+            return Action::Wait;
+        }
         let now = Instant::now();
         match state.verdict(now, timeouts) {
             Verdict::Wait(deadline) => {
                 let deadline = deadline.unwrap_or(now + timeouts.idle.max(timeouts.header_read));
-                if deadline < sleep.deadline() || sleep.deadline() <= now {
-                    sleep.as_mut().reset(deadline);
-                }
+                sleep.as_mut().reset(deadline);
             }
             Verdict::SlowHead => return Action::Drop("request head not received in time"),
             Verdict::Idle if !closing => return Action::Close("idle"),
-            // Already closing: the timer is the grace period, and its end cuts the connection.
-            Verdict::Idle => {
-                return match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Action::Drop("graceful close took too long"),
-                    Poll::Pending => Action::Wait,
-                }
-            }
-        }
-        if sleep.as_mut().poll(cx).is_pending() {
-            return Action::Wait;
+            // Already closing, and the grace period is over.
+            Verdict::Idle => return Action::Drop("graceful close took too long"),
         }
     }
 }

@@ -142,6 +142,16 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TRAILER
+        || name == header::TE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Headers a client or backend cannot make sluice drop by naming them in `Connection`: the ones
 /// sluice sets itself and the ones that frame the message.
 fn is_protected(name: &HeaderName) -> bool {
@@ -156,6 +166,10 @@ fn is_protected(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1) and every header named in `Connection`,
 /// except protected ones. `TE: trailers` survives: it is end-to-end in practice (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
         let (_, values) = connection.remove_entry_mult();
         let named: Vec<HeaderName> = values

@@ -181,9 +181,9 @@ async fn proxy(
         .insert(X_REQUEST_ID.clone(), request_id.clone());
 
     exchange.set_backend(backend.start_request());
-    let sent = Instant::now();
+    let sent = exchange.log_mut().map(|_| Instant::now());
     let result = forward::send(pool, ctx.worker, backend, parts, body).await;
-    if let Some(log) = exchange.log_mut() {
+    if let (Some(log), Some(sent)) = (exchange.log_mut(), sent) {
         log.upstream = Some(sent.elapsed());
     }
     result
