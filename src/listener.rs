@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -305,6 +305,9 @@ async fn serve(
     let conn = builder.serve_connection(io, Proxy(Arc::new(ctx)));
     let mut conn = pin!(conn);
     let mut stopping = pin!(shutdown.cancelled());
+    let stop = Arc::new(StopSignal::default());
+    let stop_waker = Waker::from(stop.clone());
+    let mut stop_registered = false;
     let mut sleep = pin!(tokio::time::sleep(timeouts.header_read));
     let mut closing = false;
     // The connection's start is the first head's start (`head_since` = 0), armed above.
@@ -316,11 +319,24 @@ async fn serve(
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(result.err());
         }
-        if !closing && stopping.as_mut().poll(cx).is_ready() {
-            // Finish what is in flight, close idle keep-alive connections, accept no more.
-            conn.as_mut().graceful_shutdown();
-            closing = true;
-            return poll_again(cx);
+        // The shutdown future is polled with its own waker, and again only once that waker has
+        // fired: re-polling it on every wake of a busy connection would take a lock shared by
+        // all connections.
+        if !closing && (!stop_registered || stop.fired.swap(false, Ordering::AcqRel)) {
+            if !stop_registered {
+                *stop.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                stop_registered = true;
+            }
+            if stopping
+                .as_mut()
+                .poll(&mut Context::from_waker(&stop_waker))
+                .is_ready()
+            {
+                // Finish what is in flight, close idle keep-alive connections, accept no more.
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                return poll_again(cx);
+            }
         }
         match watchdog(cx, &state, &timeouts, sleep.as_mut(), &mut armed, closing) {
             Action::Wait => Poll::Pending,
@@ -341,6 +357,27 @@ async fn serve(
     .await;
     if let Some(e) = outcome {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Wakes a connection's task when shutdown begins, and remembers that it did.
+#[derive(Default)]
+struct StopSignal {
+    fired: AtomicBool,
+    /// The connection task's waker (stable for the task's life), set on its first poll.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for StopSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(task) = &*self.task.lock().unwrap_or_else(|e| e.into_inner()) {
+            task.wake_by_ref();
+        }
     }
 }
 

@@ -4,69 +4,120 @@
 
 use std::error::Error as _;
 use std::io;
+use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Method, Request, Response, Version};
+use http::{HeaderMap, Method, Request, Response, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy;
+use hyper_util::client::legacy::{self, ResponseFuture};
+use tokio::time::Instant;
 
 use super::body::{BodyError, UpstreamBody};
 use super::error::ProxyError;
-use crate::upstream::{Backend, Pool};
+use crate::state::Snapshot;
+use crate::upstream::Pool;
 
 /// Extra attempts on a fresh connection after a stale pooled one failed. Each stale connection
 /// fails at once, so a small bound covers a backend that closed several idle connections.
 const STALE_RETRIES: usize = 2;
 
-/// Sends `parts` + `body` to `backend` and returns its response head (the body streams on).
-pub async fn send(
-    pool: &Pool,
+/// An exchange with a backend in progress: the client's request is on its way.
+pub struct Upstream {
+    pool: usize,
     worker: usize,
-    backend: &Backend,
-    mut parts: Parts,
-    body: UpstreamBody,
-) -> Result<Response<Incoming>, ProxyError> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(backend.authority.clone());
-    uri.path_and_query = Some(path);
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-    parts.version = Version::HTTP_11;
+    backend: usize,
+    response: ResponseFuture,
+    deadline: Instant,
+    /// The request head again, for a retry on a fresh connection; only for requests that can
+    /// be sent twice (idempotent, no body).
+    replay: Option<Box<(Method, Uri, HeaderMap)>>,
+    /// When the request left, if the access log wants upstream timing.
+    sent: Option<Instant>,
+}
 
-    // Only a request that can be sent again identically may be retried: idempotent and with no
-    // body. Its head is copied up front, since the client consumes the request.
-    let replay = (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty)).then(|| {
-        (
-            parts.method.clone(),
-            parts.uri.clone(),
-            parts.headers.clone(),
-        )
-    });
+impl Upstream {
+    /// Builds the upstream request and hands it to the worker's client. Synchronous: the
+    /// exchange itself happens in `finish`.
+    pub fn start(
+        pool_index: usize,
+        worker: usize,
+        backend_index: usize,
+        pool: &Pool,
+        mut parts: Parts,
+        body: UpstreamBody,
+        timed: bool,
+    ) -> Upstream {
+        let backend = &pool.backends[backend_index];
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(backend.authority.clone());
+        uri.path_and_query = Some(path);
+        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+        parts.version = Version::HTTP_11;
 
-    let client = pool.client(worker);
-    let deadline = tokio::time::Instant::now() + pool.timeouts.request;
-    let mut result = attempt(client, deadline, Request::from_parts(parts, body)).await;
-    if let Some((method, uri, headers)) = replay {
-        for _ in 0..STALE_RETRIES {
-            match &result {
-                Err(Failure::Client(e)) if is_stale_connection(e) => {}
-                _ => break,
-            }
-            tracing::debug!(backend = %backend.address, "pooled connection was closed; retrying on a fresh one");
-            let mut req = Request::new(UpstreamBody::Empty);
-            *req.method_mut() = method.clone();
-            *req.uri_mut() = uri.clone();
-            *req.headers_mut() = headers.clone();
-            result = attempt(client, deadline, req).await;
+        // Copied up front, since the client consumes the request.
+        let replay =
+            (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty)).then(|| {
+                Box::new((
+                    parts.method.clone(),
+                    parts.uri.clone(),
+                    parts.headers.clone(),
+                ))
+            });
+        let now = Instant::now();
+        Upstream {
+            pool: pool_index,
+            worker,
+            backend: backend_index,
+            response: pool
+                .client(worker)
+                .request(Request::from_parts(parts, body)),
+            deadline: now + pool.timeouts.request,
+            replay,
+            sent: timed.then_some(now),
         }
     }
-    result.map_err(Failure::into_proxy_error)
+
+    /// Waits for the backend's response head within the pool's request timeout, retrying the
+    /// keep-alive race on a fresh connection. Returns the response and, when timed, how long
+    /// the backend took.
+    pub async fn finish(
+        mut self,
+        snapshot: &Snapshot,
+    ) -> Result<(Response<Incoming>, Option<Duration>), ProxyError> {
+        let pool = &snapshot.pools[self.pool];
+        let backend = &pool.backends[self.backend];
+        let mut retries = 0;
+        // One await point, in a loop: the future stays small.
+        loop {
+            let failure = match tokio::time::timeout_at(self.deadline, &mut self.response).await {
+                Ok(Ok(response)) => return Ok((response, self.sent.map(|t| t.elapsed()))),
+                Ok(Err(e)) => Failure::Client(e),
+                Err(_) => Failure::Timeout,
+            };
+            match (&failure, &self.replay) {
+                (Failure::Client(e), Some(head))
+                    if retries < STALE_RETRIES && is_stale_connection(e) =>
+                {
+                    retries += 1;
+                    tracing::debug!(backend = %backend.address, "pooled connection was closed; retrying on a fresh one");
+                    let (method, uri, headers) = &**head;
+                    let mut req = Request::new(UpstreamBody::Empty);
+                    *req.method_mut() = method.clone();
+                    *req.uri_mut() = uri.clone();
+                    *req.headers_mut() = headers.clone();
+                    self.response = pool.client(self.worker).request(req);
+                }
+                _ => return Err(failure.into_proxy_error()),
+            }
+        }
+    }
 }
 
 enum Failure {
@@ -86,18 +137,6 @@ impl Failure {
                 None => ProxyError::Upstream(e),
             },
         }
-    }
-}
-
-async fn attempt(
-    client: &crate::upstream::UpstreamClient,
-    deadline: tokio::time::Instant,
-    req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, Failure> {
-    match tokio::time::timeout_at(deadline, client.request(req)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) => Err(Failure::Client(e)),
-        Err(_) => Err(Failure::Timeout),
     }
 }
 

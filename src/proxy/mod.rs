@@ -46,147 +46,198 @@ pub struct ConnContext {
 #[derive(Debug, Clone)]
 pub struct Proxy(pub Arc<ConnContext>);
 
+type Answer = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
 impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Response = Response<ResponseBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Answer;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let ctx = self.0.clone();
-        Box::pin(async move { Ok(handle(&ctx, req).await) })
-    }
-}
-
-async fn handle(ctx: &ConnContext, req: Request<Incoming>) -> Response<ResponseBody> {
-    let version = req.version();
-    let active = ctx.conn.request_started(version == Version::HTTP_2);
-    let snapshot = ctx.shared.snapshot();
-    let listener = &snapshot.listeners[ctx.listener];
-    let request_id = match req.headers().get(&X_REQUEST_ID) {
-        Some(id) if !id.is_empty() && id.len() <= 200 => id.clone(),
-        _ => headers::new_request_id(),
-    };
-    let log = snapshot.access_log.then(|| {
-        Box::new(AccessRecord {
-            start: Instant::now(),
-            listener: listener.name.clone(),
-            client: ctx.peer,
-            method: req.method().clone(),
-            host: headers::request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
-            path: req.uri().path().to_owned(),
-            request_id: request_id.clone(),
-            status: 0,
-            pool: None,
-            upstream: None,
-            bytes_in: None,
-            bytes_out: 0,
-            aborted: false,
-        })
-    });
-    let framing = if version == Version::HTTP_2 {
-        Ok(())
-    } else {
-        ctx.conn.framing_verdict()
-    };
-    let mut exchange = Exchange::new(active, log);
-    let result = match framing {
-        Ok(()) => proxy(ctx, &snapshot, listener, req, &request_id, &mut exchange).await,
-        Err(why) => Err(ProxyError::BadRequest(why)),
-    };
-    match result {
-        Ok(mut response) => {
-            headers::strip_hop_by_hop(response.headers_mut());
-            response
-                .headers_mut()
-                .insert(X_REQUEST_ID.clone(), request_id);
-            exchange.set_status(response.status());
-            response.map(|body| ResponseBody::upstream(body, exchange))
-        }
-        Err(e) => {
-            if e.origin() == error::Origin::Backend {
-                tracing::warn!(listener = &*listener.name, error = %e, "upstream request failed");
+    /// Everything up to the upstream exchange is synchronous, so it runs here; the returned
+    /// future only awaits the backend's response head. That keeps the per-request future (boxed,
+    /// as hyper needs one type) small.
+    fn call(&self, req: Request<Incoming>) -> Answer {
+        let mut request = Started::new(&self.0, req);
+        let begun = request.forward(&self.0);
+        match begun {
+            Err(e) => {
+                let response = request.fail(&e);
+                Box::pin(std::future::ready(Ok(response)))
             }
-            let mut response = local_answer(&e, request_id, Some(exchange));
-            if version == Version::HTTP_2 {
-                // Connection-specific headers are malformed in HTTP/2.
-                response.headers_mut().remove(header::CONNECTION);
-            }
-            response
+            Ok(upstream) => Box::pin(async move {
+                let result = upstream.finish(&request.snapshot).await;
+                Ok(request.respond(result))
+            }),
         }
     }
 }
 
-async fn proxy(
-    ctx: &ConnContext,
-    snapshot: &Snapshot,
-    listener: &ListenerState,
-    req: Request<Incoming>,
-    request_id: &HeaderValue,
-    exchange: &mut Exchange,
-) -> Result<Response<Incoming>, ProxyError> {
-    check_limits(listener, &req)?;
-    headers::check_request(&req)?;
+/// A request that has arrived: what its answer needs, whichever way it goes.
+struct Started {
+    snapshot: Arc<Snapshot>,
+    listener: usize,
+    version: Version,
+    request_id: HeaderValue,
+    exchange: Exchange,
+    /// Taken by `forward`.
+    request: Option<Request<Incoming>>,
+}
 
-    let host = headers::request_host(&req);
-    let route = listener
-        .router
-        .find(host, req.uri().path())
-        .ok_or(ProxyError::NoRoute)?;
-    let pool = &snapshot.pools[route.pool];
-    if let Some(log) = exchange.log_mut() {
-        log.pool = Some(pool.name.clone());
+impl Started {
+    fn new(ctx: &ConnContext, req: Request<Incoming>) -> Started {
+        let version = req.version();
+        let active = ctx.conn.request_started(version == Version::HTTP_2);
+        let snapshot = ctx.shared.snapshot();
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(id) if !id.is_empty() && id.len() <= 200 => id.clone(),
+            _ => headers::new_request_id(),
+        };
+        let log = snapshot.access_log.then(|| {
+            Box::new(AccessRecord {
+                start: Instant::now(),
+                listener: snapshot.listeners[ctx.listener].name.clone(),
+                client: ctx.peer,
+                method: req.method().clone(),
+                host: headers::request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+                path: req.uri().path().to_owned(),
+                request_id: request_id.clone(),
+                status: 0,
+                pool: None,
+                upstream: None,
+                bytes_in: None,
+                bytes_out: 0,
+                aborted: false,
+            })
+        });
+        Started {
+            listener: ctx.listener,
+            version,
+            request_id,
+            exchange: Exchange::new(active, log),
+            request: Some(req),
+            snapshot,
+        }
     }
 
-    let index = pool
-        .balancer
-        .select(pool.backends.len())
-        .next()
-        .ok_or(ProxyError::NoBackend)?;
-    let backend = &pool.backends[index];
+    /// Checks, routes and rewrites the request and starts the upstream exchange.
+    fn forward(&mut self, ctx: &ConnContext) -> Result<forward::Upstream, ProxyError> {
+        let req = self
+            .request
+            .take()
+            .ok_or(ProxyError::BadRequest("request already taken\n"))?;
+        // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
+        if self.version != Version::HTTP_2 {
+            ctx.conn.framing_verdict().map_err(ProxyError::BadRequest)?;
+        }
+        let snapshot = &self.snapshot;
+        let listener = &snapshot.listeners[self.listener];
+        let exchange = &mut self.exchange;
+        check_limits(listener, &req)?;
+        headers::check_request(&req)?;
 
-    let (mut parts, body) = req.into_parts();
-    let host_value = match parts.headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        // HTTP/2 names the host in `:authority`; HTTP/1.1 to the backend needs `Host`.
-        None => parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    let body = upstream_body(listener, body, exchange);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(h) = &host_value {
-        parts.headers.insert(header::HOST, h.clone());
-    }
-    if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
-        // hyper's client sends no body at all for a GET of unknown length unless told.
-        parts.headers.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
+        let host = headers::request_host(&req);
+        let route = listener
+            .router
+            .find(host, req.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        let pool_index = route.pool;
+        let pool = &snapshot.pools[pool_index];
+        if let Some(log) = exchange.log_mut() {
+            log.pool = Some(pool.name.clone());
+        }
+
+        let index = pool
+            .balancer
+            .select(pool.backends.len())
+            .next()
+            .ok_or(ProxyError::NoBackend)?;
+        let backend = &pool.backends[index];
+
+        let (mut parts, body) = req.into_parts();
+        let host_value = match parts.headers.get(header::HOST) {
+            Some(h) => Some(h.clone()),
+            // HTTP/2 names the host in `:authority`; HTTP/1.1 to the backend needs `Host`.
+            None => {
+                let authority = parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+                if let Some(a) = &authority {
+                    parts.headers.insert(header::HOST, a.clone());
+                }
+                authority
+            }
+        };
+        let body = upstream_body(listener, body, exchange);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            // hyper's client sends no body at all for a GET of unknown length unless told.
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+        let trusted = listener
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(ctx.peer.ip()));
+        headers::set_forwarded(
+            &mut parts.headers,
+            &ctx.peer_value,
+            trusted,
+            "http",
+            host_value,
         );
-    }
-    let trusted = listener
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(ctx.peer.ip()));
-    headers::set_forwarded(
-        &mut parts.headers,
-        &ctx.peer_value,
-        trusted,
-        "http",
-        host_value,
-    );
-    parts
-        .headers
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
 
-    exchange.set_backend(backend.start_request());
-    let sent = exchange.log_mut().map(|_| Instant::now());
-    let result = forward::send(pool, ctx.worker, backend, parts, body).await;
-    if let (Some(log), Some(sent)) = (exchange.log_mut(), sent) {
-        log.upstream = Some(sent.elapsed());
+        exchange.set_backend(backend.start_request());
+        Ok(forward::Upstream::start(
+            pool_index,
+            ctx.worker,
+            index,
+            pool,
+            parts,
+            body,
+            exchange.log_mut().is_some(),
+        ))
     }
-    result
+
+    /// The client's answer from the backend's response, or a local answer for a failure.
+    fn respond(
+        mut self,
+        result: Result<(Response<Incoming>, Option<std::time::Duration>), ProxyError>,
+    ) -> Response<ResponseBody> {
+        match result {
+            Ok((mut response, upstream_time)) => {
+                headers::strip_hop_by_hop(response.headers_mut());
+                response
+                    .headers_mut()
+                    .insert(X_REQUEST_ID.clone(), self.request_id);
+                self.exchange.set_status(response.status());
+                if let Some(log) = self.exchange.log_mut() {
+                    log.upstream = upstream_time;
+                }
+                let exchange = self.exchange;
+                response.map(|body| ResponseBody::upstream(body, exchange))
+            }
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    fn fail(self, e: &ProxyError) -> Response<ResponseBody> {
+        if e.origin() == error::Origin::Backend {
+            let listener = &self.snapshot.listeners[self.listener];
+            tracing::warn!(listener = &*listener.name, error = %e, "upstream request failed");
+        }
+        let mut response = local_answer(e, self.request_id, Some(self.exchange));
+        if self.version == Version::HTTP_2 {
+            // Connection-specific headers are malformed in HTTP/2.
+            response.headers_mut().remove(header::CONNECTION);
+        }
+        response
+    }
 }
 
 /// Limits hyper does not enforce the way the SPEC wants: URI length (414), head size (431) and
