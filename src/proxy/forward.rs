@@ -31,7 +31,7 @@ pub struct Upstream {
     deadline: Instant,
     /// The request head again, for a retry on a fresh connection; only for requests that can
     /// be sent twice (idempotent, no body).
-    replay: Option<Box<(Method, Uri, HeaderMap)>>,
+    replay: Option<(Method, Uri, HeaderMap)>,
     /// When the request left, if the access log wants upstream timing.
     sent: Option<Instant>,
 }
@@ -64,11 +64,11 @@ impl Upstream {
         // Copied up front, since the client consumes the request.
         let replay =
             (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty)).then(|| {
-                Box::new((
+                (
                     parts.method.clone(),
                     parts.uri.clone(),
                     parts.headers.clone(),
-                ))
+                )
             });
         let now = Instant::now();
         Upstream {
@@ -107,7 +107,7 @@ impl Upstream {
                 {
                     retries += 1;
                     tracing::debug!(backend = %backend.address, "pooled connection was closed; retrying on a fresh one");
-                    let (method, uri, headers) = &**head;
+                    let (method, uri, headers) = head;
                     let mut req = Request::new(UpstreamBody::Empty);
                     *req.method_mut() = method.clone();
                     *req.uri_mut() = uri.clone();

@@ -19,50 +19,104 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Rejects what cannot be forwarded unambiguously. Runs before routing: a rejected request is
-/// never forwarded, and its connection is closed.
-pub fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
-    }
-    let headers = req.headers();
-    for upgrade in headers.get_all(header::UPGRADE) {
-        let Ok(v) = upgrade.to_str() else {
-            return Err(ProxyError::BadRequest("invalid Upgrade header\n"));
-        };
-        if v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")) {
-            return Err(ProxyError::BadRequest("Upgrade: h2c is not supported\n"));
+/// What one pass over a request's headers found: everything the checks need, so no header is
+/// looked up twice.
+#[derive(Debug, Default)]
+pub struct Facts<'a> {
+    pub hosts: usize,
+    pub host: Option<&'a HeaderValue>,
+    lengths: usize,
+    length: Option<&'a HeaderValue>,
+    codings: usize,
+    coding: Option<&'a HeaderValue>,
+    upgrade_h2c: bool,
+    /// Any hop-by-hop header present (so stripping has work to do).
+    pub hop_by_hop: bool,
+    /// Bytes of the request head as sluice counts them: names, values and separators.
+    pub head_bytes: usize,
+}
+
+impl<'a> Facts<'a> {
+    pub fn of(headers: &'a HeaderMap) -> Facts<'a> {
+        let mut facts = Facts::default();
+        for (name, value) in headers {
+            facts.head_bytes += name.as_str().len() + value.len() + 4;
+            if name == header::HOST {
+                facts.hosts += 1;
+                facts.host.get_or_insert(value);
+            } else if name == header::CONTENT_LENGTH {
+                facts.lengths += 1;
+                facts.length.get_or_insert(value);
+            } else if name == header::TRANSFER_ENCODING {
+                facts.codings += 1;
+                facts.coding.get_or_insert(value);
+                facts.hop_by_hop = true;
+            } else if name == header::UPGRADE {
+                facts.hop_by_hop = true;
+                facts.upgrade_h2c |= value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+            } else if is_hop_by_hop(name) {
+                facts.hop_by_hop = true;
+            }
         }
-    }
-    match req.version() {
-        Version::HTTP_2 | Version::HTTP_3 => check_h2_authority(req),
-        version => check_h1_framing(req, version),
+        facts
     }
 }
 
-fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyError> {
-    let headers = req.headers();
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
+/// Rejects what cannot be forwarded unambiguously. Runs before routing: a rejected request is
+/// never forwarded, and its connection is closed.
+pub fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    check_request_with(req, &Facts::of(req.headers()))
+}
+
+/// `check_request` with the header facts already gathered.
+pub fn check_request_with<B>(req: &Request<B>, facts: &Facts<'_>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
+    }
+    if facts.upgrade_h2c {
+        return Err(ProxyError::BadRequest("Upgrade: h2c is not supported\n"));
+    }
+    if facts.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header\n"));
     }
-    match host {
+    match req.version() {
+        Version::HTTP_2 | Version::HTTP_3 => check_h2_authority(req, facts),
+        version => check_h1_framing(req, facts, version),
+    }
+}
+
+/// A `Host` value: a reg-name, IPv4 or bracketed IPv6 literal, optionally with a port. Checked
+/// byte by byte (RFC 3986 authority characters, no userinfo) so the check allocates nothing.
+fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty()
+        && host
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:[]%".contains(&c))
+}
+
+fn check_h1_framing<B>(
+    req: &Request<B>,
+    facts: &Facts<'_>,
+    version: Version,
+) -> Result<(), ProxyError> {
+    match facts.host {
         None if version == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header\n"))
         }
         None => {}
         Some(host) => {
-            let valid = http::uri::Authority::try_from(host.as_bytes())
-                .is_ok_and(|a| a.as_str().len() == host.len() && !host.is_empty());
-            if !valid {
+            if !valid_host(host.as_bytes()) {
                 return Err(ProxyError::BadRequest("invalid Host header\n"));
             }
             // Absolute-form target: its authority must name the same host as `Host`.
             if let Some(authority) = req.uri().authority() {
                 if !authority
                     .as_str()
-                    .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+                    .as_bytes()
+                    .eq_ignore_ascii_case(host.as_bytes())
                 {
                     return Err(ProxyError::BadRequest(
                         "request target and Host name different hosts\n",
@@ -78,24 +132,19 @@ fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyEr
             ));
         }
     }
-
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    let length = lengths.next();
-    if lengths.next().is_some() {
+    if facts.lengths > 1 {
         return Err(ProxyError::BadRequest(
             "more than one Content-Length header\n",
         ));
     }
-    if let Some(len) = length {
+    if let Some(len) = facts.length {
         let digits = len.as_bytes();
         if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
             return Err(ProxyError::BadRequest("invalid Content-Length\n"));
         }
     }
-
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(te) = codings.next() {
-        if length.is_some() {
+    if let Some(te) = facts.coding {
+        if facts.length.is_some() {
             return Err(ProxyError::BadRequest(
                 "both Content-Length and Transfer-Encoding\n",
             ));
@@ -105,8 +154,7 @@ fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyEr
         }
         // Only a single, plain `chunked` is unambiguous: stacked, repeated or unknown codings
         // are read differently by different servers.
-        if codings.next().is_some() || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked")
-        {
+        if facts.codings > 1 || !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err(ProxyError::BadRequest("unsupported Transfer-Encoding\n"));
         }
     }
@@ -115,13 +163,8 @@ fn check_h1_framing<B>(req: &Request<B>, version: Version) -> Result<(), ProxyEr
 
 /// HTTP/2 carries the host in `:authority`; a `Host` header that disagrees makes the request
 /// ambiguous.
-fn check_h2_authority<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header\n"));
-    }
-    if let (Some(host), Some(authority)) = (host, req.uri().authority()) {
+fn check_h2_authority<B>(req: &Request<B>, facts: &Facts<'_>) -> Result<(), ProxyError> {
+    if let (Some(host), Some(authority)) = (facts.host, req.uri().authority()) {
         if !host
             .as_bytes()
             .eq_ignore_ascii_case(authority.as_str().as_bytes())
@@ -167,9 +210,13 @@ fn is_protected(name: &HeaderName) -> bool {
 /// except protected ones. `TE: trailers` survives: it is end-to-end in practice (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than a lookup per name.
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if headers.keys().any(is_hop_by_hop) {
+        strip_present_hop_by_hop(headers);
     }
+}
+
+/// `strip_hop_by_hop` for a message known to carry at least one hop-by-hop header.
+pub fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
     if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
         let (_, values) = connection.remove_entry_mult();
         let named: Vec<HeaderName> = values

@@ -132,10 +132,16 @@ impl Started {
         let snapshot = &self.snapshot;
         let listener = &snapshot.listeners[self.listener];
         let exchange = &mut self.exchange;
-        check_limits(listener, &req)?;
-        headers::check_request(&req)?;
+        let facts = headers::Facts::of(req.headers());
+        check_limits(listener, &req, facts.head_bytes)?;
+        headers::check_request_with(&req, &facts)?;
+        let hop_by_hop = facts.hop_by_hop;
+        let host_header = facts.host.cloned();
 
-        let host = headers::request_host(&req);
+        let host = match &host_header {
+            Some(h) => h.to_str().ok(),
+            None => req.uri().authority().map(|a| a.as_str()),
+        };
         let route = listener
             .router
             .find(host, req.uri().path())
@@ -154,8 +160,8 @@ impl Started {
         let backend = &pool.backends[index];
 
         let (mut parts, body) = req.into_parts();
-        let host_value = match parts.headers.get(header::HOST) {
-            Some(h) => Some(h.clone()),
+        let host_value = match host_header {
+            Some(h) => Some(h),
             // HTTP/2 names the host in `:authority`; HTTP/1.1 to the backend needs `Host`.
             None => {
                 let authority = parts
@@ -169,7 +175,9 @@ impl Started {
             }
         };
         let body = upstream_body(listener, body, exchange);
-        headers::strip_hop_by_hop(&mut parts.headers);
+        if hop_by_hop {
+            headers::strip_present_hop_by_hop(&mut parts.headers);
+        }
         if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
             // hyper's client sends no body at all for a GET of unknown length unless told.
             parts.headers.insert(
@@ -242,18 +250,16 @@ impl Started {
 
 /// Limits hyper does not enforce the way the SPEC wants: URI length (414), head size (431) and
 /// a declared body length over the limit (413, before any backend is contacted).
-fn check_limits(listener: &ListenerState, req: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_limits(
+    listener: &ListenerState,
+    req: &Request<Incoming>,
+    header_bytes: usize,
+) -> Result<(), ProxyError> {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri_len > listener.max_uri_bytes {
         return Err(ProxyError::UriTooLong);
     }
-    let head: usize = req.method().as_str().len()
-        + uri_len
-        + req
-            .headers()
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
+    let head = req.method().as_str().len() + uri_len + header_bytes;
     if head > listener.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
