@@ -13,8 +13,33 @@
 
 use std::collections::VecDeque;
 
+/// Why a request head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// Framing that servers could read differently (400).
+    Ambiguous(&'static str),
+    /// The head is larger than the listener allows (431).
+    HeadTooLarge,
+    /// The request line is longer than the listener allows (414).
+    UriTooLong,
+}
+
 /// What the scanner concluded about one request head.
-pub type Verdict = Result<(), &'static str>;
+pub type Verdict = Result<(), Reject>;
+
+/// Size limits for request heads, in bytes as they arrive (line ends included).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_head: usize,
+    pub max_request_line: usize,
+}
+
+impl Limits {
+    pub const NONE: Limits = Limits {
+        max_head: usize::MAX,
+        max_request_line: usize::MAX,
+    };
+}
 
 /// The longest header line kept for inspection; longer `Content-Length` or
 /// `Transfer-Encoding` lines are refused (no legitimate one comes close).
@@ -45,6 +70,9 @@ enum State {
 /// Facts about the head being read.
 #[derive(Debug, Default)]
 struct Head {
+    /// Bytes of the head so far.
+    bytes: usize,
+    http10: bool,
     lines: usize,
     content_lengths: usize,
     length: Option<u64>,
@@ -63,11 +91,19 @@ pub struct Scanner {
     chunk_digits: usize,
     /// Heads seen and not yet taken by the request service.
     verdicts: VecDeque<Verdict>,
+    limits: Limits,
 }
 
 impl Default for Scanner {
     fn default() -> Self {
+        Scanner::new(Limits::NONE)
+    }
+}
+
+impl Scanner {
+    pub fn new(limits: Limits) -> Scanner {
         Scanner {
+            limits,
             state: State::Head,
             line: Vec::with_capacity(64),
             line_cut: false,
@@ -77,9 +113,15 @@ impl Default for Scanner {
             verdicts: VecDeque::new(),
         }
     }
-}
 
-impl Scanner {
+    /// The refusal of the next head to be served, if it is refused.
+    pub fn next_refused(&self) -> Option<Reject> {
+        match self.verdicts.front() {
+            Some(Err(reject)) if self.state != State::Off => Some(*reject),
+            _ => None,
+        }
+    }
+
     /// The verdict on the next request head, in arrival order. `None` when the scanner has no
     /// complete head on record: the request cannot be vouched for.
     pub fn take_verdict(&mut self) -> Option<Verdict> {
@@ -115,7 +157,14 @@ impl Scanner {
                 State::Head | State::HeadLine | State::Trailers => {
                     // Whole lines at a time: find the line end, inspect the line in place, and
                     // copy only a line that a read boundary cut in two.
-                    match bytes.iter().position(|&b| b == b'\n') {
+                    let line_end = bytes.iter().position(|&b| b == b'\n');
+                    if self.state != State::Trailers {
+                        let taken = line_end.map_or(bytes.len(), |end| end + 1);
+                        if self.over_limits(taken, line_end.is_some()) {
+                            return;
+                        }
+                    }
+                    match line_end {
                         Some(end) => {
                             if self.line.is_empty() && !self.line_cut {
                                 let line = &bytes[..end];
@@ -145,6 +194,31 @@ impl Scanner {
                     self.byte(b);
                 }
             }
+        }
+    }
+
+    /// Counts `taken` more head bytes; refuses the head when it outgrows the limits.
+    fn over_limits(&mut self, taken: usize, line_done: bool) -> bool {
+        self.head.bytes += taken;
+        let first_line = self.head.lines == 0;
+        let reject = if first_line && self.head.bytes > self.limits.max_request_line {
+            Some(Reject::UriTooLong)
+        } else if self.head.bytes > self.limits.max_head {
+            Some(Reject::HeadTooLarge)
+        } else {
+            None
+        };
+        // Leading empty lines do not count towards the request line.
+        if first_line && line_done && self.line.is_empty() && taken <= 2 {
+            self.head.bytes = 0;
+        }
+        match reject {
+            Some(reject) => {
+                self.verdicts.push_back(Err(reject));
+                self.state = State::Lost;
+                true
+            }
+            None => false,
         }
     }
 
@@ -234,6 +308,7 @@ impl Scanner {
             if line == b"PRI * HTTP/2.0" {
                 self.state = State::Off;
             }
+            head.http10 = line.ends_with(b"HTTP/1.0");
             return;
         }
         // Only two names matter; most lines are dismissed on their first byte.
@@ -264,17 +339,20 @@ impl Scanner {
         if self.state == State::Off {
             return;
         }
-        let verdict = if head.content_lengths > 1 {
-            Err("more than one Content-Length header\n")
+        let ambiguous = if head.content_lengths > 1 {
+            Some("more than one Content-Length header\n")
         } else if head.content_lengths > 0 && head.transfer_encodings > 0 {
-            Err("both Content-Length and Transfer-Encoding\n")
+            Some("both Content-Length and Transfer-Encoding\n")
+        } else if head.transfer_encodings > 0 && head.http10 {
+            Some("Transfer-Encoding in HTTP/1.0\n")
         } else if head.transfer_encodings > 1 || (head.transfer_encodings == 1 && !head.chunked) {
-            Err("unsupported Transfer-Encoding\n")
+            Some("unsupported Transfer-Encoding\n")
         } else if head.content_lengths == 1 && head.length.is_none() {
-            Err("invalid Content-Length\n")
+            Some("invalid Content-Length\n")
         } else {
-            Ok(())
+            None
         };
+        let verdict = ambiguous.map_or(Ok(()), |why| Err(Reject::Ambiguous(why)));
         self.state = match verdict {
             // The request will be refused and its connection closed: nothing after it counts.
             Err(_) => State::Lost,
@@ -333,7 +411,10 @@ mod tests {
             let got: Vec<Verdict> = std::iter::from_fn(|| s.take_verdict()).collect();
             assert_eq!(
                 got,
-                [Ok(()), Err("more than one Content-Length header\n")],
+                [
+                    Ok(()),
+                    Err(Reject::Ambiguous("more than one Content-Length header\n"))
+                ],
                 "split at {split}"
             );
         }
@@ -352,7 +433,7 @@ mod tests {
         for (input, why) in cases {
             assert_eq!(
                 verdicts(input),
-                [Err(*why)],
+                [Err(Reject::Ambiguous(why))],
                 "{}",
                 String::from_utf8_lossy(input)
             );
@@ -393,6 +474,42 @@ mod tests {
         let mut input = b"POST / HTTP/1.1\r\nContent-Length: ".to_vec();
         input.extend(std::iter::repeat_n(b'0', 300));
         input.extend_from_slice(b"5\r\n\r\n");
-        assert_eq!(verdicts(&input), [Err("invalid Content-Length\n")]);
+        assert_eq!(
+            verdicts(&input),
+            [Err(Reject::Ambiguous("invalid Content-Length\n"))]
+        );
+    }
+
+    #[test]
+    fn heads_over_the_limits_are_refused_as_they_arrive() {
+        let limits = Limits {
+            max_head: 64,
+            max_request_line: 30,
+        };
+        let mut s = Scanner::new(limits);
+        s.feed(b"GET /aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(s.next_refused(), Some(Reject::UriTooLong));
+
+        let mut s = Scanner::new(limits);
+        s.feed(b"GET / HTTP/1.1\r\nx-big: ");
+        assert_eq!(s.next_refused(), None);
+        s.feed(&[b'a'; 64]);
+        assert_eq!(s.next_refused(), Some(Reject::HeadTooLarge));
+
+        // Sizes are per head: many small requests in a row are fine.
+        let mut s = Scanner::new(limits);
+        for _ in 0..10 {
+            s.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        }
+        assert_eq!(std::iter::from_fn(|| s.take_verdict()).count(), 10);
+        assert_eq!(s.next_refused(), None);
+    }
+
+    #[test]
+    fn transfer_encoding_in_http10_is_refused() {
+        assert_eq!(
+            verdicts(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            [Err(Reject::Ambiguous("Transfer-Encoding in HTTP/1.0\n"))]
+        );
     }
 }

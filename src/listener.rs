@@ -46,7 +46,7 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> ConnState {
+    fn new(limits: framing::Limits) -> ConnState {
         ConnState {
             epoch: Instant::now(),
             inflight: AtomicUsize::new(0),
@@ -54,7 +54,7 @@ impl ConnState {
             head_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
-            framing: Mutex::new(Scanner::default()),
+            framing: Mutex::new(Scanner::new(limits)),
         }
     }
 
@@ -63,7 +63,9 @@ impl ConnState {
         let mut scanner = self.framing.lock().unwrap_or_else(|e| e.into_inner());
         scanner
             .take_verdict()
-            .unwrap_or(Err("request framing could not be verified\n"))
+            .unwrap_or(Err(framing::Reject::Ambiguous(
+                "request framing could not be verified\n",
+            )))
     }
 
     fn now_ms(&self) -> u64 {
@@ -148,6 +150,8 @@ struct Timeouts {
 struct WatchedIo {
     stream: TcpStream,
     state: Arc<ConnState>,
+    /// sluice answered a refused head itself; hyper sees the end of the stream.
+    answered: bool,
 }
 
 impl AsyncRead for WatchedIo {
@@ -157,12 +161,28 @@ impl AsyncRead for WatchedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.answered {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
             this.state.on_read();
             let mut scanner = this.state.framing.lock().unwrap_or_else(|e| e.into_inner());
             scanner.feed(&buf.filled()[before..]);
+            // A refused head with nothing in flight before it: answer it here, with sluice's
+            // own body and request id, and never let hyper see it (hyper would answer some of
+            // these itself, bare, and silently repair others).
+            if let Some(reject) = scanner.next_refused() {
+                if this.state.inflight.load(Ordering::Relaxed) == 0 {
+                    let answer = refusal(reject);
+                    // Best effort: a refusal is small and the socket buffer empty.
+                    let _ = this.stream.try_write(&answer);
+                    buf.set_filled(before);
+                    this.answered = true;
+                    return Poll::Ready(Ok(()));
+                }
+            }
         }
         result
     }
@@ -198,6 +218,28 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
+/// The bytes of sluice's answer to a refused request head.
+fn refusal(reject: framing::Reject) -> Vec<u8> {
+    let e = crate::proxy::error::ProxyError::from(reject);
+    let status = e.status();
+    let body = e.body();
+    let id = headers::new_request_id();
+    tracing::debug!(
+        status = status.as_u16(),
+        cause = body.trim_end(),
+        "refused a request head"
+    );
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
+         x-request-id: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        id.to_str().unwrap_or(""),
+    )
+    .into_bytes()
+}
+
 /// One listener socket served by one worker.
 pub struct Acceptor {
     pub shared: Arc<Shared>,
@@ -215,6 +257,12 @@ impl Acceptor {
         let timeouts = Timeouts {
             header_read: self.settings.header_read_timeout,
             idle: self.settings.idle_timeout,
+        };
+        // Heads beyond these are refused by the scanner before hyper's buffer fills; smaller
+        // ones that still break a limit are answered by the request service.
+        let limits = framing::Limits {
+            max_head: self.settings.max_header_bytes + self.settings.max_uri_bytes + 512,
+            max_request_line: self.settings.max_uri_bytes + 64,
         };
         loop {
             let (stream, peer) = tokio::select! {
@@ -238,7 +286,7 @@ impl Acceptor {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
-            let state = Arc::new(ConnState::new());
+            let state = Arc::new(ConnState::new(limits));
             let ctx = ConnContext {
                 shared: self.shared.clone(),
                 listener: self.index,
@@ -301,6 +349,7 @@ async fn serve(
     let io = TokioIo::new(WatchedIo {
         stream,
         state: state.clone(),
+        answered: false,
     });
     let conn = builder.serve_connection(io, Proxy(Arc::new(ctx)));
     let mut conn = pin!(conn);
@@ -479,7 +528,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn phases_give_the_right_deadlines() {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(framing::Limits::NONE));
         let start = state.epoch;
         // A fresh connection must send its head within the header timeout.
         assert_eq!(
@@ -515,7 +564,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn h2_frames_between_requests_are_not_heads() {
-        let state = Arc::new(ConnState::new());
+        let state = Arc::new(ConnState::new(framing::Limits::NONE));
         drop(state.request_started(true));
         state.on_read();
         let now = Instant::now();

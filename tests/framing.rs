@@ -599,3 +599,66 @@ backends = [{{ address = "{refused}" }}]
     assert_local_answer(&response, 502, "backend");
     assert_eq!(response.header("x-request-id"), Some("trace-502"));
 }
+
+// ---- every refusal is a proper local answer ----
+
+#[test]
+fn every_refused_head_gets_a_plain_text_cause_and_a_request_id() {
+    let cases: &[(&[u8], u16, &str)] = &[
+        (b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "transfer-encoding"),
+        (b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400, "content-length"),
+        (b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, "content-length"),
+        (b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: abc\r\n\r\n", 400, "content-length"),
+        (b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 5, 5\r\n\r\nhello", 400, "content-length"),
+        (b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400, "transfer-encoding"),
+        (b"POST / HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: identity\r\n\r\n", 400, "transfer-encoding"),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "transfer-encoding"),
+        (b"GET / HTTP/1.1\r\n\r\n", 400, "host"),
+        (b"CONNECT app:443 HTTP/1.1\r\nHost: app:443\r\n\r\n", 400, "connect"),
+    ];
+    for (request, status, cause) in cases {
+        let response = assert_rejected(request, *status);
+        assert_local_answer(&response, *status, cause);
+    }
+}
+
+#[test]
+fn heads_beyond_the_default_limits_get_431_and_414_with_a_cause() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    // Default max_header_bytes is 64 KiB: a 100 KiB head is refused before hyper's buffer fills.
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(100 * 1024)
+    );
+    let response = assert_rejected_by(&sluice, &backend, big_head.as_bytes(), 431);
+    assert_local_answer(&response, 431, "too large");
+    // Default max_uri_bytes is 8 KiB.
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: app\r\n\r\n",
+        "u".repeat(20 * 1024)
+    );
+    let response = assert_rejected_by(&sluice, &backend, long_uri.as_bytes(), 414);
+    assert_local_answer(&response, 414, "too long");
+}
+
+#[test]
+fn a_bad_head_pipelined_behind_a_good_one_is_refused_after_it() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let mut conn = RawConn::open(sluice.addr());
+    conn.send(
+        b"GET /first HTTP/1.1\r\nHost: app\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    let first = conn.response();
+    assert_eq!(first.status(), 200, "{first:?}");
+    let second = conn.response();
+    assert_local_answer(&second, 400, "content-length");
+    let (rest, closed) = conn.rest();
+    assert_eq!(rest, "");
+    assert!(closed);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri, "/first");
+}

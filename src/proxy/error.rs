@@ -82,3 +82,14 @@ impl ProxyError {
         }
     }
 }
+
+impl From<crate::framing::Reject> for ProxyError {
+    fn from(reject: crate::framing::Reject) -> ProxyError {
+        use crate::framing::Reject;
+        match reject {
+            Reject::Ambiguous(why) => ProxyError::BadRequest(why),
+            Reject::HeadTooLarge => ProxyError::HeadersTooLarge,
+            Reject::UriTooLong => ProxyError::UriTooLong,
+        }
+    }
+}

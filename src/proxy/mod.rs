@@ -127,7 +127,7 @@ impl Started {
             .ok_or(ProxyError::BadRequest("request already taken\n"))?;
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
-            ctx.conn.framing_verdict().map_err(ProxyError::BadRequest)?;
+            ctx.conn.framing_verdict()?;
         }
         let snapshot = &self.snapshot;
         let listener = &snapshot.listeners[self.listener];
