@@ -5,186 +5,8 @@
 
 mod support;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
-
+use support::raw::*;
 use support::*;
-
-/// How long a raw read waits before deciding the server is not going to say more.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One HTTP/1 response read off a raw socket.
-#[derive(Debug)]
-struct RawResponse {
-    status_line: String,
-    /// Names lower-cased, in wire order.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl RawResponse {
-    fn status(&self) -> u16 {
-        self.status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {:?}", self.status_line))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A raw client connection that can read one response at a time and then tell whether the
-/// server closed the connection.
-struct RawConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl RawConn {
-    fn open(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        RawConn {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        // A server may answer and close before reading everything; what it answered still
-        // arrives, so a failed write is left for the read to explain.
-        let _ = self.stream.write_all(bytes);
-    }
-
-    /// Reads more bytes into the buffer; `Ok(0)` means the server closed the connection.
-    fn fill(&mut self) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = match self.stream.read(&mut chunk) {
-            Ok(n) => n,
-            // A close with unread request bytes in the server's buffer arrives as a reset.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
-                ) =>
-            {
-                0
-            }
-            Err(e) => return Err(e),
-        };
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    fn fill_or_panic(&mut self, what: &str) {
-        match self.fill() {
-            Ok(0) => panic!(
-                "connection closed while reading {what}; got {:?}",
-                String::from_utf8_lossy(&self.buf)
-            ),
-            Ok(_) => {}
-            Err(e) => panic!(
-                "reading {what} failed ({e}); got {:?}",
-                String::from_utf8_lossy(&self.buf)
-            ),
-        }
-    }
-
-    fn take_line(&mut self) -> String {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
-                self.buf.drain(..i + 2);
-                return line;
-            }
-            self.fill_or_panic("a line");
-        }
-    }
-
-    fn take_exact(&mut self, n: usize) -> Vec<u8> {
-        while self.buf.len() < n {
-            self.fill_or_panic("a body");
-        }
-        self.buf.drain(..n).collect()
-    }
-
-    /// Reads one complete response (`Content-Length`, chunked, or until close).
-    fn response(&mut self) -> RawResponse {
-        let status_line = self.take_line();
-        let mut headers = Vec::new();
-        loop {
-            let line = self.take_line();
-            if line.is_empty() {
-                break;
-            }
-            let (name, value) = line.split_once(':').expect("header line has a colon");
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let body = if let Some(len) = get("content-length") {
-            self.take_exact(len.parse().expect("numeric content-length"))
-        } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-            let mut body = Vec::new();
-            loop {
-                let size = self.take_line();
-                let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16)
-                    .expect("hex chunk size");
-                if size == 0 {
-                    while !self.take_line().is_empty() {}
-                    break;
-                }
-                body.extend(self.take_exact(size));
-                assert_eq!(self.take_line(), "", "chunk not followed by CRLF");
-            }
-            body
-        } else {
-            while self.fill().is_ok_and(|n| n > 0) {}
-            std::mem::take(&mut self.buf)
-        };
-        RawResponse {
-            status_line,
-            headers,
-            body,
-        }
-    }
-
-    /// After a response: reads whatever else the server sends, and whether it then closed the
-    /// connection (`false`: still open after `READ_TIMEOUT`).
-    fn rest(&mut self) -> (String, bool) {
-        let deadline = Instant::now() + READ_TIMEOUT;
-        let closed = loop {
-            match self.fill() {
-                Ok(0) => break true,
-                Ok(_) if Instant::now() < deadline => {}
-                Ok(_) | Err(_) => break false,
-            }
-        };
-        (
-            String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned(),
-            closed,
-        )
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
 
 /// Sends `request` on a fresh connection to a sluice in front of a recording backend, and
 /// checks that sluice answered `status` itself, said nothing more, closed the connection, and
@@ -436,31 +258,15 @@ fn smuggled_request_never_reaches_the_backend() {
 
 // ---- limits ----
 
-fn limits_config(backend: &TestBackend, limit: &str) -> String {
-    format!(
-        r#"
-[log]
-access_log = false
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-{limit}
-
-[[route]]
-pool = "app"
-
-[pool.app]
-backends = [{}]
-"#,
-        backend_list(&[backend])
-    )
-}
-
 #[test]
 fn over_long_uri_gets_414() {
     let backend = TestBackend::start("app");
-    let sluice = TestSluice::start(&limits_config(&backend, "max_uri_bytes = 1024"));
+    let sluice = TestSluice::start(&config_with(
+        &[backend.addr],
+        "",
+        "max_uri_bytes = 1024",
+        "",
+    ));
     let path = format!("/{}", "a".repeat(1999));
     let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
     let response = assert_rejected_by(&sluice, &backend, request.as_bytes(), 414);
@@ -476,7 +282,12 @@ fn over_long_uri_gets_414() {
 #[test]
 fn over_large_head_gets_431() {
     let backend = TestBackend::start("app");
-    let sluice = TestSluice::start(&limits_config(&backend, "max_header_bytes = 4096"));
+    let sluice = TestSluice::start(&config_with(
+        &[backend.addr],
+        "",
+        "max_header_bytes = 4096",
+        "",
+    ));
     let request = format!(
         "GET / HTTP/1.1\r\nHost: app\r\nX-Big: {}\r\n\r\n",
         "x".repeat(6000)

@@ -98,30 +98,6 @@ fn get_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n").into_bytes()
 }
 
-fn config_with(backend: &TestBackend, server: &str, listener: &str) -> String {
-    format!(
-        r#"
-[server]
-{server}
-
-[log]
-access_log = false
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-{listener}
-
-[[route]]
-pool = "app"
-
-[pool.app]
-backends = [{}]
-"#,
-        backend_list(&[backend])
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_listener_in_the_config_serves() {
     let app = TestBackend::start("app");
@@ -231,7 +207,12 @@ async fn http2_prior_knowledge_and_http1_share_a_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_request_head_is_cut_after_header_read_timeout() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(&app, "", r#"header_read_timeout = "300ms""#));
+    let sluice = TestSluice::start(&config_with(
+        &[app.addr],
+        "",
+        r#"header_read_timeout = "300ms""#,
+        "",
+    ));
     let start = Instant::now();
     let mut stream = connect(sluice.addr());
     stream
@@ -255,7 +236,12 @@ async fn a_partial_request_head_is_cut_after_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_cut_after_header_read_timeout() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(&app, "", r#"header_read_timeout = "300ms""#));
+    let sluice = TestSluice::start(&config_with(
+        &[app.addr],
+        "",
+        r#"header_read_timeout = "300ms""#,
+        "",
+    ));
     let start = Instant::now();
     let mut stream = connect(sluice.addr());
     let (closed, _) = wait_for_close(&mut stream, Duration::from_secs(5));
@@ -272,7 +258,12 @@ async fn a_silent_connection_is_cut_after_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickled_request_head_is_cut_after_header_read_timeout() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(&app, "", r#"header_read_timeout = "300ms""#));
+    let sluice = TestSluice::start(&config_with(
+        &[app.addr],
+        "",
+        r#"header_read_timeout = "300ms""#,
+        "",
+    ));
     let start = Instant::now();
     let mut stream = connect(sluice.addr());
     stream.set_nonblocking(true).unwrap();
@@ -315,9 +306,10 @@ async fn a_trickled_request_head_is_cut_after_header_read_timeout() {
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
     let app = TestBackend::start("app");
     let sluice = TestSluice::start(&config_with(
-        &app,
+        &[app.addr],
         "",
         "idle_timeout = \"300ms\"\nheader_read_timeout = \"5s\"",
+        "",
     ));
     let mut stream = connect(sluice.addr());
     stream.write_all(&get_request("/once")).unwrap();
@@ -340,9 +332,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
 async fn a_busy_keep_alive_connection_outlives_idle_timeout() {
     let app = TestBackend::start("app");
     let sluice = TestSluice::start(&config_with(
-        &app,
+        &[app.addr],
         "",
         "idle_timeout = \"300ms\"\nheader_read_timeout = \"5s\"",
+        "",
     ));
     let mut stream = connect(sluice.addr());
     let start = Instant::now();
@@ -365,7 +358,7 @@ async fn a_busy_keep_alive_connection_outlives_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_heads_get_431() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(&app, "", "max_header_bytes = 1024"));
+    let sluice = TestSluice::start(&config_with(&[app.addr], "", "max_header_bytes = 1024", ""));
 
     // Under the limit: forwarded.
     let small = format!(
@@ -407,7 +400,7 @@ async fn oversized_request_heads_get_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_long_uris_get_414() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(&app, "", "max_uri_bytes = 100"));
+    let sluice = TestSluice::start(&config_with(&[app.addr], "", "max_uri_bytes = 100", ""));
 
     let ok_path = format!("/{}", "a".repeat(90));
     let answer = raw(
@@ -444,7 +437,12 @@ fn held_connection(addr: SocketAddr, path: &str) -> TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_max_connections_wait_for_a_slot() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(&app, "max_connections = 2", ""));
+    let sluice = TestSluice::start(&config_with(
+        &[app.addr],
+        "[server]\nmax_connections = 2",
+        "",
+        "",
+    ));
     let first = held_connection(sluice.addr(), "/first");
     let _second = held_connection(sluice.addr(), "/second");
 

@@ -124,26 +124,6 @@ impl CountingBackend {
     }
 }
 
-fn pool_config(backend: SocketAddr, pool_extra: &str) -> String {
-    format!(
-        r#"
-[log]
-access_log = false
-
-[[listener]]
-name = "web"
-bind = "127.0.0.1:0"
-
-[[route]]
-pool = "app"
-
-[pool.app]
-backends = [{{ address = "{backend}" }}]
-{pool_extra}
-"#
-    )
-}
-
 fn assert_local_answer(got: &Got, status: u16) {
     assert_eq!(got.status, status, "body: {}", got.text());
     assert!(
@@ -165,7 +145,7 @@ async fn connect_failure_is_502() {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         socket.local_addr().unwrap()
     };
-    let sluice = TestSluice::start(&pool_config(closed, ""));
+    let sluice = TestSluice::start(&config_with(&[closed], "", "", ""));
     let start = Instant::now();
     let got = get(&sluice.url("/")).await;
     assert_local_answer(&got, 502);
@@ -189,8 +169,10 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() {
             })
         }),
     );
-    let sluice = TestSluice::start(&pool_config(
-        slow.addr,
+    let sluice = TestSluice::start(&config_with(
+        &[slow.addr],
+        "",
+        "",
         "[pool.app.timeouts]\nrequest = \"200ms\"",
     ));
     let start = Instant::now();
@@ -206,7 +188,7 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let backend = CountingBackend::start();
-    let sluice = TestSluice::start(&pool_config(backend.raw.addr, ""));
+    let sluice = TestSluice::start(&config_with(&[backend.raw.addr], "", "", ""));
     for i in 0..50 {
         // A new downstream connection each time: reuse must come from sluice's own pool.
         let got = get(&sluice.url(&format!("/{i}"))).await;
@@ -224,8 +206,10 @@ async fn upstream_connections_are_kept_alive_and_reused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let backend = CountingBackend::start();
-    let sluice = TestSluice::start(&pool_config(
-        backend.raw.addr,
+    let sluice = TestSluice::start(&config_with(
+        &[backend.raw.addr],
+        "",
+        "",
         "[pool.app.timeouts]\nidle = \"200ms\"",
     ));
     let got = get(&sluice.url("/")).await;
@@ -333,7 +317,7 @@ fn seen(connection: usize, line: &str, answered: bool) -> StaleSeen {
 async fn a_get_on_a_stale_pooled_connection_is_retried_on_a_fresh_one() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let backend = stale_backend(log.clone());
-    let sluice = TestSluice::start(&pool_config(backend.addr, ""));
+    let sluice = TestSluice::start(&config_with(&[backend.addr], "", "", ""));
     for path in ["/one", "/two"] {
         let got = get(&sluice.url(path)).await;
         assert_eq!(got.status, 200, "{path}: {}", got.text());
@@ -354,7 +338,7 @@ async fn a_get_on_a_stale_pooled_connection_is_retried_on_a_fresh_one() {
 async fn a_post_on_a_stale_pooled_connection_is_never_sent_twice() {
     let log = Arc::new(Mutex::new(Vec::new()));
     let backend = stale_backend(log.clone());
-    let sluice = TestSluice::start(&pool_config(backend.addr, ""));
+    let sluice = TestSluice::start(&config_with(&[backend.addr], "", "", ""));
     assert_eq!(get(&sluice.url("/warm")).await.status, 200);
     let got = send(
         Request::post(sluice.url("/submit"))

@@ -2,6 +2,8 @@
 //! each on a thread of its own so a test may block on raw sockets without stalling them.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -198,22 +200,38 @@ impl Drop for TestSluice {
 
 /// A minimal config: one listener on port 0, every request to pool `app` of `backends`.
 pub fn simple_config(backends: &[&TestBackend]) -> String {
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    config_with(&addrs, "", "", "")
+}
+
+/// The minimal config with extra TOML: `top` before everything (e.g. a `[server]` table),
+/// `listener` inside the `[[listener]]` table, `pool` after the `[pool.app]` table (its keys or
+/// sub-tables).
+pub fn config_with(backends: &[SocketAddr], top: &str, listener: &str, pool: &str) -> String {
+    let list = backends
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"
+{top}
+
 [log]
 access_log = false
 
 [[listener]]
 name = "web"
 bind = "127.0.0.1:0"
+{listener}
 
 [[route]]
 pool = "app"
 
 [pool.app]
-backends = [{}]
-"#,
-        backend_list(backends)
+backends = [{list}]
+{pool}
+"#
     )
 }
 
