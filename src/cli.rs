@@ -15,14 +15,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy.
     Run {
-        /// Config file [default: $SLUICE_CONFIG, then config/sluice.toml]
-        #[arg(
-            long,
-            env = "SLUICE_CONFIG",
-            default_value = "config/sluice.toml",
-            hide_env_values = true
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Worker threads (overrides server.workers; 0 = one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -35,14 +29,8 @@ pub enum Command {
     },
     /// Validate a config file fully and print a summary; exit 0 valid, 1 invalid.
     Check {
-        /// Config file [default: $SLUICE_CONFIG, then config/sluice.toml]
-        #[arg(
-            long,
-            env = "SLUICE_CONFIG",
-            default_value = "config/sluice.toml",
-            hide_env_values = true
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Try sluice out: three demo backends and the proxy on 127.0.0.1:8080, admin on :9901.
     Demo {
@@ -59,4 +47,18 @@ pub enum Command {
 pub enum LogFormatArg {
     Text,
     Json,
+}
+
+/// `--config FILE`, shared by the commands that read a config file.
+#[derive(Debug, clap::Args)]
+pub struct ConfigFile {
+    /// Config file: `--config`, else $SLUICE_CONFIG, else config/sluice.toml.
+    #[arg(
+        long = "config",
+        value_name = "FILE",
+        env = "SLUICE_CONFIG",
+        default_value = "config/sluice.toml",
+        hide_env_values = true
+    )]
+    pub path: PathBuf,
 }

@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => return check(&config),
+        Command::Check { config } => return check(&config.path),
         Command::Run {
             config,
             workers,
             log_format,
             log_level,
-        } => run(&config, workers, log_format, log_level),
+        } => run(&config.path, workers, log_format, log_level),
         Command::Demo { bind, admin } => demo(bind, admin),
     };
     match result {
