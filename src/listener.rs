@@ -562,6 +562,20 @@ mod tests {
         );
     }
 
+    #[test]
+    fn listener_sockets_have_nodelay_and_share_ports_per_core() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = first.local_addr().unwrap();
+        // Accepted sockets inherit TCP_NODELAY from the listening socket on Linux.
+        assert!(socket2::SockRef::from(&first).tcp_nodelay().unwrap());
+        let second = bind(addr, true).unwrap();
+        assert_eq!(second.local_addr().unwrap(), addr);
+        assert!(
+            bind(addr, false).is_err(),
+            "without SO_REUSEPORT the port is taken"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn h2_frames_between_requests_are_not_heads() {
         let state = Arc::new(ConnState::new(framing::Limits::NONE));
