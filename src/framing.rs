@@ -53,14 +53,24 @@ enum State {
     HeadLine,
     /// Fixed-length body: bytes left.
     Body(u64),
+    // The chunked body, state for state as hyper's decoder reads it (hyper 1.x
+    // `proto/h1/decode.rs`), so that the two can never disagree on where a body ends: what
+    // hyper rejects, the scanner treats as lost.
+    /// The first hex digit of a chunk size.
+    ChunkStart,
     ChunkSize,
-    /// Chunk extensions, up to the end of the size line.
+    /// Spaces or tabs after the size digits.
+    ChunkSizeLws,
     ChunkExt,
+    ChunkSizeLf,
     ChunkData(u64),
-    /// The CRLF after chunk data.
-    ChunkDataEnd,
-    /// Trailer lines after the last chunk, up to an empty line.
-    Trailers,
+    ChunkDataCr,
+    ChunkDataLf,
+    /// After the last chunk: CR ends the body, anything else starts a trailer line.
+    EndCr,
+    Trailer,
+    TrailerLf,
+    EndLf,
     /// Not HTTP/1 (the HTTP/2 preface): nothing to check.
     Off,
     /// Out of step with the stream: refuse what follows.
@@ -88,10 +98,12 @@ pub struct Scanner {
     line_cut: bool,
     head: Head,
     chunk_size: u64,
-    chunk_digits: usize,
     /// Heads seen and not yet taken by the request service.
     verdicts: VecDeque<Verdict>,
     limits: Limits,
+    /// No request line seen yet: only the connection's very first line can be the HTTP/2
+    /// preface.
+    fresh: bool,
 }
 
 impl Default for Scanner {
@@ -109,8 +121,8 @@ impl Scanner {
             line_cut: false,
             head: Head::default(),
             chunk_size: 0,
-            chunk_digits: 0,
             verdicts: VecDeque::new(),
+            fresh: true,
         }
     }
 
@@ -149,20 +161,18 @@ impl Scanner {
                     let n = left.min(bytes.len() as u64);
                     bytes = &bytes[n as usize..];
                     self.state = if n == left {
-                        State::ChunkDataEnd
+                        State::ChunkDataCr
                     } else {
                         State::ChunkData(left - n)
                     };
                 }
-                State::Head | State::HeadLine | State::Trailers => {
+                State::Head | State::HeadLine => {
                     // Whole lines at a time: find the line end, inspect the line in place, and
                     // copy only a line that a read boundary cut in two.
                     let line_end = bytes.iter().position(|&b| b == b'\n');
-                    if self.state != State::Trailers {
-                        let taken = line_end.map_or(bytes.len(), |end| end + 1);
-                        if self.over_limits(taken, line_end.is_some()) {
-                            return;
-                        }
+                    let taken = line_end.map_or(bytes.len(), |end| end + 1);
+                    if self.over_limits(taken, line_end.is_some()) {
+                        return;
                     }
                     match line_end {
                         Some(end) => {
@@ -231,64 +241,51 @@ impl Scanner {
         }
     }
 
+    /// One byte of chunked framing.
     fn byte(&mut self, b: u8) {
-        match self.state {
-            State::ChunkSize => match b {
-                b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                    let digit = (b as char).to_digit(16).unwrap_or(0) as u64;
-                    self.chunk_digits += 1;
-                    match self.chunk_size.checked_mul(16) {
-                        Some(v) if self.chunk_digits <= 16 => self.chunk_size = v + digit,
-                        _ => self.state = State::Lost,
-                    }
-                }
-                b';' | b' ' | b'\t' if self.chunk_digits > 0 => self.state = State::ChunkExt,
-                b'\r' if self.chunk_digits > 0 => self.state = State::ChunkExt,
-                b'\n' if self.chunk_digits > 0 => self.end_chunk_size(),
-                _ => self.state = State::Lost,
-            },
-            State::ChunkExt => {
-                if b == b'\n' {
-                    self.end_chunk_size();
-                }
+        self.state = match (self.state, b) {
+            (State::ChunkStart, b) if b.is_ascii_hexdigit() => self.size_digit(b),
+            (State::ChunkSize, b) if b.is_ascii_hexdigit() => self.size_digit(b),
+            (State::ChunkSize | State::ChunkSizeLws, b' ' | b'\t') => State::ChunkSizeLws,
+            (State::ChunkSize | State::ChunkSizeLws, b';') => State::ChunkExt,
+            (State::ChunkSize | State::ChunkSizeLws | State::ChunkExt, b'\r') => State::ChunkSizeLf,
+            (State::ChunkExt, b'\n') => State::Lost,
+            (State::ChunkExt, _) => State::ChunkExt,
+            (State::ChunkSizeLf, b'\n') if self.chunk_size == 0 => State::EndCr,
+            (State::ChunkSizeLf, b'\n') => State::ChunkData(self.chunk_size),
+            (State::ChunkDataCr, b'\r') => State::ChunkDataLf,
+            (State::ChunkDataLf, b'\n') => {
+                self.chunk_size = 0;
+                State::ChunkStart
             }
-            State::ChunkDataEnd => match b {
-                b'\r' => {}
-                b'\n' => self.start_chunk(),
-                _ => self.state = State::Lost,
-            },
-            State::Head
-            | State::HeadLine
-            | State::Trailers
-            | State::Body(_)
-            | State::ChunkData(_)
-            | State::Off
-            | State::Lost => {}
-        }
-    }
-
-    fn start_chunk(&mut self) {
-        self.chunk_size = 0;
-        self.chunk_digits = 0;
-        self.state = State::ChunkSize;
-    }
-
-    fn end_chunk_size(&mut self) {
-        self.state = if self.chunk_size == 0 {
-            State::Trailers
-        } else {
-            State::ChunkData(self.chunk_size)
+            (State::EndCr, b'\r') => State::EndLf,
+            (State::Trailer, b'\r') => State::TrailerLf,
+            (State::EndCr | State::Trailer, _) => State::Trailer,
+            (State::TrailerLf, b'\n') => State::EndCr,
+            (State::EndLf, b'\n') => State::Head,
+            _ => State::Lost,
         };
+    }
+
+    fn size_digit(&mut self, b: u8) -> State {
+        let digit = (b as char).to_digit(16).map_or(0, u64::from);
+        match self
+            .chunk_size
+            .checked_mul(16)
+            .and_then(|v| v.checked_add(digit))
+        {
+            Some(size) => {
+                self.chunk_size = size;
+                State::ChunkSize
+            }
+            None => State::Lost,
+        }
     }
 
     fn end_line_with(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let empty = line.is_empty() && !self.line_cut;
-        if self.state == State::Trailers {
-            if empty {
-                self.state = State::Head;
-            }
-        } else if empty && self.head.lines == 0 {
+        if empty && self.head.lines == 0 {
             // Empty lines before a request line are allowed and ignored (RFC 9112 2.2).
             self.state = State::Head;
         } else if empty {
@@ -305,9 +302,10 @@ impl Scanner {
         let head = &mut self.head;
         head.lines += 1;
         if head.lines == 1 {
-            if line == b"PRI * HTTP/2.0" {
+            if self.fresh && line == b"PRI * HTTP/2.0" {
                 self.state = State::Off;
             }
+            self.fresh = false;
             head.http10 = line.ends_with(b"HTTP/1.0");
             return;
         }
@@ -357,8 +355,8 @@ impl Scanner {
             // The request will be refused and its connection closed: nothing after it counts.
             Err(_) => State::Lost,
             Ok(()) if head.chunked => {
-                self.start_chunk();
-                State::ChunkSize
+                self.chunk_size = 0;
+                State::ChunkStart
             }
             Ok(()) => match head.length {
                 Some(n) if n > 0 => State::Body(n),
@@ -511,5 +509,56 @@ mod tests {
             verdicts(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             [Err(Reject::Ambiguous("Transfer-Encoding in HTTP/1.0\n"))]
         );
+    }
+
+    #[test]
+    fn chunked_framing_follows_hyper_byte_for_byte() {
+        // Bare LF where hyper needs CRLF: the scanner must not guess where the body ends.
+        for bad in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\nhello\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n 5\r\nhello\r\n",
+        ] {
+            let mut s = scan(bad);
+            s.feed(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(s.take_verdict(), Some(Ok(())));
+            assert_eq!(s.take_verdict(), None, "{}", String::from_utf8_lossy(bad));
+        }
+        // A bare LF inside a trailer line is just a byte of that line, as in hyper: the
+        // "request" hidden after it is trailer text, not a head.
+        let mut s = scan(
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\nGET /p HTTP/1.1\r\n\r\n\
+              GET /b HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        );
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+        assert!(matches!(s.take_verdict(), Some(Err(_))));
+        // Size, whitespace, extensions and trailers as hyper accepts them.
+        assert_eq!(
+            verdicts(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  00005 \t;ext=\"q\"\r\nhello\r\n0\r\nA: 1\r\nB: 2\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+            ),
+            [Ok(()), Ok(())]
+        );
+    }
+
+    #[test]
+    fn the_http2_preface_counts_only_as_the_first_line() {
+        let mut s = scan(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nPRI * HTTP/2.0\r\n\r\n\
+              GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        );
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+        assert!(matches!(s.take_verdict(), Some(Err(_))));
+        let mut s = scan(b"GET / HTTP/1.1\r\n\r\nPRI * HTTP/2.0\r\n\r\n");
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+        assert_eq!(
+            s.take_verdict(),
+            Some(Ok(())),
+            "a later PRI line is an ordinary request"
+        );
+        assert_ne!(s.state, State::Off);
     }
 }

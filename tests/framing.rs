@@ -473,3 +473,28 @@ fn a_bad_head_pipelined_behind_a_good_one_is_refused_after_it() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].uri, "/first");
 }
+
+/// Bytes that hyper reads as chunked trailers must not look like request heads to sluice's own
+/// framing scanner, or a later refused request could slip through under another's verdict.
+#[test]
+fn requests_hidden_in_chunked_trailers_never_shift_the_verdicts() {
+    let smuggles: [&[u8]; 2] = [
+        b"POST /a HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /p HTTP/1.1\r\nHost: app\r\n\r\n\
+          POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        b"POST /a HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nPRI * HTTP/2.0\r\n\r\n\
+          POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+    ];
+    for bytes in smuggles {
+        let backend = TestBackend::start("app");
+        let sluice = TestSluice::start(&simple_config(&[&backend]));
+        let mut conn = RawConn::open(sluice.addr());
+        conn.send(bytes);
+        let _ = conn.rest();
+        let seen: Vec<String> = backend.seen().iter().map(|s| s.uri.to_string()).collect();
+        assert!(
+            seen.iter().all(|uri| uri == "/a"),
+            "backend saw {seen:?} for {}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
