@@ -152,6 +152,34 @@ struct WatchedIo {
     state: Arc<ConnState>,
     /// sluice answered a refused head itself; hyper sees the end of the stream.
     answered: bool,
+    /// Bytes hyper handed over since its last completed flush: while any may still be queued,
+    /// sluice must not write its own answer (it would land inside the previous response).
+    unflushed: bool,
+    /// The rest of sluice's own answer, when the socket did not take it at once.
+    refusal: Vec<u8>,
+}
+
+impl WatchedIo {
+    /// Writes what is left of sluice's own answer; ready when all of it went out.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.refusal.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.stream).poll_write(cx, &self.refusal))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.refusal.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for WatchedIo {
+    fn drop(&mut self) {
+        // Last chance for an answer hyper never flushed for us (it drops the socket on errors).
+        if !self.refusal.is_empty() {
+            let _ = self.stream.try_write(&self.refusal);
+        }
+    }
 }
 
 impl AsyncRead for WatchedIo {
@@ -174,10 +202,14 @@ impl AsyncRead for WatchedIo {
             // own body and request id, and never let hyper see it (hyper would answer some of
             // these itself, bare, and silently repair others).
             if let Some(reject) = scanner.next_refused() {
-                if this.state.inflight.load(Ordering::Relaxed) == 0 {
-                    let answer = refusal(reject);
-                    // Best effort: a refusal is small and the socket buffer empty.
-                    let _ = this.stream.try_write(&answer);
+                if this.state.inflight.load(Ordering::Relaxed) == 0 && !this.unflushed {
+                    this.refusal = refusal(reject);
+                    match this.stream.try_write(&this.refusal) {
+                        Ok(n) => drop(this.refusal.drain(..n)),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => this.refusal.clear(),
+                    }
+                    // The rest, if any, goes out in `poll_shutdown` (or on drop).
                     buf.set_filled(before);
                     this.answered = true;
                     return Poll::Ready(Ok(()));
@@ -194,7 +226,9 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -202,19 +236,30 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        this.unflushed = true;
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
 
+    /// hyper flushes the socket only once its own write buffer is empty, so a completed flush
+    /// means nothing of an earlier response is still queued.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.stream).poll_flush(cx);
+        if matches!(result, Poll::Ready(Ok(()))) {
+            this.unflushed = false;
+        }
+        result
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_refusal(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 
@@ -350,6 +395,8 @@ async fn serve(
         stream,
         state: state.clone(),
         answered: false,
+        unflushed: false,
+        refusal: Vec::new(),
     });
     let conn = builder.serve_connection(io, Proxy(Arc::new(ctx)));
     let mut conn = pin!(conn);
@@ -573,6 +620,74 @@ mod tests {
         assert!(
             bind(addr, false).is_err(),
             "without SO_REUSEPORT the port is taken"
+        );
+    }
+
+    async fn socket_pair() -> (WatchedIo, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let io = WatchedIo {
+            stream: server,
+            state: Arc::new(ConnState::new(framing::Limits::NONE)),
+            answered: false,
+            unflushed: false,
+            refusal: Vec::new(),
+        };
+        (io, client)
+    }
+
+    const REFUSED: &[u8] = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
+
+    #[tokio::test]
+    async fn a_refusal_never_overtakes_unflushed_output() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut io, mut client) = socket_pair().await;
+        // hyper handed over part of a response and has not completed a flush since.
+        io.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        client.write_all(REFUSED).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = io.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "the head goes to hyper, and the service refuses it in order"
+        );
+        assert!(!io.answered);
+        assert!(io.state.framing_verdict().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_after_a_flush_is_answered_directly() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut io, mut client) = socket_pair().await;
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        io.flush().await.unwrap();
+        client.write_all(REFUSED).await.unwrap();
+        let mut buf = [0u8; 1024];
+        assert_eq!(
+            io.read(&mut buf).await.unwrap(),
+            0,
+            "hyper sees the end of the stream"
+        );
+        assert!(io.answered);
+        io.shutdown().await.unwrap();
+        let mut got = String::new();
+        client.read_to_string(&mut got).await.unwrap();
+        let refusal = got
+            .strip_prefix("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .unwrap();
+        assert!(
+            refusal.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{refusal}"
+        );
+        assert!(refusal.contains("x-request-id: "), "{refusal}");
+        assert!(
+            refusal.ends_with("more than one Content-Length header\n"),
+            "{refusal}"
         );
     }
 

@@ -498,3 +498,44 @@ fn requests_hidden_in_chunked_trailers_never_shift_the_verdicts() {
         );
     }
 }
+
+/// A refusal never cuts into the response before it: a large answer still draining to a slow
+/// reader arrives whole, and the refusal comes after it.
+#[test]
+fn a_refusal_waits_for_the_previous_response_to_drain() {
+    const SIZE: usize = 3 * 1024 * 1024;
+    let big = TestBackend::with_handler(
+        "big",
+        Default::default(),
+        std::sync::Arc::new(|_req| Box::pin(async { http::Response::new(full(vec![b'z'; SIZE])) })),
+    );
+    let sluice = TestSluice::start(&simple_config(&[&big]));
+    for round in 0..5 {
+        let mut conn = RawConn::open(sluice.addr());
+        conn.send(b"GET /big HTTP/1.1\r\nHost: app\r\n\r\n");
+        // Read only the start, so most of the answer is still queued in sluice...
+        let mut first = [0u8; 64 * 1024];
+        let mut got = 0;
+        while got < first.len() {
+            got += std::io::Read::read(&mut conn.stream(), &mut first[got..]).unwrap();
+        }
+        // ...then send a head that must be refused.
+        conn.send(
+            b"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+        );
+        let (rest, closed) = conn.rest();
+        let mut all = first.to_vec();
+        all.extend_from_slice(rest.as_bytes());
+        let text = String::from_utf8_lossy(&all);
+        let body_start = text.find("\r\n\r\n").unwrap() + 4;
+        let after = &text[body_start..];
+        let zs = after.bytes().take_while(|&b| b == b'z').count();
+        assert_eq!(zs, SIZE, "round {round}: the first response was cut");
+        let tail = &after[SIZE..];
+        assert!(
+            tail.starts_with("HTTP/1.1 400"),
+            "round {round}: then {tail:?}"
+        );
+        assert!(closed);
+    }
+}

@@ -158,6 +158,11 @@ impl RawConn {
         }
     }
 
+    /// The socket itself, for tests that read at their own pace.
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
     /// After a response: reads whatever else the server sends, and whether it then closed the
     /// connection (`false`: still open after `READ_TIMEOUT`).
     pub fn rest(&mut self) -> (String, bool) {
