@@ -306,8 +306,10 @@ impl Acceptor {
         // Heads beyond these are refused by the scanner before hyper's buffer fills; smaller
         // ones that still break a limit are answered by the request service.
         let limits = framing::Limits {
-            max_head: self.settings.max_header_bytes + self.settings.max_uri_bytes + 512,
-            max_request_line: self.settings.max_uri_bytes + 64,
+            max_head: (self.settings.max_header_bytes)
+                .saturating_add(self.settings.max_uri_bytes)
+                .saturating_add(512),
+            max_request_line: self.settings.max_uri_bytes.saturating_add(64),
         };
         loop {
             let (stream, peer) = tokio::select! {
@@ -373,7 +375,13 @@ fn http_builder(settings: &config::Listener) -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         // Room for the largest allowed head, so sluice's own checks answer 414 and 431 with a
         // body and a request id; only far larger heads meet hyper's bare 431.
-        .max_buf_size((settings.max_header_bytes + settings.max_uri_bytes + 1024).max(8192));
+        .max_buf_size(
+            settings
+                .max_header_bytes
+                .saturating_add(settings.max_uri_bytes)
+                .saturating_add(1024)
+                .max(8192),
+        );
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -82,6 +82,19 @@ pub fn check_request_with<B>(req: &Request<B>, facts: &Facts<'_>) -> Result<(), 
     if facts.hosts > 1 {
         return Err(ProxyError::BadRequest("more than one Host header\n"));
     }
+    // Whatever names the host becomes the upstream `Host` and `X-Forwarded-Host`: it must be a
+    // plain host[:port] (no userinfo, no spaces), whether it came from `Host`, an absolute-form
+    // target or HTTP/2's `:authority`.
+    if let Some(host) = facts.host {
+        if !valid_host(host.as_bytes()) {
+            return Err(ProxyError::BadRequest("invalid Host header\n"));
+        }
+    }
+    if let Some(authority) = req.uri().authority() {
+        if !valid_host(authority.as_str().as_bytes()) {
+            return Err(ProxyError::BadRequest("invalid host in request target\n"));
+        }
+    }
     match req.version() {
         Version::HTTP_2 | Version::HTTP_3 => check_h2_authority(req, facts),
         version => check_h1_framing(req, facts, version),
@@ -108,9 +121,6 @@ fn check_h1_framing<B>(
         }
         None => {}
         Some(host) => {
-            if !valid_host(host.as_bytes()) {
-                return Err(ProxyError::BadRequest("invalid Host header\n"));
-            }
             // Absolute-form target: its authority must name the same host as `Host`.
             if let Some(authority) = req.uri().authority() {
                 if !authority
@@ -185,11 +195,12 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// RFC 9110 section 7.6.1. (`Trailer` is end-to-end: it announces the trailer fields, and
+/// hyper drops trailers on an HTTP/1 leg whose message lacks it.)
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
-        || name == header::TRAILER
         || name == header::TE
         || name == KEEP_ALIVE
         || name == PROXY_CONNECTION
@@ -218,15 +229,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `strip_hop_by_hop` for a message known to carry at least one hop-by-hop header.
 pub fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
     if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
-        let (_, values) = connection.remove_entry_mult();
-        let named: Vec<HeaderName> = values
-            .filter_map(|v| v.to_str().ok().map(str::to_owned))
-            .flat_map(|v| {
-                v.split(',')
-                    .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        // Tokens are read from the raw bytes: one odd byte elsewhere in the value must not
+        // hide the names it lists. The usual `keep-alive` and `close` allocate nothing.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in connection.remove_entry_mult().1 {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    named.push(name);
+                }
+            }
+        }
         for name in named {
             if !is_protected(&name) {
                 headers.remove(&name);
@@ -237,7 +256,6 @@ pub fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     headers.remove(header::UPGRADE);
-    headers.remove(header::TRAILER);
     if let Some(te) = headers.get(header::TE) {
         if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers") {
             headers.remove(header::TE);

@@ -8,6 +8,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::{Checker, MIN_HEADER_BYTES};
+
+/// The largest request head (and request target) a listener may allow: 1 MiB. Each connection
+/// may buffer this much, so larger limits only help an attacker.
+const MAX_HEAD_BYTES: usize = 1024 * 1024;
 use crate::config::file;
 use crate::config::{Admin, CidrError, Listener};
 
@@ -46,6 +50,15 @@ impl Checker<'_> {
                 self.push(error);
                 MIN_HEADER_BYTES
             }
+            Some(n) if *n.get_ref() > MAX_HEAD_BYTES => {
+                let message = format!(
+                    "max_header_bytes must be at most {MAX_HEAD_BYTES}, not {}",
+                    n.get_ref()
+                );
+                let note = "every connection may buffer this much; the default is 65536";
+                self.push(self.error(n.span(), message).with_note(note));
+                MAX_HEAD_BYTES
+            }
             Some(n) => n.into_inner(),
             None => 65_536,
         };
@@ -56,6 +69,17 @@ impl Checker<'_> {
                         .with_note("the default is 8192"),
                 );
                 1
+            }
+            Some(n) if *n.get_ref() > MAX_HEAD_BYTES => {
+                let message = format!(
+                    "max_uri_bytes must be at most {MAX_HEAD_BYTES}, not {}",
+                    n.get_ref()
+                );
+                self.push(
+                    self.error(n.span(), message)
+                        .with_note("the default is 8192"),
+                );
+                MAX_HEAD_BYTES
             }
             Some(n) => n.into_inner(),
             None => 8192,

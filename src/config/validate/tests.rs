@@ -587,3 +587,23 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn head_limits_have_an_upper_bound() {
+    let errors = errors_in(
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\nmax_header_bytes = 9223372036854775807\nmax_uri_bytes = 2000000\n[[route]]\npool = \"p\"\n[pool.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+    );
+    let messages: Vec<&str> = errors.iter().map(|e| e.2.as_str()).collect();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("max_header_bytes must be at most 1048576")),
+        "{messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.starts_with("max_uri_bytes must be at most 1048576")),
+        "{messages:?}"
+    );
+}

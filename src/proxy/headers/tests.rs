@@ -98,7 +98,16 @@ fn hop_by_hop_and_connection_named_headers_go() {
     strip_hop_by_hop(&mut h);
     let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
     left.sort();
-    assert_eq!(left, ["host", "x-forwarded-for", "x-kept", "x-request-id"]);
+    assert_eq!(
+        left,
+        [
+            "host",
+            "trailer",
+            "x-forwarded-for",
+            "x-kept",
+            "x-request-id"
+        ]
+    );
 }
 
 #[test]
@@ -159,4 +168,36 @@ fn request_ids_are_hex_and_distinct() {
     assert_ne!(a, b);
     assert_eq!(a.len(), 32);
     assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+}
+
+#[test]
+fn connection_tokens_are_read_from_raw_bytes() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        header::CONNECTION,
+        HeaderValue::from_bytes(b"x-a, \xff, keep-alive").unwrap(),
+    );
+    h.insert(
+        HeaderName::from_static("x-a"),
+        HeaderValue::from_static("secret"),
+    );
+    strip_hop_by_hop(&mut h);
+    assert!(h.is_empty(), "{h:?}");
+}
+
+#[test]
+fn hosts_with_userinfo_or_bad_bytes_are_refused_wherever_they_come_from() {
+    let cases: &[(Version, &str, &[(&str, &str)])] = &[
+        (Version::HTTP_10, "http://u@app/", &[]),
+        (Version::HTTP_11, "http://u@app/", &[("host", "u@app")]),
+        (Version::HTTP_2, "https://u@app/", &[]),
+        (Version::HTTP_2, "https://app/", &[("host", "u@app")]),
+    ];
+    for (version, target, headers) in cases {
+        let got = check_request(&req(*version, target, headers));
+        assert!(
+            matches!(got, Err(ProxyError::BadRequest(_))),
+            "{version:?} {target} {headers:?}"
+        );
+    }
 }
