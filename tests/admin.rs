@@ -47,3 +47,28 @@ fn no_admin_table_means_no_admin_listener() {
     let sluice = TestSluice::start(&simple_config(&[&a]));
     assert!(sluice.admin.is_none());
 }
+
+#[test]
+fn a_silent_admin_connection_is_closed_after_the_header_read_timeout() {
+    use std::io::Read;
+    let a = TestBackend::start("a");
+    let config = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\nheader_read_timeout = \"300ms\"\n{}",
+        simple_config(&[&a])
+    );
+    let sluice = TestSluice::start(&config);
+    let mut silent = std::net::TcpStream::connect(sluice.admin.unwrap()).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let waited = start.elapsed();
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(
+        waited >= std::time::Duration::from_millis(200)
+            && waited < std::time::Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}

@@ -8,14 +8,20 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config;
 use crate::state::Shared;
+
+/// Serves the admin API until `shutdown`.
+/// Admin connections open at once; beyond it new ones are closed at once, so a flood of idle
+/// admin connections cannot use up the process's file descriptors.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(
@@ -26,9 +32,10 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
     let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let settings = Arc::new(settings);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -39,18 +46,23 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS, "too many admin connections; closing");
+            continue;
+        };
         let (settings, shared, shutdown) = (settings.clone(), shared.clone(), shutdown.clone());
         tracker.spawn(async move {
+            let timeout = settings.header_read_timeout;
             let service = service_fn(move |req| {
                 let response = handle(&settings, &shared, req);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
+            // HTTP/1 only: hyper's header-read timer then runs from the connection's start, so
+            // a client that connects and says nothing is closed too.
+            let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10));
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -59,6 +71,7 @@ pub async fn serve(
                     let _ = conn.await;
                 }
             }
+            drop(slot);
         });
     }
     tracker.close();

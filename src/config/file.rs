@@ -58,6 +58,9 @@ pub(super) struct AdminFile {
     pub bind: Option<Spanned<String>>,
     /// Bearer token for admin requests; default "" = none, required off loopback.
     pub token: Option<String>,
+    /// An admin request head must arrive within this, counted from the connection's start
+    /// (sluice addition); default "10s".
+    pub header_read_timeout: Option<Spanned<DurationText>>,
 }
 
 /// `[log]`

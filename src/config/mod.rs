@@ -48,6 +48,8 @@ pub struct Admin {
     pub bind: SocketAddr,
     /// `None` when empty: no authentication (only allowed on a loopback bind).
     pub token: Option<String>,
+    /// A request head must arrive within this, counted from the connection's start.
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

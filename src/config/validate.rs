@@ -191,7 +191,18 @@ impl Checker<'_> {
                 );
             self.push(error);
         }
-        (Admin { bind, token }, bind_span)
+        let header_read_timeout = self.timeout(
+            admin.header_read_timeout,
+            std::time::Duration::from_secs(10),
+        );
+        (
+            Admin {
+                bind,
+                token,
+                header_read_timeout,
+            },
+            bind_span,
+        )
     }
 
     fn log(&mut self, log: file::LogFile) -> Log {

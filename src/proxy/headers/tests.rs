@@ -185,9 +185,12 @@ fn connection_tokens_are_read_from_raw_bytes() {
     assert!(h.is_empty(), "{h:?}");
 }
 
+/// Version, target, headers.
+type HostCase<'a> = (Version, &'a str, &'a [(&'a str, &'a str)]);
+
 #[test]
 fn hosts_with_userinfo_or_bad_bytes_are_refused_wherever_they_come_from() {
-    let cases: &[(Version, &str, &[(&str, &str)])] = &[
+    let cases: &[HostCase] = &[
         (Version::HTTP_10, "http://u@app/", &[]),
         (Version::HTTP_11, "http://u@app/", &[("host", "u@app")]),
         (Version::HTTP_2, "https://u@app/", &[]),
