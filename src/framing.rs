@@ -337,6 +337,14 @@ impl Scanner {
         if self.state == State::Off {
             return;
         }
+        // hyper refuses more header lines than this (its default), bare; refuse first, with a
+        // cause and a request id.
+        const MAX_HEADERS: usize = 100;
+        if head.lines > MAX_HEADERS + 1 {
+            self.verdicts.push_back(Err(Reject::HeadTooLarge));
+            self.state = State::Lost;
+            return;
+        }
         let ambiguous = if head.content_lengths > 1 {
             Some("more than one Content-Length header\n")
         } else if head.content_lengths > 0 && head.transfer_encodings > 0 {

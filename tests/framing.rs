@@ -444,6 +444,15 @@ fn heads_beyond_the_default_limits_get_431_and_414_with_a_cause() {
     );
     let response = assert_rejected_by(&sluice, &backend, big_head.as_bytes(), 431);
     assert_local_answer(&response, 431, "too large");
+    // More header lines than hyper takes (100).
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: app\r\n{}\r\n",
+        (0..120)
+            .map(|i| format!("x-h{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let response = assert_rejected_by(&sluice, &backend, many.as_bytes(), 431);
+    assert_local_answer(&response, 431, "too large");
     // Default max_uri_bytes is 8 KiB.
     let long_uri = format!(
         "GET /{} HTTP/1.1\r\nHost: app\r\n\r\n",
