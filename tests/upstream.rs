@@ -577,3 +577,41 @@ async fn a_1_gib_upload_streams_through() {
 async fn a_1_gib_download_streams_through() {
     download_through_sluice(GIB).await;
 }
+
+/// A backend whose accept queue is full drops new SYNs, so connecting hangs (on loopback,
+/// without leaving the machine): the pool's connect timeout must answer 502 promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_connect_gets_502_after_the_connect_timeout() {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue (never accepted), until a further connect no longer completes.
+    let mut fillers = Vec::new();
+    loop {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+    let sluice = TestSluice::start(&config_with(
+        &[addr],
+        "",
+        "",
+        "[pool.app.timeouts]\nconnect = \"300ms\"",
+    ));
+    let start = Instant::now();
+    let got = get(&sluice.url("/")).await;
+    let elapsed = start.elapsed();
+    assert_local_answer(&got, 502);
+    assert!(got.text().contains("connect"), "{}", got.text());
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "answered after {elapsed:?}"
+    );
+    drop(fillers);
+}
