@@ -57,8 +57,8 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     /// future only awaits the backend's response head. That keeps the per-request future (boxed,
     /// as hyper needs one type) small.
     fn call(&self, req: Request<Incoming>) -> Answer {
-        let mut request = Started::new(&self.0, req);
-        let begun = request.forward(&self.0);
+        let mut request = Started::new(&self.0, &req);
+        let begun = request.forward(&self.0, req);
         match begun {
             Err(e) => {
                 let response = request.fail(&e);
@@ -79,12 +79,10 @@ struct Started {
     version: Version,
     request_id: HeaderValue,
     exchange: Exchange,
-    /// Taken by `forward`.
-    request: Option<Request<Incoming>>,
 }
 
 impl Started {
-    fn new(ctx: &ConnContext, req: Request<Incoming>) -> Started {
+    fn new(ctx: &ConnContext, req: &Request<Incoming>) -> Started {
         let version = req.version();
         let active = ctx.conn.request_started(version == Version::HTTP_2);
         let snapshot = ctx.shared.snapshot();
@@ -98,7 +96,7 @@ impl Started {
                 listener: snapshot.listeners[ctx.listener].name.clone(),
                 client: ctx.peer,
                 method: req.method().clone(),
-                host: headers::request_host(&req).and_then(|h| HeaderValue::from_str(h).ok()),
+                host: headers::request_host(req).and_then(|h| HeaderValue::from_str(h).ok()),
                 path: req.uri().path().to_owned(),
                 request_id: request_id.clone(),
                 status: 0,
@@ -114,17 +112,16 @@ impl Started {
             version,
             request_id,
             exchange: Exchange::new(active, log),
-            request: Some(req),
             snapshot,
         }
     }
 
     /// Checks, routes and rewrites the request and starts the upstream exchange.
-    fn forward(&mut self, ctx: &ConnContext) -> Result<forward::Upstream, ProxyError> {
-        let req = self
-            .request
-            .take()
-            .ok_or(ProxyError::BadRequest("request already taken\n"))?;
+    fn forward(
+        &mut self,
+        ctx: &ConnContext,
+        req: Request<Incoming>,
+    ) -> Result<forward::Upstream, ProxyError> {
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
             ctx.conn.framing_verdict()?;
