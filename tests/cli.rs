@@ -368,3 +368,37 @@ async fn access_log_off_writes_no_access_lines() {
     );
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_access_log_has_the_request_fields() {
+    let a = TestBackend::start("a");
+    let config = simple_config(&[&a]).replace("access_log = false", "access_log = true");
+    let path = temp_config("text", &config);
+    let mut sluice = Proc::spawn(&["run", "--config", path.to_str().unwrap()]);
+    let addr = sluice
+        .wait_for(Duration::from_secs(20), listening_addr)
+        .expect("listening line");
+    let req = http::Request::get(format!("http://{addr}/texty?x=1"))
+        .header("x-request-id", "text-id-7")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(req).await.status, 200);
+    let line = sluice
+        .wait_for(Duration::from_secs(10), |line| {
+            (line.contains(" access: ") || line.contains(" access:")).then(|| line.to_string())
+        })
+        .expect("an access log line");
+    for field in [
+        "method=GET",
+        "path=/texty",
+        "status=200",
+        "pool=\"app\"",
+        "request_id=\"text-id-7\"",
+        "bytes_out=1",
+    ] {
+        assert!(line.contains(field), "{field} missing from {line}");
+    }
+    assert!(line.contains(&format!("backend=\"{}\"", a.addr)), "{line}");
+    sluice.signal("TERM");
+    assert_eq!(sluice.wait_exit(Duration::from_secs(10)), Some(0));
+}
