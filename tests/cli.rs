@@ -104,6 +104,15 @@ fn listening_addr(line: &str) -> Option<std::net::SocketAddr> {
         .ok()
 }
 
+/// The address from the JSON-format `listening` log line.
+fn json_listening_addr(line: &str) -> Option<std::net::SocketAddr> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v["message"] != "listening" {
+        return None;
+    }
+    v["addr"].as_str()?.parse().ok()
+}
+
 #[test]
 fn version_prints_name_and_version() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
@@ -304,11 +313,7 @@ async fn json_access_log_has_one_line_per_request_with_its_fields() {
         "json",
     ]);
     let addr = sluice
-        .wait_for(Duration::from_secs(20), |line| {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["message"] == "listening")
-                .then(|| v["addr"].as_str()?.parse::<std::net::SocketAddr>().ok())?
-        })
+        .wait_for(Duration::from_secs(20), json_listening_addr)
         .expect("listening line");
     let req = http::Request::post(format!("http://{addr}/logged?q=1"))
         .header("host", "site.example")
@@ -352,11 +357,7 @@ async fn access_log_off_writes_no_access_lines() {
         "json",
     ]);
     let addr = sluice
-        .wait_for(Duration::from_secs(20), |line| {
-            let v: serde_json::Value = serde_json::from_str(line).ok()?;
-            (v["message"] == "listening")
-                .then(|| v["addr"].as_str()?.parse::<std::net::SocketAddr>().ok())?
-        })
+        .wait_for(Duration::from_secs(20), json_listening_addr)
         .expect("listening line");
     assert_eq!(get(&format!("http://{addr}/")).await.status, 200);
     sluice.signal("TERM");
