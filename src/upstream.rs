@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::balance::Balancer;
+use crate::balance::{BackendSpec, Backends, Balancer};
 use crate::config;
 use crate::proxy::body::UpstreamBody;
 
@@ -99,6 +99,14 @@ impl Pool {
         let clients = (0..workers.max(1))
             .map(|_| build_client(&cfg.timeouts))
             .collect();
+        let specs: Vec<BackendSpec> = cfg
+            .backends
+            .iter()
+            .map(|b| BackendSpec {
+                id: b.address.clone(),
+                weight: b.weight,
+            })
+            .collect();
         Pool {
             name: Arc::from(cfg.name.as_str()),
             backends: cfg
@@ -106,7 +114,7 @@ impl Pool {
                 .iter()
                 .map(|b| Arc::new(Backend::new(b)))
                 .collect(),
-            balancer: Balancer::new(cfg.algorithm),
+            balancer: Balancer::new(cfg.algorithm, &specs),
             timeouts: cfg.timeouts.clone(),
             clients,
         }
@@ -135,4 +143,27 @@ fn build_client(timeouts: &config::Timeouts) -> UpstreamClient {
         // hyper-util itself; one that fails after is handled in `proxy::forward`.
         .retry_canceled_requests(true)
         .build(connector)
+}
+
+/// The pool as its balancer sees it: weights and live load of each backend.
+impl Backends for Pool {
+    fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    fn weight(&self, i: usize) -> u32 {
+        self.backends[i].weight
+    }
+
+    fn ramp(&self, _i: usize) -> f64 {
+        1.0
+    }
+
+    fn in_flight(&self, i: usize) -> u64 {
+        self.backends[i].active_requests()
+    }
+
+    fn latency(&self, _i: usize) -> Option<f64> {
+        None
+    }
 }

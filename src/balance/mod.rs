@@ -4,11 +4,46 @@
 //! next. Whether a backend may take traffic (health, ejection, limits) is decided by the caller,
 //! which skips indices, so the algorithms know nothing about health.
 
+pub mod hash;
+pub mod rng;
 mod round_robin;
 
 pub use round_robin::RoundRobin;
 
 use crate::config::Algorithm;
+
+/// What an algorithm may read about a pool's backends when it picks. The pool implements it
+/// over its shared runtime state; tests implement it over plain vectors. Indices are positions
+/// in the pool's backend list.
+pub trait Backends {
+    fn len(&self) -> usize;
+    /// Configured weight, 1 to 1000.
+    fn weight(&self, i: usize) -> u32;
+    /// The share of its weight the backend may take now, in (0, 1]: below 1 while slow start
+    /// ramps a new or recovered backend up. Effective weight = `weight × ramp`.
+    fn ramp(&self, i: usize) -> f64;
+    /// Requests in flight to the backend.
+    fn in_flight(&self, i: usize) -> u64;
+    /// Peak-EWMA response latency in nanoseconds; `None` before the first response.
+    fn latency(&self, i: usize) -> Option<f64>;
+}
+
+/// What an algorithm builds its tables from: each backend's identity and configured weight.
+#[derive(Debug, Clone)]
+pub struct BackendSpec {
+    /// The backend's address as configured: consistent hashing places backends by it, so a
+    /// backend keeps its keys across reloads and restarts.
+    pub id: String,
+    pub weight: u32,
+}
+
+/// What a request brings to a pick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pick {
+    /// `hash::hash` of the request's hash key (`hash_key`), when the pool hashes and the
+    /// request has the key. Hashing algorithms fall back to a random pick without it.
+    pub key: Option<u64>,
+}
 
 /// The algorithm of one pool, with whatever state it keeps between picks.
 #[derive(Debug)]
@@ -17,17 +52,24 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    pub fn new(algorithm: Algorithm) -> Balancer {
+    /// Builds the algorithm's tables for `backends` (in pool order).
+    pub fn new(algorithm: Algorithm, backends: &[BackendSpec]) -> Balancer {
+        let _ = backends;
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
         }
     }
 
-    /// Backend indices of a pool of `len` backends, in the order to try them.
-    pub fn select(&self, len: usize) -> Selection {
-        match self {
-            Balancer::RoundRobin(rr) => rr.select(len),
+    /// Backend indices in the order to try them: the algorithm's choice, then the rest.
+    pub fn select<B: Backends + ?Sized>(&self, backends: &B, pick: &Pick) -> Selection {
+        let len = backends.len();
+        if len == 0 {
+            return Selection::rotating(0, 0);
         }
+        let first = match self {
+            Balancer::RoundRobin(rr) => rr.pick(backends, pick),
+        };
+        Selection::rotating(first, len)
     }
 }
 
@@ -77,5 +119,60 @@ mod tests {
         assert_eq!(Selection::rotating(2, 4).collect::<Vec<_>>(), [2, 3, 0, 1]);
         assert_eq!(Selection::rotating(9, 4).collect::<Vec<_>>(), [1, 2, 3, 0]);
         assert_eq!(Selection::rotating(0, 0).count(), 0);
+    }
+}
+
+/// Backends for tests: fixed weights, ramps, in-flight counts and latencies.
+#[cfg(test)]
+pub mod testing {
+    use super::{BackendSpec, Backends};
+
+    #[derive(Debug, Clone, Default)]
+    pub struct Fixed {
+        pub weights: Vec<u32>,
+        pub ramps: Vec<f64>,
+        pub in_flight: Vec<u64>,
+        pub latency: Vec<Option<f64>>,
+    }
+
+    impl Fixed {
+        pub fn weights(weights: &[u32]) -> Fixed {
+            Fixed {
+                weights: weights.to_vec(),
+                ramps: vec![1.0; weights.len()],
+                in_flight: vec![0; weights.len()],
+                latency: vec![None; weights.len()],
+            }
+        }
+
+        /// Specs with ids `b0`, `b1`, ...
+        pub fn specs(&self) -> Vec<BackendSpec> {
+            self.weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| BackendSpec {
+                    id: format!("b{i}"),
+                    weight,
+                })
+                .collect()
+        }
+    }
+
+    impl Backends for Fixed {
+        fn len(&self) -> usize {
+            self.weights.len()
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.weights[i]
+        }
+        fn ramp(&self, i: usize) -> f64 {
+            self.ramps[i]
+        }
+        fn in_flight(&self, i: usize) -> u64 {
+            self.in_flight[i]
+        }
+        fn latency(&self, i: usize) -> Option<f64> {
+            self.latency[i]
+        }
     }
 }

@@ -1,9 +1,9 @@
-//! Plain round robin: each pick starts one further along; the fallback order continues the
-//! rotation so a retry goes to the next backend.
+//! Plain round robin: each pick is one further along. Weights are ignored (that is
+//! `weighted_round_robin`); the fallback order continues the rotation.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Selection;
+use super::{Backends, Pick};
 
 #[derive(Debug, Default)]
 pub struct RoundRobin {
@@ -11,27 +11,34 @@ pub struct RoundRobin {
 }
 
 impl RoundRobin {
-    pub fn select(&self, len: usize) -> Selection {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        Selection::rotating(start, len)
+    pub fn pick<B: Backends + ?Sized>(&self, backends: &B, _pick: &Pick) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % backends.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::Fixed;
+    use super::super::{Balancer, Pick};
     use super::*;
+    use crate::config::Algorithm;
 
     #[test]
     fn picks_rotate_evenly() {
         let rr = RoundRobin::default();
-        let firsts: Vec<usize> = (0..6).map(|_| rr.select(3).next().unwrap()).collect();
+        let b = Fixed::weights(&[1, 1, 1]);
+        let firsts: Vec<usize> = (0..6).map(|_| rr.pick(&b, &Pick::default())).collect();
         assert_eq!(firsts, [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn fallback_continues_the_rotation() {
-        let rr = RoundRobin::default();
-        rr.select(3);
-        assert_eq!(rr.select(3).collect::<Vec<_>>(), [1, 2, 0]);
+        let b = Fixed::weights(&[1, 1, 1]);
+        let balancer = Balancer::new(Algorithm::RoundRobin, &b.specs());
+        balancer.select(&b, &Pick::default());
+        assert_eq!(
+            balancer.select(&b, &Pick::default()).collect::<Vec<_>>(),
+            [1, 2, 0]
+        );
     }
 }

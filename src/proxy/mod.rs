@@ -27,6 +27,7 @@ use self::body::{ResponseBody, UpstreamBody};
 use self::error::ProxyError;
 use self::exchange::{AccessRecord, Exchange};
 use self::headers::X_REQUEST_ID;
+use crate::balance::Pick;
 use crate::listener::ConnState;
 use crate::state::{ListenerState, Shared, Snapshot};
 
@@ -151,7 +152,7 @@ impl Started {
 
         let index = pool
             .balancer
-            .select(pool.backends.len())
+            .select(&**pool, &Pick::default())
             .next()
             .ok_or(ProxyError::NoBackend)?;
         let backend = &pool.backends[index];
