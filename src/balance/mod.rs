@@ -17,6 +17,9 @@ use crate::config::Algorithm;
 /// in the pool's backend list.
 pub trait Backends {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Configured weight, 1 to 1000.
     fn weight(&self, i: usize) -> u32;
     /// The share of its weight the backend may take now, in (0, 1]: below 1 while slow start
@@ -62,10 +65,10 @@ impl Balancer {
 
     /// Backend indices in the order to try them: the algorithm's choice, then the rest.
     pub fn select<B: Backends + ?Sized>(&self, backends: &B, pick: &Pick) -> Selection {
-        let len = backends.len();
-        if len == 0 {
+        if backends.is_empty() {
             return Selection::rotating(0, 0);
         }
+        let len = backends.len();
         let first = match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
         };
