@@ -32,6 +32,8 @@ pub struct Backend {
     /// `ip:port`, pre-parsed so building an upstream URI copies nothing.
     pub authority: Authority,
     pub weight: u32,
+    /// When the backend joined; slow start ramps its share from here.
+    started: std::time::Instant,
     active: AtomicU64,
     total: AtomicU64,
 }
@@ -45,6 +47,7 @@ impl Backend {
             addr: cfg.resolved,
             authority,
             weight: cfg.weight,
+            started: std::time::Instant::now(),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
         }
@@ -89,6 +92,9 @@ pub struct Pool {
     pub name: Arc<str>,
     pub backends: Vec<Arc<Backend>>,
     pub balancer: Balancer,
+    pub hash_key: Option<config::HashKey>,
+    /// Zero: off.
+    pub slow_start: Duration,
     pub timeouts: config::Timeouts,
     /// One client per worker, indexed by the worker's number.
     clients: Box<[UpstreamClient]>,
@@ -115,6 +121,8 @@ impl Pool {
                 .map(|b| Arc::new(Backend::new(b)))
                 .collect(),
             balancer: Balancer::new(cfg.algorithm, &specs),
+            hash_key: cfg.hash_key.clone(),
+            slow_start: cfg.slow_start,
             timeouts: cfg.timeouts.clone(),
             clients,
         }
@@ -155,8 +163,11 @@ impl Backends for Pool {
         self.backends[i].weight
     }
 
-    fn ramp(&self, _i: usize) -> f64 {
-        1.0
+    fn ramp(&self, i: usize) -> f64 {
+        if self.slow_start.is_zero() {
+            return 1.0;
+        }
+        slow_start_ramp(self.backends[i].started.elapsed(), self.slow_start)
     }
 
     fn in_flight(&self, i: usize) -> u64 {
@@ -165,5 +176,32 @@ impl Backends for Pool {
 
     fn latency(&self, _i: usize) -> Option<f64> {
         None
+    }
+}
+
+/// The share a backend `age` old may take under slow start over `window`: linear from
+/// `SLOW_START_FLOOR` to 1, so a new backend gets some traffic at once (and warms up) but not
+/// its full share.
+pub fn slow_start_ramp(age: Duration, window: Duration) -> f64 {
+    const SLOW_START_FLOOR: f64 = 0.1;
+    if window.is_zero() || age >= window {
+        return 1.0;
+    }
+    let progress = age.as_secs_f64() / window.as_secs_f64();
+    SLOW_START_FLOOR + (1.0 - SLOW_START_FLOOR) * progress
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_start_ramps_linearly_from_a_floor() {
+        let w = Duration::from_secs(10);
+        assert_eq!(slow_start_ramp(Duration::ZERO, w), 0.1);
+        assert!((slow_start_ramp(Duration::from_secs(5), w) - 0.55).abs() < 1e-9);
+        assert_eq!(slow_start_ramp(Duration::from_secs(10), w), 1.0);
+        assert_eq!(slow_start_ramp(Duration::from_secs(99), w), 1.0);
+        assert_eq!(slow_start_ramp(Duration::ZERO, Duration::ZERO), 1.0);
     }
 }

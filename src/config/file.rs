@@ -134,10 +134,11 @@ pub(super) struct PoolFile {
     pub backends: Option<Spanned<Vec<BackendFile>>>,
     /// `[pool.NAME.timeouts]`; every key has a default.
     pub timeouts: Option<TimeoutsFile>,
-    /// Later: key for `ring_hash` and `maglev`.
-    pub hash_key: Later,
-    /// Later: ramp-up duration for new or recovered backends; default "0s".
-    pub slow_start: Later,
+    /// Key for `ring_hash` and `maglev`: `client_ip`, `header:NAME`, `cookie:NAME`, `path` or
+    /// `query:NAME`; default "client_ip".
+    pub hash_key: Option<Spanned<String>>,
+    /// Ramp-up duration for new backends; default "0s" (off).
+    pub slow_start: Option<Spanned<DurationText>>,
     /// Later: `fail_closed` or `fail_open`; default "fail_closed".
     pub all_unhealthy: Later,
     /// Later: HTTPS to the backends.

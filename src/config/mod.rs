@@ -120,6 +120,31 @@ impl Algorithm {
     }
 }
 
+impl Algorithm {
+    /// Whether the algorithm places requests by `hash_key`.
+    pub fn hashes(self) -> bool {
+        #[allow(clippy::match_single_binding)]
+        match self {
+            _ => false,
+        }
+    }
+}
+
+/// What a hashing algorithm keys a request by (`hash_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// The client's IP address (the TCP peer).
+    ClientIp,
+    /// The value of this request header.
+    Header(http::HeaderName),
+    /// The value of this cookie.
+    Cookie(String),
+    /// The request path (without the query).
+    Path,
+    /// The value of this query parameter.
+    Query(String),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
@@ -147,6 +172,10 @@ pub struct Backend {
 pub struct Pool {
     pub name: String,
     pub algorithm: Algorithm,
+    /// Set for hashing algorithms (default `client_ip`), `None` for the others.
+    pub hash_key: Option<HashKey>,
+    /// A new backend's share ramps linearly from 10% to full over this; zero = off.
+    pub slow_start: Duration,
     pub protocol: Protocol,
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,

@@ -8,6 +8,7 @@ pub mod body;
 pub mod error;
 pub mod exchange;
 mod forward;
+pub mod hash_key;
 pub mod headers;
 pub mod route;
 
@@ -150,9 +151,15 @@ impl Started {
             log.pool = Some(pool.name.clone());
         }
 
+        let pick = Pick {
+            key: pool
+                .hash_key
+                .as_ref()
+                .and_then(|k| hash_key::key_of(k, req.headers(), req.uri(), ctx.peer.ip())),
+        };
         let index = pool
             .balancer
-            .select(&**pool, &Pick::default())
+            .select(&**pool, &pick)
             .next()
             .ok_or(ProxyError::NoBackend)?;
         let backend = &pool.backends[index];

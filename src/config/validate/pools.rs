@@ -7,19 +7,28 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::values::resolve_backend;
+use super::values::{parse_duration, resolve_backend};
 use super::{Checker, ALGORITHMS, MAX_WEIGHT, PROTOCOLS};
 use crate::config::error::did_you_mean;
 use crate::config::file;
-use crate::config::{Algorithm, Backend, ConfigError, Pool, Protocol, Timeouts};
+use crate::config::{Algorithm, Backend, ConfigError, HashKey, Pool, Protocol, Timeouts};
 
 impl Checker<'_> {
     pub(super) fn pool(&mut self, name: Spanned<String>, pool: file::PoolFile) -> Pool {
         let algorithm = self.algorithm(pool.algorithm.as_ref());
         let protocol = self.protocol(pool.protocol.as_ref());
+        let hash_key = self.hash_key(algorithm, pool.hash_key.as_ref());
+        let slow_start = match &pool.slow_start {
+            Some(written) => match parse_duration(written.get_ref()) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push(self.value_error(written.span(), e));
+                    Duration::ZERO
+                }
+            },
+            None => Duration::ZERO,
+        };
         for (key, value) in [
-            ("hash_key", &pool.hash_key),
-            ("slow_start", &pool.slow_start),
             ("all_unhealthy", &pool.all_unhealthy),
             ("tls", &pool.tls),
             ("health_check", &pool.health_check),
@@ -34,6 +43,8 @@ impl Checker<'_> {
         Pool {
             name: name.into_inner(),
             algorithm,
+            hash_key,
+            slow_start,
             protocol,
             backends,
             timeouts: Timeouts {
@@ -53,6 +64,53 @@ impl Checker<'_> {
             _ => {
                 self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &["round_robin"]));
                 Algorithm::RoundRobin
+            }
+        }
+    }
+
+    /// `hash_key`: only for hashing algorithms, which default to `client_ip`.
+    fn hash_key(
+        &mut self,
+        algorithm: Algorithm,
+        written: Option<&Spanned<String>>,
+    ) -> Option<HashKey> {
+        if !algorithm.hashes() {
+            if let Some(written) = written {
+                let error = self
+                    .error(
+                        written.span(),
+                        format!(
+                            "`hash_key` has no effect with algorithm `{}`",
+                            algorithm.as_str()
+                        ),
+                    )
+                    .with_help("hash_key applies to ring_hash and maglev; remove it or change the algorithm");
+                self.push(error);
+            }
+            return None;
+        }
+        let Some(written) = written else {
+            return Some(HashKey::ClientIp);
+        };
+        match parse_hash_key(written.get_ref()) {
+            Ok(key) => Some(key),
+            Err(why) => {
+                let forms = [
+                    "client_ip",
+                    "header:NAME",
+                    "cookie:NAME",
+                    "path",
+                    "query:NAME",
+                ];
+                let error = self
+                    .error(
+                        written.span(),
+                        format!("invalid hash_key `{}`: {why}", written.get_ref()),
+                    )
+                    .with_note(format!("expected one of: {}", forms.join(", ")))
+                    .with_suggestion(did_you_mean(written.get_ref(), ["client_ip", "path"]));
+                self.push(error);
+                Some(HashKey::ClientIp)
             }
         }
     }
@@ -163,5 +221,55 @@ impl Checker<'_> {
             });
         }
         out
+    }
+}
+
+/// `client_ip`, `path`, `header:NAME`, `cookie:NAME` or `query:NAME`.
+fn parse_hash_key(written: &str) -> Result<HashKey, &'static str> {
+    match written {
+        "client_ip" => return Ok(HashKey::ClientIp),
+        "path" => return Ok(HashKey::Path),
+        _ => {}
+    }
+    let Some((kind, name)) = written.split_once(':') else {
+        return Err("not a known key");
+    };
+    if name.is_empty() {
+        return Err("the name after `:` is empty");
+    }
+    match kind {
+        "header" => http::HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| "not a valid header name"),
+        "cookie" => Ok(HashKey::Cookie(name.to_string())),
+        "query" => Ok(HashKey::Query(name.to_string())),
+        _ => Err("not a known key"),
+    }
+}
+
+#[cfg(test)]
+mod hash_key_tests {
+    use super::*;
+
+    #[test]
+    fn hash_key_forms() {
+        assert_eq!(parse_hash_key("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(parse_hash_key("path"), Ok(HashKey::Path));
+        assert_eq!(
+            parse_hash_key("header:X-User"),
+            Ok(HashKey::Header(http::HeaderName::from_static("x-user")))
+        );
+        assert_eq!(
+            parse_hash_key("cookie:sid"),
+            Ok(HashKey::Cookie("sid".into()))
+        );
+        assert_eq!(
+            parse_hash_key("query:user"),
+            Ok(HashKey::Query("user".into()))
+        );
+        assert!(parse_hash_key("header:").is_err());
+        assert!(parse_hash_key("header:bad name").is_err());
+        assert!(parse_hash_key("ip").is_err());
+        assert!(parse_hash_key("body:x").is_err());
     }
 }

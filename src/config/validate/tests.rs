@@ -77,8 +77,8 @@ fn each_mistake_is_located_and_explained() {
             Some("remove `health_check` for now; docs/configuration.md lists what is implemented"),
         ),
         (
-            "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\nslow_start = \"10s\"\n",
-            3, 14, "`slow_start` is part of sluice's config format but is not implemented in this version yet", Some("remove `slow_start` for now; docs/configuration.md lists what is implemented"),
+            "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\nall_unhealthy = \"fail_open\"\n",
+            3, 17, "`all_unhealthy` is part of sluice's config format but is not implemented in this version yet", Some("remove `all_unhealthy` for now; docs/configuration.md lists what is implemented"),
         ),
         (
             "[[route]]\npool = \"app\"\npath_prefix = \"/x\"\nstrip_prefix = true\n",
@@ -606,4 +606,28 @@ fn head_limits_have_an_upper_bound() {
             .any(|m| m.starts_with("max_uri_bytes must be at most 1048576")),
         "{messages:?}"
     );
+}
+
+#[test]
+fn hash_key_only_with_hashing_algorithms_and_slow_start_parses() {
+    let errors = errors_in(
+        "[pool.h]\nhash_key = \"client_ip\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+    );
+    assert!(
+        errors.iter().any(|e| e
+            .2
+            .contains("`hash_key` has no effect with algorithm `round_robin`")),
+        "{errors:?}"
+    );
+    let text = "[[listener]]\nname = \"w\"\nbind = \"127.0.0.1:0\"\n[[route]]\npool = \"p\"\n\
+                [pool.p]\nslow_start = \"30s\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+    let config = parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.pools[0].slow_start,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(config.pools[0].hash_key, None);
+    let bad =
+        errors_in("[pool.s]\nslow_start = \"soon\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n");
+    assert!(bad.iter().any(|e| e.2.contains("soon")), "{bad:?}");
 }
