@@ -1,0 +1,67 @@
+//! Balancing through a real sluice: three backends, one answering 50 ms slower, 32 clients at
+//! once. Round robin gives the slow one a third of the requests; load- and latency-aware
+//! algorithms give it much less.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+/// A backend that answers its name after `delay`, counting requests.
+fn counting_backend(name: &'static str, delay: Duration, count: Arc<AtomicUsize>) -> TestBackend {
+    TestBackend::with_handler(
+        name,
+        Default::default(),
+        Arc::new(move |_req| {
+            count.fetch_add(1, Ordering::Relaxed);
+            Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                http::Response::new(full(name))
+            })
+        }),
+    )
+}
+
+/// The share of `total` requests (from 32 concurrent clients) that reached the slow backend.
+async fn slow_share(algorithm: &str, total: usize) -> f64 {
+    let counts: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let slow = counting_backend("slow", Duration::from_millis(50), counts[0].clone());
+    let fast1 = counting_backend("fast1", Duration::from_millis(1), counts[1].clone());
+    let fast2 = counting_backend("fast2", Duration::from_millis(1), counts[2].clone());
+    let config = config_with(
+        &[slow.addr, fast1.addr, fast2.addr],
+        "",
+        "",
+        &format!("algorithm = \"{algorithm}\""),
+    );
+    let sluice = TestSluice::start(&config);
+    let url = sluice.url("/");
+    let per_client = total / 32;
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_client {
+                    assert_eq!(get(&url).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let served: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert_eq!(served.iter().sum::<usize>(), per_client * 32);
+    served[0] as f64 / (per_client * 32) as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn round_robin_sends_the_slow_backend_a_third() {
+    let share = slow_share("round_robin", 640).await;
+    assert!((0.30..0.37).contains(&share), "slow backend got {share:.3}");
+}
