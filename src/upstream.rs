@@ -1,5 +1,5 @@
 //! Backends and pools as the request path sees them: resolved addresses, shared runtime state
-//! (in-flight and total counters), the balancer, and one upstream HTTP client per worker.
+//! (in-flight and total counters, the latency estimate), the balancer, and one upstream HTTP client per worker.
 //!
 //! A `Backend`'s runtime state lives in an `Arc` so that a later snapshot can carry it over; the
 //! per-worker clients keep their idle keep-alive connections on the worker that opened them, so a
@@ -8,14 +8,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::balance::{BackendSpec, Backends, Balancer};
+use crate::balance::{BackendSpec, Backends, Balancer, Ewma};
 use crate::config;
 use crate::proxy::body::UpstreamBody;
 
@@ -34,6 +34,8 @@ pub struct Backend {
     pub weight: u32,
     /// When the backend joined; slow start ramps its share from here.
     started: std::time::Instant,
+    /// Peak-EWMA of response latency, fed by `observe`; read by the `peak_ewma` balancer.
+    pub latency: Ewma,
     active: AtomicU64,
     total: AtomicU64,
 }
@@ -48,6 +50,7 @@ impl Backend {
             authority,
             weight: cfg.weight,
             started: std::time::Instant::now(),
+            latency: Ewma::new(),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
         }
@@ -60,6 +63,18 @@ impl Backend {
 
     pub fn requests_total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
+    }
+
+    /// Feeds the latency estimate with one exchange's outcome: `Ok(elapsed)` from sending the
+    /// request to receiving the response head, or `Err(())` for a failure (connect error,
+    /// timeout, 5xx), which counts as a slow response so that failing fast never attracts
+    /// traffic.
+    pub fn observe(&self, result: Result<Duration, ()>) {
+        let now = Instant::now();
+        match result {
+            Ok(rtt) => self.latency.observe(rtt, now),
+            Err(()) => self.latency.observe_failure(now),
+        }
     }
 
     /// Counts a request as in flight until the returned guard drops.
@@ -153,7 +168,7 @@ fn build_client(timeouts: &config::Timeouts) -> UpstreamClient {
         .build(connector)
 }
 
-/// The pool as its balancer sees it: weights and live load of each backend.
+/// The pool as its balancer sees it: weights, live load and latency of each backend.
 impl Backends for Pool {
     fn len(&self) -> usize {
         self.backends.len()
@@ -174,8 +189,8 @@ impl Backends for Pool {
         self.backends[i].active_requests()
     }
 
-    fn latency(&self, _i: usize) -> Option<f64> {
-        None
+    fn latency(&self, i: usize) -> Option<f64> {
+        self.backends[i].latency.get(Instant::now())
     }
 }
 

@@ -65,3 +65,9 @@ async fn round_robin_sends_the_slow_backend_a_third() {
     let share = slow_share("round_robin", 640).await;
     assert!((0.30..0.37).contains(&share), "slow backend got {share:.3}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn peak_ewma_sends_the_slow_backend_under_15_percent() {
+    let share = slow_share("peak_ewma", 640).await;
+    assert!(share < 0.15, "slow backend got {share:.3}");
+}

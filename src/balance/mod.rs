@@ -5,9 +5,11 @@
 //! which skips indices, so the algorithms know nothing about health.
 
 pub mod hash;
+mod peak_ewma;
 pub mod rng;
 mod round_robin;
 
+pub use peak_ewma::{Ewma, PeakEwma};
 pub use round_robin::RoundRobin;
 
 use crate::config::Algorithm;
@@ -52,6 +54,7 @@ pub struct Pick {
 #[derive(Debug)]
 pub enum Balancer {
     RoundRobin(RoundRobin),
+    PeakEwma(PeakEwma),
 }
 
 impl Balancer {
@@ -60,6 +63,7 @@ impl Balancer {
         let _ = backends;
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
+            Algorithm::PeakEwma => Balancer::PeakEwma(PeakEwma::new(backends)),
         }
     }
 
@@ -71,6 +75,7 @@ impl Balancer {
         let len = backends.len();
         let first = match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
+            Balancer::PeakEwma(pe) => pe.pick(backends, pick),
         };
         Selection::rotating(first, len)
     }

@@ -32,8 +32,10 @@ pub struct Upstream {
     /// The request head again, for a retry on a fresh connection; only for requests that can
     /// be sent twice (idempotent, no body).
     replay: Option<(Method, Uri, HeaderMap)>,
-    /// When the request left, if the access log wants upstream timing.
-    sent: Option<Instant>,
+    /// When the request left: feeds the backend's latency estimate (and the access log).
+    sent: Instant,
+    /// Whether the caller wants the upstream time back (the access log is on).
+    timed: bool,
 }
 
 impl Upstream {
@@ -80,7 +82,8 @@ impl Upstream {
                 .request(Request::from_parts(parts, body)),
             deadline: now + pool.timeouts.request,
             replay,
-            sent: timed.then_some(now),
+            sent: now,
+            timed,
         }
     }
 
@@ -97,7 +100,17 @@ impl Upstream {
         // One await point, in a loop: the future stays small.
         loop {
             let failure = match tokio::time::timeout_at(self.deadline, &mut self.response).await {
-                Ok(Ok(response)) => return Ok((response, self.sent.map(|t| t.elapsed()))),
+                Ok(Ok(response)) => {
+                    let took = self.sent.elapsed();
+                    // A 5xx is a failure for latency purposes: a backend answering errors fast
+                    // must not look attractive.
+                    backend.observe(if response.status().is_server_error() {
+                        Err(())
+                    } else {
+                        Ok(took)
+                    });
+                    return Ok((response, self.timed.then_some(took)));
+                }
                 Ok(Err(e)) => Failure::Client(e),
                 Err(_) => Failure::Timeout,
             };
@@ -114,7 +127,17 @@ impl Upstream {
                     *req.headers_mut() = headers.clone();
                     self.response = pool.client(self.worker).request(req);
                 }
-                _ => return Err(failure.into_proxy_error()),
+                _ => {
+                    let error = failure.into_proxy_error();
+                    // Only the backend's own failures count against it, not a client's body.
+                    if matches!(
+                        error,
+                        ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
+                    ) {
+                        backend.observe(Err(()));
+                    }
+                    return Err(error);
+                }
             }
         }
     }

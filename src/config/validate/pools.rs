@@ -61,8 +61,14 @@ impl Checker<'_> {
         };
         match written.get_ref().as_str() {
             "round_robin" => Algorithm::RoundRobin,
+            "peak_ewma" => Algorithm::PeakEwma,
             _ => {
-                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &["round_robin"]));
+                self.push(self.choice_error(
+                    written,
+                    "algorithm",
+                    &ALGORITHMS,
+                    &["round_robin", "peak_ewma"],
+                ));
                 Algorithm::RoundRobin
             }
         }
