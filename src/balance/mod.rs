@@ -5,9 +5,13 @@
 //! which skips indices, so the algorithms know nothing about health.
 
 pub mod hash;
+mod maglev;
+mod ring_hash;
 pub mod rng;
 mod round_robin;
 
+pub use maglev::Maglev;
+pub use ring_hash::{Clockwise, RingHash};
 pub use round_robin::RoundRobin;
 
 use crate::config::Algorithm;
@@ -52,14 +56,17 @@ pub struct Pick {
 #[derive(Debug)]
 pub enum Balancer {
     RoundRobin(RoundRobin),
+    RingHash(RingHash),
+    Maglev(Maglev),
 }
 
 impl Balancer {
     /// Builds the algorithm's tables for `backends` (in pool order).
     pub fn new(algorithm: Algorithm, backends: &[BackendSpec]) -> Balancer {
-        let _ = backends;
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
+            Algorithm::RingHash => Balancer::RingHash(RingHash::new(backends)),
+            Algorithm::Maglev => Balancer::Maglev(Maglev::new(backends)),
         }
     }
 
@@ -71,6 +78,8 @@ impl Balancer {
         let len = backends.len();
         let first = match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
+            Balancer::RingHash(ring) => ring.pick(backends, pick),
+            Balancer::Maglev(maglev) => maglev.pick(backends, pick),
         };
         Selection::rotating(first, len)
     }

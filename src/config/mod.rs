@@ -110,12 +110,16 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     RoundRobin,
+    RingHash,
+    Maglev,
 }
 
 impl Algorithm {
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round_robin",
+            Algorithm::RingHash => "ring_hash",
+            Algorithm::Maglev => "maglev",
         }
     }
 }

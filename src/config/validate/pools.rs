@@ -50,8 +50,11 @@ impl Checker<'_> {
         };
         match written.get_ref().as_str() {
             "round_robin" => Algorithm::RoundRobin,
+            "ring_hash" => Algorithm::RingHash,
+            "maglev" => Algorithm::Maglev,
             _ => {
-                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &["round_robin"]));
+                let available = ["round_robin", "ring_hash", "maglev"];
+                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
             }
         }
