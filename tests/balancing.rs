@@ -71,3 +71,43 @@ async fn peak_ewma_sends_the_slow_backend_under_15_percent() {
     let share = slow_share("peak_ewma", 640).await;
     assert!(share < 0.15, "slow backend got {share:.3}");
 }
+
+/// `ring_hash` and `maglev` keyed by a header: the same user always reaches the same backend,
+/// and different users spread over all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashing_pools_keep_each_key_on_one_backend() {
+    for algorithm in ["ring_hash", "maglev"] {
+        let backends: Vec<TestBackend> = ["a", "b", "c"]
+            .iter()
+            .map(|n| TestBackend::start(n))
+            .collect();
+        let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+        let sluice = TestSluice::start(&config_with(
+            &addrs,
+            "",
+            "",
+            &format!("algorithm = \"{algorithm}\"\nhash_key = \"header:x-user\""),
+        ));
+        let mut owners = std::collections::HashMap::new();
+        for user in 0..60 {
+            for _ in 0..3 {
+                let req = http::Request::get(sluice.url("/"))
+                    .header("x-user", format!("user-{user}"))
+                    .body(full(""))
+                    .unwrap();
+                let got = send(req).await;
+                assert_eq!(got.status, 200);
+                let owner = owners.entry(user).or_insert_with(|| got.text());
+                assert_eq!(*owner, got.text(), "{algorithm}: user-{user} moved");
+            }
+        }
+        let mut used: Vec<String> = owners.values().cloned().collect();
+        used.sort();
+        used.dedup();
+        assert_eq!(
+            used,
+            ["a", "b", "c"],
+            "{algorithm}: 60 users did not spread"
+        );
+    }
+}

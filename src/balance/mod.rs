@@ -5,11 +5,15 @@
 //! which skips indices, so the algorithms know nothing about health.
 
 pub mod hash;
+mod maglev;
 mod peak_ewma;
+mod ring_hash;
 pub mod rng;
 mod round_robin;
 
+pub use maglev::Maglev;
 pub use peak_ewma::{Ewma, PeakEwma};
+pub use ring_hash::{Clockwise, RingHash};
 pub use round_robin::RoundRobin;
 
 use crate::config::Algorithm;
@@ -55,15 +59,18 @@ pub struct Pick {
 pub enum Balancer {
     RoundRobin(RoundRobin),
     PeakEwma(PeakEwma),
+    RingHash(RingHash),
+    Maglev(Maglev),
 }
 
 impl Balancer {
     /// Builds the algorithm's tables for `backends` (in pool order).
     pub fn new(algorithm: Algorithm, backends: &[BackendSpec]) -> Balancer {
-        let _ = backends;
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
             Algorithm::PeakEwma => Balancer::PeakEwma(PeakEwma::new(backends)),
+            Algorithm::RingHash => Balancer::RingHash(RingHash::new(backends)),
+            Algorithm::Maglev => Balancer::Maglev(Maglev::new(backends)),
         }
     }
 
@@ -76,6 +83,8 @@ impl Balancer {
         let first = match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
             Balancer::PeakEwma(pe) => pe.pick(backends, pick),
+            Balancer::RingHash(ring) => ring.pick(backends, pick),
+            Balancer::Maglev(maglev) => maglev.pick(backends, pick),
         };
         Selection::rotating(first, len)
     }

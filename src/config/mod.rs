@@ -111,6 +111,8 @@ pub struct Route {
 pub enum Algorithm {
     RoundRobin,
     PeakEwma,
+    RingHash,
+    Maglev,
 }
 
 impl Algorithm {
@@ -118,6 +120,8 @@ impl Algorithm {
         match self {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::PeakEwma => "peak_ewma",
+            Algorithm::RingHash => "ring_hash",
+            Algorithm::Maglev => "maglev",
         }
     }
 }
@@ -125,10 +129,7 @@ impl Algorithm {
 impl Algorithm {
     /// Whether the algorithm places requests by `hash_key`.
     pub fn hashes(self) -> bool {
-        #[allow(clippy::match_single_binding)]
-        match self {
-            _ => false,
-        }
+        matches!(self, Algorithm::RingHash | Algorithm::Maglev)
     }
 }
 

@@ -62,13 +62,11 @@ impl Checker<'_> {
         match written.get_ref().as_str() {
             "round_robin" => Algorithm::RoundRobin,
             "peak_ewma" => Algorithm::PeakEwma,
+            "ring_hash" => Algorithm::RingHash,
+            "maglev" => Algorithm::Maglev,
             _ => {
-                self.push(self.choice_error(
-                    written,
-                    "algorithm",
-                    &ALGORITHMS,
-                    &["round_robin", "peak_ewma"],
-                ));
+                let available = ["round_robin", "peak_ewma", "ring_hash", "maglev"];
+                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
             }
         }
