@@ -5,9 +5,12 @@
 //! which skips indices, so the algorithms know nothing about health.
 
 pub mod hash;
+mod random;
 pub mod rng;
 mod round_robin;
+mod weight;
 
+pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use crate::config::Algorithm;
@@ -52,14 +55,15 @@ pub struct Pick {
 #[derive(Debug)]
 pub enum Balancer {
     RoundRobin(RoundRobin),
+    Random(Random),
 }
 
 impl Balancer {
     /// Builds the algorithm's tables for `backends` (in pool order).
     pub fn new(algorithm: Algorithm, backends: &[BackendSpec]) -> Balancer {
-        let _ = backends;
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
+            Algorithm::Random => Balancer::Random(Random::new(backends)),
         }
     }
 
@@ -71,6 +75,7 @@ impl Balancer {
         let len = backends.len();
         let first = match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
+            Balancer::Random(random) => random.pick(backends, pick),
         };
         Selection::rotating(first, len)
     }

@@ -110,12 +110,14 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     RoundRobin,
+    Random,
 }
 
 impl Algorithm {
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round_robin",
+            Algorithm::Random => "random",
         }
     }
 }

@@ -50,8 +50,10 @@ impl Checker<'_> {
         };
         match written.get_ref().as_str() {
             "round_robin" => Algorithm::RoundRobin,
+            "random" => Algorithm::Random,
             _ => {
-                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &["round_robin"]));
+                let available = ["round_robin", "random"];
+                self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
             }
         }
