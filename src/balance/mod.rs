@@ -9,9 +9,11 @@ mod random;
 pub mod rng;
 mod round_robin;
 mod weight;
+mod weighted_round_robin;
 
 pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use weighted_round_robin::WeightedRoundRobin;
 
 use crate::config::Algorithm;
 
@@ -55,6 +57,7 @@ pub struct Pick {
 #[derive(Debug)]
 pub enum Balancer {
     RoundRobin(RoundRobin),
+    WeightedRoundRobin(WeightedRoundRobin),
     Random(Random),
 }
 
@@ -63,6 +66,9 @@ impl Balancer {
     pub fn new(algorithm: Algorithm, backends: &[BackendSpec]) -> Balancer {
         match algorithm {
             Algorithm::RoundRobin => Balancer::RoundRobin(RoundRobin::default()),
+            Algorithm::WeightedRoundRobin => {
+                Balancer::WeightedRoundRobin(WeightedRoundRobin::new(backends))
+            }
             Algorithm::Random => Balancer::Random(Random::new(backends)),
         }
     }
@@ -75,6 +81,7 @@ impl Balancer {
         let len = backends.len();
         let first = match self {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
+            Balancer::WeightedRoundRobin(wrr) => wrr.pick(backends, pick),
             Balancer::Random(random) => random.pick(backends, pick),
         };
         Selection::rotating(first, len)

@@ -110,6 +110,7 @@ pub struct Route {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
     RoundRobin,
+    WeightedRoundRobin,
     Random,
 }
 
@@ -117,6 +118,7 @@ impl Algorithm {
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round_robin",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
             Algorithm::Random => "random",
         }
     }

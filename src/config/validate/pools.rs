@@ -50,9 +50,10 @@ impl Checker<'_> {
         };
         match written.get_ref().as_str() {
             "round_robin" => Algorithm::RoundRobin,
+            "weighted_round_robin" => Algorithm::WeightedRoundRobin,
             "random" => Algorithm::Random,
             _ => {
-                let available = ["round_robin", "random"];
+                let available = ["round_robin", "weighted_round_robin", "random"];
                 self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
             }
