@@ -5,12 +5,16 @@
 //! which skips indices, so the algorithms know nothing about health.
 
 pub mod hash;
+mod least_requests;
+mod power_of_two;
 mod random;
 pub mod rng;
 mod round_robin;
 mod weight;
 mod weighted_round_robin;
 
+pub use least_requests::LeastRequests;
+pub use power_of_two::PowerOfTwo;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted_round_robin::WeightedRoundRobin;
@@ -59,6 +63,8 @@ pub enum Balancer {
     RoundRobin(RoundRobin),
     WeightedRoundRobin(WeightedRoundRobin),
     Random(Random),
+    LeastRequests(LeastRequests),
+    PowerOfTwo(PowerOfTwo),
 }
 
 impl Balancer {
@@ -70,6 +76,8 @@ impl Balancer {
                 Balancer::WeightedRoundRobin(WeightedRoundRobin::new(backends))
             }
             Algorithm::Random => Balancer::Random(Random::new(backends)),
+            Algorithm::LeastRequests => Balancer::LeastRequests(LeastRequests),
+            Algorithm::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(backends)),
         }
     }
 
@@ -83,6 +91,8 @@ impl Balancer {
             Balancer::RoundRobin(rr) => rr.pick(backends, pick),
             Balancer::WeightedRoundRobin(wrr) => wrr.pick(backends, pick),
             Balancer::Random(random) => random.pick(backends, pick),
+            Balancer::LeastRequests(lr) => lr.pick(backends, pick),
+            Balancer::PowerOfTwo(p2c) => p2c.pick(backends, pick),
         };
         Selection::rotating(first, len)
     }

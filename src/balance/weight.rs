@@ -1,6 +1,7 @@
 //! Effective weight, the one notion every weighted algorithm shares: configured weight × the
-//! slow-start ramp. Owns the acceptance test that lets table-based algorithms honour ramps
-//! without rebuilding their tables, and the exact (but O(n)) weighted draw they fall back on.
+//! slow-start ramp. Owns the load score the load-aware algorithms minimise, the acceptance test
+//! that lets table-based algorithms honour ramps without rebuilding their tables, and the exact
+//! (but O(n)) weighted draw they fall back on.
 
 use super::rng;
 use super::Backends;
@@ -28,6 +29,12 @@ fn ramp<B: Backends + ?Sized>(b: &B, i: usize) -> f64 {
 /// `weight × ramp`: the share of traffic the backend should take relative to the others.
 pub(super) fn effective<B: Backends + ?Sized>(b: &B, i: usize) -> f64 {
     f64::from(b.weight(i)) * ramp(b, i)
+}
+
+/// Load per unit of effective weight: lower means the backend has more room. The `+ 1` counts
+/// the request being placed, so an idle heavy backend still beats an idle light one.
+pub(super) fn score<B: Backends + ?Sized>(b: &B, i: usize) -> f64 {
+    (b.in_flight(i) as f64 + 1.0) / effective(b, i)
 }
 
 /// Whether a pick drawn from a table of configured weights stands, given slow start: true with
@@ -64,6 +71,52 @@ pub(super) fn scan<B: Backends + ?Sized>(b: &B, exclude: Option<usize>) -> usize
 }
 
 #[cfg(test)]
+pub(super) mod closed_loop {
+    //! A pool under steady concurrent load, for algorithms whose choices depend on in-flight
+    //! counts: `concurrency` requests are always in flight; each step one of them (uniformly)
+    //! completes and the algorithm places a new one. Every request takes the same time on
+    //! average, so a backend's share of picks equals its share of the in-flight requests.
+
+    use super::super::rng;
+    use super::super::testing::Fixed;
+
+    /// Share of `steps` picks each backend received, after a warm-up of as many steps.
+    pub fn shares(
+        mut b: Fixed,
+        concurrency: u64,
+        steps: usize,
+        mut pick: impl FnMut(&Fixed) -> usize,
+    ) -> Vec<f64> {
+        let n = b.weights.len();
+        b.in_flight = vec![0; n];
+        for _ in 0..concurrency {
+            let i = pick(&b);
+            b.in_flight[i] += 1;
+        }
+        let mut picks = vec![0u64; n];
+        for step in 0..2 * steps {
+            let mut done = rng::below(concurrency);
+            let finished = (0..n)
+                .find(|&i| {
+                    if done < b.in_flight[i] {
+                        return true;
+                    }
+                    done -= b.in_flight[i];
+                    false
+                })
+                .expect("in-flight counts sum to the concurrency");
+            b.in_flight[finished] -= 1;
+            let i = pick(&b);
+            b.in_flight[i] += 1;
+            if step >= steps {
+                picks[i] += 1;
+            }
+        }
+        picks.iter().map(|&c| c as f64 / steps as f64).collect()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::super::testing::Fixed;
     use super::*;
@@ -79,6 +132,16 @@ mod tests {
             let w = effective(&b, i);
             assert!(w > 0.0 && w.is_finite(), "{i}: {w}");
         }
+    }
+
+    #[test]
+    fn score_counts_the_request_being_placed() {
+        let mut b = Fixed::weights(&[1, 4]);
+        b.in_flight = vec![0, 3];
+        assert_eq!(score(&b, 0), 1.0);
+        assert_eq!(score(&b, 1), 1.0);
+        b.ramps[1] = 0.5;
+        assert_eq!(score(&b, 1), 2.0);
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub enum Algorithm {
     RoundRobin,
     WeightedRoundRobin,
     Random,
+    LeastRequests,
+    PowerOfTwo,
 }
 
 impl Algorithm {
@@ -120,6 +122,8 @@ impl Algorithm {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::WeightedRoundRobin => "weighted_round_robin",
             Algorithm::Random => "random",
+            Algorithm::LeastRequests => "least_requests",
+            Algorithm::PowerOfTwo => "power_of_two",
         }
     }
 }

@@ -52,8 +52,16 @@ impl Checker<'_> {
             "round_robin" => Algorithm::RoundRobin,
             "weighted_round_robin" => Algorithm::WeightedRoundRobin,
             "random" => Algorithm::Random,
+            "least_requests" => Algorithm::LeastRequests,
+            "power_of_two" => Algorithm::PowerOfTwo,
             _ => {
-                let available = ["round_robin", "weighted_round_robin", "random"];
+                let available = [
+                    "round_robin",
+                    "weighted_round_robin",
+                    "random",
+                    "least_requests",
+                    "power_of_two",
+                ];
                 self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
             }

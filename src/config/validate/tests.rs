@@ -61,7 +61,7 @@ fn each_mistake_is_located_and_explained() {
         ),
         (
             "[pool.b]\nalgorithm = \"maglev\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
-            2, 13, "algorithm `maglev` is not implemented in this version yet; available: round_robin, weighted_round_robin, random", None,
+            2, 13, "algorithm `maglev` is not implemented in this version yet; available: round_robin, weighted_round_robin, random, least_requests, power_of_two", None,
         ),
         (
             "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
