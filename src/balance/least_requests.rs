@@ -3,7 +3,9 @@
 //! random, never by position: with an idle pool every backend ties, and a first-wins rule would
 //! send all of that traffic to the first one.
 
-use super::weight;
+use std::cmp::Ordering;
+
+use super::weight::Load;
 use super::{rng, Backends, Pick};
 
 #[derive(Debug, Default)]
@@ -12,28 +14,32 @@ pub struct LeastRequests;
 impl LeastRequests {
     pub fn pick<B: Backends + ?Sized>(&self, backends: &B, _pick: &Pick) -> usize {
         let mut best = 0;
-        let mut best_score = weight::score(backends, 0);
+        let mut best_load = Load::of(backends, 0);
         // Reservoir sampling of one among the tied: the t-th tie replaces the choice with
         // probability 1/t. Rather than a draw per tie (an idle pool ties everywhere), the tie
         // number of the next replacement is drawn ahead; 0 = not drawn yet.
         let mut ties: u64 = 1;
         let mut next_swap: u64 = 0;
         for i in 1..backends.len() {
-            let s = weight::score(backends, i);
-            if s < best_score {
-                best = i;
-                best_score = s;
-                ties = 1;
-                next_swap = 0;
-            } else if s == best_score {
-                ties += 1;
-                if next_swap == 0 {
-                    next_swap = next_replacement(1);
-                }
-                if ties == next_swap {
+            let load = Load::of(backends, i);
+            match load.compare(best_load) {
+                Ordering::Less => {
                     best = i;
-                    next_swap = next_replacement(ties);
+                    best_load = load;
+                    ties = 1;
+                    next_swap = 0;
                 }
+                Ordering::Equal => {
+                    ties += 1;
+                    if next_swap == 0 {
+                        next_swap = next_replacement(1);
+                    }
+                    if ties == next_swap {
+                        best = i;
+                        next_swap = next_replacement(ties);
+                    }
+                }
+                Ordering::Greater => {}
             }
         }
         best
@@ -46,8 +52,9 @@ impl LeastRequests {
 /// scan: about ln(ties) instead of ties.
 fn next_replacement(seen: u64) -> u64 {
     let u = 1.0 - rng::unit();
-    // Saturates for tiny `u`: no replacement this scan, as the tail says.
-    (seen as f64 / u).floor() as u64 + 1
+    // `as` truncates, which is `floor` here, and saturates for tiny `u`: no replacement this
+    // scan, as the tail says.
+    (seen as f64 / u) as u64 + 1
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! Effective weight, the one notion every weighted algorithm shares: configured weight × the
-//! slow-start ramp. Owns the load score the load-aware algorithms minimise, the acceptance test
-//! that lets table-based algorithms honour ramps without rebuilding their tables, and the exact
-//! (but O(n)) weighted draw they fall back on.
+//! slow-start ramp. Owns the load measure the load-aware algorithms minimise, the acceptance
+//! test that lets table-based algorithms honour ramps without rebuilding their tables, and the
+//! exact (but O(n)) weighted draw they fall back on.
+
+use std::cmp::Ordering;
 
 use super::rng;
 use super::Backends;
@@ -31,10 +33,40 @@ pub(super) fn effective<B: Backends + ?Sized>(b: &B, i: usize) -> f64 {
     f64::from(b.weight(i)) * ramp(b, i)
 }
 
-/// Load per unit of effective weight: lower means the backend has more room. The `+ 1` counts
-/// the request being placed, so an idle heavy backend still beats an idle light one.
-pub(super) fn score<B: Backends + ?Sized>(b: &B, i: usize) -> f64 {
-    (b.in_flight(i) as f64 + 1.0) / effective(b, i)
+/// A ramp of 1 in `Load`'s fixed point: ramps count in steps of 1/65536.
+const RAMP_ONE: f64 = 65536.0;
+
+/// A backend's requests per unit of effective weight, `(in_flight + 1) / (weight × ramp)`:
+/// lower means more room. Counting the request being placed (`+ 1`) is what lets an idle heavy
+/// backend beat an idle light one. Kept as an integer fraction and compared by
+/// cross-multiplying: ties are exact and a scan over many backends divides nothing.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Load {
+    requests: u64,
+    /// Effective weight in units of 1/65536.
+    weight: u64,
+}
+
+impl Load {
+    pub(super) fn of<B: Backends + ?Sized>(b: &B, i: usize) -> Load {
+        let r = ramp(b, i);
+        let ramp = if r >= 1.0 {
+            RAMP_ONE as u64
+        } else {
+            ((r * RAMP_ONE) as u64).max(1)
+        };
+        Load {
+            requests: b.in_flight(i).saturating_add(1),
+            weight: u64::from(b.weight(i)) * ramp,
+        }
+    }
+
+    /// `Less` when `self` has more room than `other`.
+    pub(super) fn compare(self, other: Load) -> Ordering {
+        let this = u128::from(self.requests) * u128::from(other.weight);
+        let that = u128::from(other.requests) * u128::from(self.weight);
+        this.cmp(&that)
+    }
 }
 
 /// Whether a pick drawn from a table of configured weights stands, given slow start: true with
@@ -135,13 +167,25 @@ mod tests {
     }
 
     #[test]
-    fn score_counts_the_request_being_placed() {
-        let mut b = Fixed::weights(&[1, 4]);
-        b.in_flight = vec![0, 3];
-        assert_eq!(score(&b, 0), 1.0);
-        assert_eq!(score(&b, 1), 1.0);
-        b.ramps[1] = 0.5;
-        assert_eq!(score(&b, 1), 2.0);
+    fn load_is_requests_per_effective_weight() {
+        use Ordering::*;
+        // (weight, ramp, in flight) against (weight, ramp, in flight)
+        let cases = [
+            ((1, 1.0, 0), (4, 1.0, 3), Equal),
+            ((1, 1.0, 0), (4, 0.5, 3), Less),
+            ((1, 1.0, 0), (2, 1.0, 0), Greater),
+            ((10, 1.0, 10), (1, 1.0, 0), Greater),
+            ((200, 0.5, 9), (100, 1.0, 9), Equal),
+            ((1, 1.0, u64::MAX - 1), (1, 1.0, u64::MAX - 2), Greater),
+        ];
+        for (a, b, want) in cases {
+            let mut pool = Fixed::weights(&[a.0, b.0]);
+            pool.ramps = vec![a.1, b.1];
+            pool.in_flight = vec![a.2, b.2];
+            let (la, lb) = (Load::of(&pool, 0), Load::of(&pool, 1));
+            assert_eq!(la.compare(lb), want, "{a:?} {b:?}");
+            assert_eq!(lb.compare(la), want.reverse(), "{a:?} {b:?}");
+        }
     }
 
     #[test]
