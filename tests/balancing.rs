@@ -111,3 +111,40 @@ async fn hashing_pools_keep_each_key_on_one_backend() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_requests_sends_the_slow_backend_under_15_percent() {
+    let share = slow_share("least_requests", 640).await;
+    assert!(share < 0.15, "slow backend got {share:.3}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn power_of_two_sends_the_slow_backend_under_15_percent() {
+    let share = slow_share("power_of_two", 640).await;
+    assert!(share < 0.15, "slow backend got {share:.3}");
+}
+
+/// Weights through a real sluice: 3:1 gives exactly three quarters to the heavy backend over
+/// whole cycles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_round_robin_follows_the_weights_exactly() {
+    let heavy = TestBackend::start("heavy");
+    let light = TestBackend::start("light");
+    let config = simple_config(&[&heavy, &light])
+        .replace(
+            &format!("{{ address = \"{}\" }}", heavy.addr),
+            &format!("{{ address = \"{}\", weight = 3 }}", heavy.addr),
+        )
+        .replace(
+            "[pool.app]",
+            "[pool.app]\nalgorithm = \"weighted_round_robin\"",
+        );
+    let sluice = TestSluice::start(&config);
+    let mut picks = String::new();
+    for _ in 0..40 {
+        picks.push_str(&get(&sluice.url("/")).await.text()[..1]);
+    }
+    assert_eq!(picks.matches('h').count(), 30, "{picks}");
+    // Smooth: the light backend is never starved for more than three picks in a row.
+    assert!(!picks.contains("hhhh"), "{picks}");
+}

@@ -5,16 +5,25 @@
 //! which skips indices, so the algorithms know nothing about health.
 
 pub mod hash;
+mod least_requests;
 mod maglev;
 mod peak_ewma;
+mod power_of_two;
+mod random;
 mod ring_hash;
 pub mod rng;
 mod round_robin;
+mod weight;
+mod weighted_round_robin;
 
+pub use least_requests::LeastRequests;
 pub use maglev::Maglev;
 pub use peak_ewma::{Ewma, PeakEwma};
+pub use power_of_two::PowerOfTwo;
+pub use random::Random;
 pub use ring_hash::{Clockwise, RingHash};
 pub use round_robin::RoundRobin;
+pub use weighted_round_robin::WeightedRoundRobin;
 
 use crate::config::Algorithm;
 
@@ -61,6 +70,10 @@ pub enum Balancer {
     PeakEwma(PeakEwma),
     RingHash(RingHash),
     Maglev(Maglev),
+    WeightedRoundRobin(WeightedRoundRobin),
+    Random(Random),
+    LeastRequests(LeastRequests),
+    PowerOfTwo(PowerOfTwo),
 }
 
 impl Balancer {
@@ -71,6 +84,12 @@ impl Balancer {
             Algorithm::PeakEwma => Balancer::PeakEwma(PeakEwma::new(backends)),
             Algorithm::RingHash => Balancer::RingHash(RingHash::new(backends)),
             Algorithm::Maglev => Balancer::Maglev(Maglev::new(backends)),
+            Algorithm::WeightedRoundRobin => {
+                Balancer::WeightedRoundRobin(WeightedRoundRobin::new(backends))
+            }
+            Algorithm::Random => Balancer::Random(Random::new(backends)),
+            Algorithm::LeastRequests => Balancer::LeastRequests(LeastRequests),
+            Algorithm::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(backends)),
         }
     }
 
@@ -85,6 +104,10 @@ impl Balancer {
             Balancer::PeakEwma(pe) => pe.pick(backends, pick),
             Balancer::RingHash(ring) => ring.pick(backends, pick),
             Balancer::Maglev(maglev) => maglev.pick(backends, pick),
+            Balancer::WeightedRoundRobin(wrr) => wrr.pick(backends, pick),
+            Balancer::Random(random) => random.pick(backends, pick),
+            Balancer::LeastRequests(lr) => lr.pick(backends, pick),
+            Balancer::PowerOfTwo(p2c) => p2c.pick(backends, pick),
         };
         Selection::rotating(first, len)
     }

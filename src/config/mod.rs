@@ -113,6 +113,10 @@ pub enum Algorithm {
     PeakEwma,
     RingHash,
     Maglev,
+    WeightedRoundRobin,
+    Random,
+    LeastRequests,
+    PowerOfTwo,
 }
 
 impl Algorithm {
@@ -122,6 +126,10 @@ impl Algorithm {
             Algorithm::PeakEwma => "peak_ewma",
             Algorithm::RingHash => "ring_hash",
             Algorithm::Maglev => "maglev",
+            Algorithm::WeightedRoundRobin => "weighted_round_robin",
+            Algorithm::Random => "random",
+            Algorithm::LeastRequests => "least_requests",
+            Algorithm::PowerOfTwo => "power_of_two",
         }
     }
 }

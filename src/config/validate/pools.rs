@@ -64,8 +64,12 @@ impl Checker<'_> {
             "peak_ewma" => Algorithm::PeakEwma,
             "ring_hash" => Algorithm::RingHash,
             "maglev" => Algorithm::Maglev,
+            "weighted_round_robin" => Algorithm::WeightedRoundRobin,
+            "random" => Algorithm::Random,
+            "least_requests" => Algorithm::LeastRequests,
+            "power_of_two" => Algorithm::PowerOfTwo,
             _ => {
-                let available = ["round_robin", "peak_ewma", "ring_hash", "maglev"];
+                let available = ALGORITHMS;
                 self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
             }

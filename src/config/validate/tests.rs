@@ -60,10 +60,6 @@ fn each_mistake_is_located_and_explained() {
             2, 13, "unknown algorithm `round-robin`", Some("did you mean `round_robin`?"),
         ),
         (
-            "[pool.b]\nalgorithm = \"least_requests\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
-            2, 13, "algorithm `least_requests` is not implemented in this version yet; available: round_robin, peak_ewma, ring_hash, maglev", None,
-        ),
-        (
             "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
             2, 12, "protocol `h2` is not implemented in this version yet; available: http1", None,
         ),
