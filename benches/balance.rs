@@ -50,7 +50,7 @@ impl Backends for Pool {
     fn in_flight(&self, i: usize) -> u64 {
         self.in_flight[i]
     }
-    fn latency(&self, _i: usize) -> Option<f64> {
+    fn latency(&self, _i: usize, _now: std::time::Instant) -> Option<f64> {
         None
     }
 }

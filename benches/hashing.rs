@@ -24,7 +24,7 @@ impl Backends for Equal {
     fn in_flight(&self, _: usize) -> u64 {
         0
     }
-    fn latency(&self, _: usize) -> Option<f64> {
+    fn latency(&self, _: usize, _: std::time::Instant) -> Option<f64> {
         None
     }
 }

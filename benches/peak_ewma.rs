@@ -55,8 +55,8 @@ impl Backends for Pool {
     fn in_flight(&self, i: usize) -> u64 {
         self.in_flight[i]
     }
-    fn latency(&self, i: usize) -> Option<f64> {
-        self.latency[i].get(self.clock.unwrap_or_else(Instant::now))
+    fn latency(&self, i: usize, now: Instant) -> Option<f64> {
+        self.latency[i].get(self.clock.unwrap_or(now))
     }
 }
 

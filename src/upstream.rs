@@ -189,8 +189,8 @@ impl Backends for Pool {
         self.backends[i].active_requests()
     }
 
-    fn latency(&self, i: usize) -> Option<f64> {
-        self.backends[i].latency.get(Instant::now())
+    fn latency(&self, i: usize, now: Instant) -> Option<f64> {
+        self.backends[i].latency.get(now)
     }
 }
 

@@ -42,8 +42,9 @@ pub trait Backends {
     fn ramp(&self, i: usize) -> f64;
     /// Requests in flight to the backend.
     fn in_flight(&self, i: usize) -> u64;
-    /// Peak-EWMA response latency in nanoseconds; `None` before the first response.
-    fn latency(&self, i: usize) -> Option<f64>;
+    /// Peak-EWMA response latency in nanoseconds as of `now` (read once per pick by the
+    /// caller: the clock is a large part of a pick's cost); `None` before the first response.
+    fn latency(&self, i: usize, now: std::time::Instant) -> Option<f64>;
 }
 
 /// What an algorithm builds its tables from: each backend's identity and configured weight.
@@ -211,7 +212,7 @@ pub mod testing {
         fn in_flight(&self, i: usize) -> u64 {
             self.in_flight[i]
         }
-        fn latency(&self, i: usize) -> Option<f64> {
+        fn latency(&self, i: usize, _now: std::time::Instant) -> Option<f64> {
             self.latency[i]
         }
     }

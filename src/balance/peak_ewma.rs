@@ -209,7 +209,8 @@ impl PeakEwma {
             b += 1;
         }
         // (a, b) is a uniformly random ordered pair, so keeping `a` on a tie is a random choice.
-        let (la, lb) = match (backends.latency(a), backends.latency(b)) {
+        let now = Instant::now();
+        let (la, lb) = match (backends.latency(a, now), backends.latency(b, now)) {
             (Some(la), Some(lb)) => (la, lb),
             (Some(l), None) | (None, Some(l)) => (l, l),
             (None, None) => (NO_DATA_RTT, NO_DATA_RTT),
