@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use sluice::balance::{
-    BackendSpec, Backends, LeastRequests, Pick, PowerOfTwo, Random, WeightedRoundRobin,
+    BackendSpec, Backends, LeastRequests, Pick, PowerOfTwo, Random, RoundRobin, WeightedRoundRobin,
 };
 
 /// A pool's view held in plain vectors: mixed weights, a few requests in flight each, every
@@ -63,6 +63,10 @@ fn picks(c: &mut Criterion) {
     for n in SIZES {
         let pool = Pool::new(n);
         let specs = pool.specs();
+        let rr = RoundRobin::default();
+        group.bench_with_input(BenchmarkId::new("round_robin", n), &pool, |b, p| {
+            b.iter(|| rr.pick(black_box(p), &pick))
+        });
         let wrr = WeightedRoundRobin::new(&specs);
         group.bench_with_input(
             BenchmarkId::new("weighted_round_robin", n),
