@@ -166,7 +166,37 @@ mod tests {
 /// Backends for tests: fixed weights, ramps, in-flight counts and latencies.
 #[cfg(test)]
 pub mod testing {
+    use super::hash::mix;
     use super::{BackendSpec, Backends};
+
+    /// Specs with plausible, seed-dependent addresses: what consistent hashing places.
+    pub fn hashed_specs(weights: &[u32], seed: u64) -> Vec<BackendSpec> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &weight)| BackendSpec {
+                id: address(seed, i),
+                weight,
+            })
+            .collect()
+    }
+
+    /// A plausible backend address, different for each `(seed, i)`.
+    pub fn address(seed: u64, i: usize) -> String {
+        let h = mix(seed ^ mix(i as u64));
+        format!(
+            "10.{}.{}.{}:{}",
+            h as u8,
+            (h >> 8) as u8,
+            i,
+            8000 + (h >> 16) % 1000
+        )
+    }
+
+    /// `n` well-spread keys, different for each seed.
+    pub fn keys(seed: u64, n: usize) -> impl Iterator<Item = u64> {
+        (0..n as u64).map(move |i| mix(mix(seed) ^ i))
+    }
 
     #[derive(Debug, Clone, Default)]
     pub struct Fixed {

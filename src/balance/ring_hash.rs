@@ -189,36 +189,11 @@ fn point_counts(specs: &[BackendSpec]) -> Vec<u64> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::super::hash::mix;
-    use super::super::testing::Fixed;
+    use super::super::testing::{hashed_specs, keys, Fixed};
     use super::*;
 
     fn specs(weights: &[u32], seed: u64) -> Vec<BackendSpec> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, &weight)| BackendSpec {
-                id: address(seed, i),
-                weight,
-            })
-            .collect()
-    }
-
-    /// A plausible backend address, different for each `(seed, i)`.
-    fn address(seed: u64, i: usize) -> String {
-        let h = mix(seed ^ mix(i as u64));
-        format!(
-            "10.{}.{}.{}:{}",
-            h as u8,
-            (h >> 8) as u8,
-            i,
-            8000 + (h >> 16) % 1000
-        )
-    }
-
-    /// `n` well-spread keys, different for each seed.
-    fn keys(seed: u64, n: usize) -> impl Iterator<Item = u64> {
-        (0..n as u64).map(move |i| mix(mix(seed) ^ i))
+        hashed_specs(weights, seed)
     }
 
     /// The backend id each key goes to.
