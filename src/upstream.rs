@@ -69,8 +69,9 @@ impl Backend {
     /// request to receiving the response head, or `Err(())` for a failure (connect error,
     /// timeout, 5xx), which counts as a slow response so that failing fast never attracts
     /// traffic.
-    pub fn observe(&self, result: Result<Duration, ()>) {
-        let now = Instant::now();
+    /// Feeds the latency estimate: `Ok(rtt)` for an answer, `Err(())` for a failure. `now` is
+    /// the caller's clock reading (it has just read the clock to measure `rtt`).
+    pub fn observe(&self, result: Result<Duration, ()>, now: Instant) {
         match result {
             Ok(rtt) => self.latency.observe(rtt, now),
             Err(()) => self.latency.observe_failure(now),
@@ -110,6 +111,8 @@ pub struct Pool {
     pub hash_key: Option<config::HashKey>,
     /// Zero: off.
     pub slow_start: Duration,
+    /// Every backend is past its slow-start window.
+    ramped: std::sync::atomic::AtomicBool,
     pub timeouts: config::Timeouts,
     /// One client per worker, indexed by the worker's number.
     clients: Box<[UpstreamClient]>,
@@ -138,6 +141,7 @@ impl Pool {
             balancer: Balancer::new(cfg.algorithm, &specs),
             hash_key: cfg.hash_key.clone(),
             slow_start: cfg.slow_start,
+            ramped: std::sync::atomic::AtomicBool::new(cfg.slow_start.is_zero()),
             timeouts: cfg.timeouts.clone(),
             clients,
         }
@@ -179,10 +183,21 @@ impl Backends for Pool {
     }
 
     fn ramp(&self, i: usize) -> f64 {
-        if self.slow_start.is_zero() {
+        // Once every backend has ramped up, no pick reads the clock for it again.
+        if self.slow_start.is_zero() || self.ramped.load(Ordering::Relaxed) {
             return 1.0;
         }
-        slow_start_ramp(self.backends[i].started.elapsed(), self.slow_start)
+        let backend = &self.backends[i];
+        let ramp = slow_start_ramp(backend.started.elapsed(), self.slow_start);
+        if ramp >= 1.0
+            && self
+                .backends
+                .iter()
+                .all(|b| b.started.elapsed() >= self.slow_start)
+        {
+            self.ramped.store(true, Ordering::Relaxed);
+        }
+        ramp
     }
 
     fn in_flight(&self, i: usize) -> u64 {
@@ -209,6 +224,35 @@ pub fn slow_start_ramp(age: Duration, window: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pools_ramp_rises_then_settles_at_full() {
+        let cfg = config::Pool {
+            name: "p".into(),
+            algorithm: config::Algorithm::LeastRequests,
+            hash_key: None,
+            slow_start: Duration::from_millis(50),
+            protocol: config::Protocol::Http1,
+            backends: vec![config::Backend {
+                address: "127.0.0.1:1".into(),
+                resolved: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+            }],
+            timeouts: config::Timeouts {
+                connect: Duration::from_secs(1),
+                request: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
+        };
+        let pool = Pool::new(&cfg, 1);
+        assert!(pool.ramp(0) < 1.0);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(pool.ramp(0), 1.0);
+        assert!(
+            pool.ramped.load(Ordering::Relaxed),
+            "no clock reads from here on"
+        );
+    }
 
     #[test]
     fn slow_start_ramps_linearly_from_a_floor() {

@@ -101,14 +101,18 @@ impl Upstream {
         loop {
             let failure = match tokio::time::timeout_at(self.deadline, &mut self.response).await {
                 Ok(Ok(response)) => {
-                    let took = self.sent.elapsed();
+                    let now = Instant::now();
+                    let took = now - self.sent;
                     // A 5xx is a failure for latency purposes: a backend answering errors fast
                     // must not look attractive.
-                    backend.observe(if response.status().is_server_error() {
-                        Err(())
-                    } else {
-                        Ok(took)
-                    });
+                    backend.observe(
+                        if response.status().is_server_error() {
+                            Err(())
+                        } else {
+                            Ok(took)
+                        },
+                        now.into_std(),
+                    );
                     return Ok((response, self.timed.then_some(took)));
                 }
                 Ok(Err(e)) => Failure::Client(e),
@@ -134,7 +138,7 @@ impl Upstream {
                         error,
                         ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
                     ) {
-                        backend.observe(Err(()));
+                        backend.observe(Err(()), std::time::Instant::now());
                     }
                     return Err(error);
                 }
