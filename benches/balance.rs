@@ -47,6 +47,9 @@ impl Backends for Pool {
     fn ramp(&self, _i: usize) -> f64 {
         1.0
     }
+    fn settled(&self) -> bool {
+        true
+    }
     fn in_flight(&self, i: usize) -> u64 {
         self.in_flight[i]
     }
@@ -77,8 +80,9 @@ fn picks(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("random", n), &pool, |b, p| {
             b.iter(|| random.pick(black_box(p), &pick))
         });
+        let lr = LeastRequests::new(&specs);
         group.bench_with_input(BenchmarkId::new("least_requests", n), &pool, |b, p| {
-            b.iter(|| LeastRequests.pick(black_box(p), &pick))
+            b.iter(|| lr.pick(black_box(p), &pick))
         });
         let p2c = PowerOfTwo::new(&specs);
         group.bench_with_input(BenchmarkId::new("power_of_two", n), &pool, |b, p| {
@@ -89,9 +93,20 @@ fn picks(c: &mut Criterion) {
             in_flight: vec![0; n],
             weights: vec![1; n],
         };
+        let lr_equal = LeastRequests::new(&idle.specs());
         group.bench_with_input(BenchmarkId::new("least_requests_idle", n), &idle, |b, p| {
-            b.iter(|| LeastRequests.pick(black_box(p), &pick))
+            b.iter(|| lr_equal.pick(black_box(p), &pick))
         });
+        // Equal weights under load: in-flight counts 0..5, a fifth of the pool tied for least.
+        let busy = Pool {
+            in_flight: pool.in_flight.clone(),
+            weights: vec![1; n],
+        };
+        group.bench_with_input(
+            BenchmarkId::new("least_requests_equal_weights", n),
+            &busy,
+            |b, p| b.iter(|| lr_equal.pick(black_box(p), &pick)),
+        );
     }
     group.finish();
 }

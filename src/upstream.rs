@@ -200,6 +200,10 @@ impl Backends for Pool {
         ramp
     }
 
+    fn settled(&self) -> bool {
+        self.slow_start.is_zero() || self.ramped.load(Ordering::Relaxed)
+    }
+
     fn in_flight(&self, i: usize) -> u64 {
         self.backends[i].active_requests()
     }

@@ -40,6 +40,11 @@ pub trait Backends {
     /// The share of its weight the backend may take now, in (0, 1]: below 1 while slow start
     /// ramps a new or recovered backend up. Effective weight = `weight × ramp`.
     fn ramp(&self, i: usize) -> f64;
+    /// Whether every backend's ramp is 1 now, so a pick may skip reading ramps. `false` is
+    /// always a correct answer, only a slower one.
+    fn settled(&self) -> bool {
+        false
+    }
     /// Requests in flight to the backend.
     fn in_flight(&self, i: usize) -> u64;
     /// Peak-EWMA response latency in nanoseconds as of `now` (read once per pick by the
@@ -89,7 +94,7 @@ impl Balancer {
                 Balancer::WeightedRoundRobin(WeightedRoundRobin::new(backends))
             }
             Algorithm::Random => Balancer::Random(Random::new(backends)),
-            Algorithm::LeastRequests => Balancer::LeastRequests(LeastRequests),
+            Algorithm::LeastRequests => Balancer::LeastRequests(LeastRequests::new(backends)),
             Algorithm::PowerOfTwo => Balancer::PowerOfTwo(PowerOfTwo::new(backends)),
         }
     }
@@ -239,11 +244,37 @@ pub mod testing {
         fn ramp(&self, i: usize) -> f64 {
             self.ramps[i]
         }
+        fn settled(&self) -> bool {
+            self.ramps.iter().all(|&r| r >= 1.0)
+        }
         fn in_flight(&self, i: usize) -> u64 {
             self.in_flight[i]
         }
         fn latency(&self, i: usize, _now: std::time::Instant) -> Option<f64> {
             self.latency[i]
+        }
+    }
+
+    /// `Fixed` that never reports itself settled: drives the general (ramp-reading) paths of
+    /// algorithms that have a fast path for settled pools.
+    #[derive(Debug)]
+    pub struct Unsettled<'a>(pub &'a Fixed);
+
+    impl Backends for Unsettled<'_> {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.0.weight(i)
+        }
+        fn ramp(&self, i: usize) -> f64 {
+            self.0.ramp(i)
+        }
+        fn in_flight(&self, i: usize) -> u64 {
+            self.0.in_flight(i)
+        }
+        fn latency(&self, i: usize, now: std::time::Instant) -> Option<f64> {
+            self.0.latency(i, now)
         }
     }
 }
