@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod framing;
+pub mod health;
 pub mod listener;
 pub mod proxy;
 pub mod server;

@@ -17,6 +17,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{BackendSpec, Backends, Balancer, Ewma};
 use crate::config;
+use crate::health::outlier::Outliers;
+use crate::health::Health;
 use crate::proxy::body::UpstreamBody;
 
 /// The HTTP client one worker uses to reach every backend of one pool.
@@ -36,12 +38,15 @@ pub struct Backend {
     started: std::time::Instant,
     /// Peak-EWMA of response latency, fed by `observe`; read by the `peak_ewma` balancer.
     pub latency: Ewma,
+    /// Whether it may take traffic (active checks, ejection, draining).
+    pub health: Health,
     active: AtomicU64,
     total: AtomicU64,
 }
 
 impl Backend {
-    pub fn new(cfg: &config::Backend) -> Backend {
+    /// A new backend; `checked`: its pool has active checks, so it starts unhealthy.
+    pub fn new(cfg: &config::Backend, checked: bool) -> Backend {
         let authority = Authority::try_from(cfg.resolved.to_string().as_str())
             .expect("a socket address is a valid authority");
         Backend {
@@ -51,6 +56,7 @@ impl Backend {
             weight: cfg.weight,
             started: std::time::Instant::now(),
             latency: Ewma::new(),
+            health: Health::new(checked),
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
         }
@@ -114,6 +120,12 @@ pub struct Pool {
     /// Every backend is past its slow-start window.
     ramped: std::sync::atomic::AtomicBool,
     pub timeouts: config::Timeouts,
+    /// Active checks (`None`: off).
+    pub health_check: Option<config::HealthCheck>,
+    /// Passive outlier detection (`None`: off).
+    pub outliers: Option<Outliers>,
+    pub all_unhealthy: config::AllUnhealthy,
+    pub limits: config::Limits,
     /// One client per worker, indexed by the worker's number.
     clients: Box<[UpstreamClient]>,
 }
@@ -136,13 +148,17 @@ impl Pool {
             backends: cfg
                 .backends
                 .iter()
-                .map(|b| Arc::new(Backend::new(b)))
+                .map(|b| Arc::new(Backend::new(b, cfg.health_check.is_some())))
                 .collect(),
             balancer: Balancer::new(cfg.algorithm, &specs),
             hash_key: cfg.hash_key.clone(),
             slow_start: cfg.slow_start,
             ramped: std::sync::atomic::AtomicBool::new(cfg.slow_start.is_zero()),
             timeouts: cfg.timeouts.clone(),
+            health_check: cfg.health_check.clone(),
+            outliers: cfg.outlier_detection.clone().map(Outliers::new),
+            all_unhealthy: cfg.all_unhealthy,
+            limits: cfg.limits.clone(),
             clients,
         }
     }
@@ -232,21 +248,16 @@ mod tests {
     #[test]
     fn a_pools_ramp_rises_then_settles_at_full() {
         let cfg = config::Pool {
-            name: "p".into(),
-            algorithm: config::Algorithm::LeastRequests,
-            hash_key: None,
             slow_start: Duration::from_millis(50),
-            protocol: config::Protocol::Http1,
-            backends: vec![config::Backend {
-                address: "127.0.0.1:1".into(),
-                resolved: "127.0.0.1:1".parse().unwrap(),
-                weight: 1,
-            }],
-            timeouts: config::Timeouts {
-                connect: Duration::from_secs(1),
-                request: Duration::from_secs(1),
-                idle: Duration::from_secs(1),
-            },
+            ..config::Pool::with_defaults(
+                "p",
+                config::Algorithm::LeastRequests,
+                vec![config::Backend {
+                    address: "127.0.0.1:1".into(),
+                    resolved: "127.0.0.1:1".parse().unwrap(),
+                    weight: 1,
+                }],
+            )
         };
         let pool = Pool::new(&cfg, 1);
         assert!(pool.ramp(0) < 1.0);

@@ -142,9 +142,9 @@ mod tests {
             let mut got = [0u64; 4];
             for _ in 0..PICKS {
                 let i = if settled {
-                    LeastRequests::new(&b.specs()).pick(&b, &Pick::default())
+                    lr.pick(&b, &Pick::default())
                 } else {
-                    LeastRequests::new(&b.specs()).pick(&Unsettled(&b), &Pick::default())
+                    lr.pick(&Unsettled(&b), &Pick::default())
                 };
                 got[i] += 1;
             }

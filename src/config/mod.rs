@@ -190,6 +190,173 @@ pub struct Pool {
     pub protocol: Protocol,
     pub backends: Vec<Backend>,
     pub timeouts: Timeouts,
+    /// What to do when no backend may take traffic; default `FailClosed`.
+    pub all_unhealthy: AllUnhealthy,
+    /// Active checks; `None` (table omitted): off, every backend counts as healthy.
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection; `None` (table omitted): off.
+    pub outlier_detection: Option<OutlierDetection>,
+    /// Retries on another backend; `None` (table omitted): off (the replay of a request that
+    /// met a stale pooled connection is always on: it is not a retry on another backend).
+    pub retry: Option<Retry>,
+    /// Circuit breaking; always on, with defaults when the table is omitted.
+    pub limits: Limits,
+}
+
+impl Pool {
+    /// A pool with every optional setting at its default, as a `[pool.NAME]` table with only
+    /// `backends` would give (for tests and runtime-built pools).
+    pub fn with_defaults(name: &str, algorithm: Algorithm, backends: Vec<Backend>) -> Pool {
+        Pool {
+            name: name.to_string(),
+            algorithm,
+            hash_key: algorithm.hashes().then_some(HashKey::ClientIp),
+            slow_start: Duration::ZERO,
+            protocol: Protocol::Http1,
+            backends,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(2),
+                request: Duration::from_secs(30),
+                idle: Duration::from_secs(60),
+            },
+            all_unhealthy: AllUnhealthy::default(),
+            health_check: None,
+            outlier_detection: None,
+            retry: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// `all_unhealthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllUnhealthy {
+    /// 503 when no backend may take traffic.
+    #[default]
+    FailClosed,
+    /// Spread traffic over every backend anyway (health and ejection ignored).
+    FailOpen,
+}
+
+/// `[pool.NAME.health_check]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// HTTP GET of this path (and query); `None`: a plain TCP connect check.
+    pub path: Option<http::uri::PathAndQuery>,
+    /// Between probes of one backend (each jittered by up to ±10%); default 5s.
+    pub interval: Duration,
+    /// A probe not finished within this fails; default 2s.
+    pub timeout: Duration,
+    /// Consecutive passes for an unhealthy backend to become healthy; default 2.
+    pub healthy_threshold: u32,
+    /// Consecutive failures for a healthy backend to become unhealthy; default 3.
+    pub unhealthy_threshold: u32,
+    /// Statuses that pass, inclusive; default 200 to 399.
+    pub expected_status: std::ops::RangeInclusive<u16>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: None,
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expected_status: 200..=399,
+        }
+    }
+}
+
+/// `[pool.NAME.outlier_detection]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive live-traffic failures (5xx answers, connect failures, resets, timeouts)
+    /// that eject a backend; default 5.
+    pub consecutive_failures: u32,
+    /// The first ejection's length; each repeated one doubles it, up to 10×; default 30s.
+    pub base_ejection: Duration,
+    /// At most this share of the pool is ejected at once, 0 to 100; default 50.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+/// `[pool.NAME.retry]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Extra tries, each on another backend; 0 to 10, default 2.
+    pub attempts: u32,
+    /// Which failures are retried; default all of them.
+    pub on: RetryOn,
+    /// Retries never exceed this share of the pool's requests (plus a small reserve for quiet
+    /// pools), 0 to 100; default 20.
+    pub budget_percent: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 2,
+            on: RetryOn::all(),
+            budget_percent: 20,
+        }
+    }
+}
+
+/// The `retry.on` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOn {
+    /// Connecting failed (refused, unreachable, connect timeout): the request never left.
+    pub connect_failure: bool,
+    /// The connection was reset or closed before a complete response head.
+    pub reset: bool,
+    /// The backend answered 502, or sent an invalid response.
+    pub status_502: bool,
+    /// The backend answered 503.
+    pub status_503: bool,
+    /// The backend answered 504, or did not answer within the request timeout.
+    pub status_504: bool,
+}
+
+impl RetryOn {
+    pub fn all() -> RetryOn {
+        RetryOn {
+            connect_failure: true,
+            reset: true,
+            status_502: true,
+            status_503: true,
+            status_504: true,
+        }
+    }
+}
+
+/// `[pool.NAME.limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests in flight to one backend (each holds one upstream HTTP/1 connection); a
+    /// backend at the limit is skipped; default 1024.
+    pub max_connections_per_backend: u32,
+    /// Requests waiting for a backend below its limit when every one is at it; beyond this,
+    /// 503 at once; default 1024.
+    pub max_pending: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections_per_backend: 1024,
+            max_pending: 1024,
+        }
+    }
 }
 
 impl Config {

@@ -11,7 +11,9 @@ use super::values::{parse_duration, resolve_backend};
 use super::{Checker, ALGORITHMS, MAX_WEIGHT, PROTOCOLS};
 use crate::config::error::did_you_mean;
 use crate::config::file;
-use crate::config::{Algorithm, Backend, ConfigError, HashKey, Pool, Protocol, Timeouts};
+use crate::config::{
+    Algorithm, AllUnhealthy, Backend, ConfigError, HashKey, Limits, Pool, Protocol, Timeouts,
+};
 
 impl Checker<'_> {
     pub(super) fn pool(&mut self, name: Spanned<String>, pool: file::PoolFile) -> Pool {
@@ -52,6 +54,11 @@ impl Checker<'_> {
                 request: self.timeout(timeouts.request, Duration::from_secs(30)),
                 idle: self.timeout(timeouts.idle, Duration::from_secs(60)),
             },
+            all_unhealthy: AllUnhealthy::default(),
+            health_check: None,
+            outlier_detection: None,
+            retry: None,
+            limits: Limits::default(),
         }
     }
 
