@@ -1,11 +1,14 @@
-//! Process architecture: worker threads and their runtimes, listener sockets, the admin API,
-//! and bounded graceful shutdown.
+//! Process architecture: worker threads and their runtimes, listener sockets, the control
+//! runtime (admin API and active health checks), and bounded graceful shutdown.
 //!
 //! Default (`per-core`): each worker is an OS thread running a current-thread tokio runtime
 //! with its own `SO_REUSEPORT` socket per listener and its own upstream clients, so a request
 //! is accepted, proxied and answered on one thread and never crosses to another. The
 //! alternative (`shared`: one multi-thread runtime, one socket per listener, shared upstream
 //! clients) is kept for measurement; `docs/architecture.md` has the figures behind the choice.
+//!
+//! One more thread, `sluice-control`, runs a current-thread runtime for the admin API and the
+//! active health checks, so that neither competes with requests on a worker's runtime.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::{self, Config};
+use crate::health::active::Checkers;
 use crate::listener::{self, Acceptor};
 use crate::state::{Shared, Snapshot};
 
@@ -148,12 +152,10 @@ impl Server {
     pub fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let grace = self.shared.snapshot().config.server.shutdown_timeout;
         let mut threads = Vec::new();
-        if let Some((socket, settings)) = self.admin {
-            let (shared, shutdown) = (self.shared.clone(), shutdown.clone());
-            threads.push(spawn_runtime("sluice-admin", None, move || async move {
-                admin::serve(socket, settings, shared, shutdown).await
-            })?);
-        }
+        let (admin, shared, token) = (self.admin, self.shared.clone(), shutdown.clone());
+        threads.push(spawn_runtime("sluice-control", None, move || {
+            serve_control(shared, admin, token)
+        })?);
         let mut listeners = self.listeners;
         let groups: Vec<(usize, Option<usize>)> = match self.runtime {
             RuntimeKind::PerCore => (0..self.workers).map(|w| (w, None)).collect(),
@@ -244,6 +246,36 @@ async fn serve_worker(
         );
     }
     Ok(())
+}
+
+/// The control runtime, on a thread of its own so that neither probes nor admin requests ever
+/// delay a worker: the admin API (when configured) and the active health checks of the current
+/// snapshot's pools, until `shutdown`.
+async fn serve_control(
+    shared: Arc<Shared>,
+    admin: Option<(std::net::TcpListener, config::Admin)>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let admin = admin.map(|(socket, settings)| {
+        tokio::spawn(admin::serve(
+            socket,
+            settings,
+            shared.clone(),
+            shutdown.clone(),
+        ))
+    });
+    let checkers = Checkers::start(&shared.snapshot(), &shutdown);
+    if !checkers.is_empty() {
+        tracing::debug!(backends = checkers.len(), "active health checks started");
+    }
+    shutdown.cancelled().await;
+    checkers.stop().await;
+    match admin {
+        Some(task) => task
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the admin API panicked"))),
+        None => Ok(()),
+    }
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT. Runs on its own thread for the life of the process.

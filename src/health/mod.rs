@@ -6,6 +6,7 @@
 //! thresholds, outlier detection sets `EJECTED` for a doubling time, draining (issue 5) sets
 //! `DRAINING`. None of them reads a clock on the request path.
 
+pub mod active;
 pub mod outlier;
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
