@@ -1,5 +1,8 @@
-//! The admin API on `admin.bind`. In this version: `GET /healthz`, and the bearer-token check
-//! that guards every other endpoint.
+//! The admin API on `admin.bind`. In this version: `GET /healthz`, `GET /api/pools`
+//! (`pools.rs`), and the bearer-token check that guards every endpoint but `/healthz`.
+
+mod pools;
+mod timestamp;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,7 +21,6 @@ use tokio_util::task::TaskTracker;
 use crate::config;
 use crate::state::Shared;
 
-/// Serves the admin API until `shutdown`.
 /// Admin connections open at once; beyond it new ones are closed at once, so a flood of idle
 /// admin connections cannot use up the process's file descriptors.
 const MAX_CONNECTIONS: usize = 64;
@@ -81,7 +83,7 @@ pub async fn serve(
 
 fn handle(
     settings: &config::Admin,
-    _shared: &Shared,
+    shared: &Shared,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -97,7 +99,19 @@ fn handle(
             return response;
         }
     }
-    text(StatusCode::NOT_FOUND, "no such admin endpoint\n")
+    match path {
+        "/api/pools" if req.method() == Method::GET => {
+            json(StatusCode::OK, pools::json(&shared.snapshot()))
+        }
+        "/api/pools" => {
+            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
+    }
 }
 
 /// Compares the bearer token in constant time, so response timing reveals nothing about it.
@@ -123,6 +137,16 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }
