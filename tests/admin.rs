@@ -1,4 +1,5 @@
-//! The admin API of this version: `GET /healthz`, and the bearer token that guards the rest.
+//! The admin API of this version: `GET /healthz`, `GET /api/pools`, and the bearer token that
+//! guards the rest.
 
 mod support;
 
@@ -37,8 +38,131 @@ async fn other_admin_paths_need_the_bearer_token() {
         .header("authorization", "Bearer s3cret")
         .body(full(""))
         .unwrap();
-    // Authorized; the endpoint itself arrives with the admin API issue.
-    assert_eq!(send(right).await.status, 404);
+    assert_eq!(send(right).await.status, 200);
+    let unknown = http::Request::get(format!("http://{admin}/api/nothing"))
+        .header("authorization", "Bearer s3cret")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(unknown).await.status, 404);
+}
+
+/// `GET path` on the admin API with the bearer token.
+async fn admin_get(admin: std::net::SocketAddr, path: &str, token: &str) -> Got {
+    let req = http::Request::get(format!("http://{admin}{path}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(full(""))
+        .unwrap();
+    send(req).await
+}
+
+async fn pools_json(admin: std::net::SocketAddr, token: &str) -> serde_json::Value {
+    let got = admin_get(admin, "/api/pools", token).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&got.body).expect("valid JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_pools_lists_pools_backends_states_and_counters() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let spare = TestBackend::start("spare");
+    let config = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"t0k\"\n{}",
+        config_with(
+            &[a.addr, b.addr],
+            "",
+            "",
+            &format!(
+                "[pool.spare]\nalgorithm = \"least_requests\"\nbackends = [{{ address = \"{}\", weight = 7 }}]\n",
+                spare.addr
+            ),
+        )
+    );
+    let sluice = TestSluice::start(&config);
+    let admin = sluice.admin.unwrap();
+
+    let before = pools_json(admin, "t0k").await;
+    let pools = before["pools"].as_array().expect("pools array");
+    assert_eq!(pools.len(), 2);
+    assert_eq!(pools[0]["name"], "app");
+    assert_eq!(pools[0]["algorithm"], "round_robin");
+    assert_eq!(pools[1]["name"], "spare");
+    assert_eq!(pools[1]["algorithm"], "least_requests");
+    let app = pools[0]["backends"].as_array().unwrap();
+    let addresses: Vec<String> = app
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addresses, [a.addr.to_string(), b.addr.to_string()]);
+    for backend in app.iter().chain(pools[1]["backends"].as_array().unwrap()) {
+        // Without active checks every backend is healthy, and was never probed.
+        assert_eq!(backend["state"], "healthy", "{backend}");
+        assert_eq!(backend["last_check"], serde_json::Value::Null, "{backend}");
+        assert_eq!(backend["active_requests"], 0, "{backend}");
+        assert_eq!(backend["requests_total"], 0, "{backend}");
+        assert_eq!(backend["consecutive_failures"], 0, "{backend}");
+        assert_eq!(backend["ejections_total"], 0, "{backend}");
+    }
+    assert_eq!(app[0]["weight"], 1);
+    assert_eq!(pools[1]["backends"][0]["weight"], 7);
+
+    for _ in 0..6 {
+        assert_eq!(get(&sluice.url("/")).await.status, 200);
+    }
+    // The in-flight count falls when the exchange ends, a moment after the client has its body.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let after = loop {
+        let json = pools_json(admin, "t0k").await;
+        let backends = json["pools"][0]["backends"].as_array().unwrap();
+        if backends.iter().all(|b| b["active_requests"] == 0) {
+            break json;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in-flight counts never fell: {json}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let totals: Vec<u64> = after["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["requests_total"].as_u64().unwrap())
+        .collect();
+    assert_eq!(totals, [3, 3], "round robin over two backends");
+    assert_eq!(after["pools"][1]["backends"][0]["requests_total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_pools_needs_the_token_and_only_answers_get() {
+    let a = TestBackend::start("a");
+    let sluice = TestSluice::start(&admin_config(&a, "s3cret"));
+    let admin = sluice.admin.unwrap();
+    let anonymous = get(&format!("http://{admin}/api/pools")).await;
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        !anonymous.text().contains(&a.addr.to_string()),
+        "nothing leaks"
+    );
+    let post = http::Request::post(format!("http://{admin}/api/pools"))
+        .header("authorization", "Bearer s3cret")
+        .body(full("{}"))
+        .unwrap();
+    let got = send(post).await;
+    assert_eq!(got.status, 405);
+    assert_eq!(got.header("allow"), Some("GET"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_api_pools_is_open_on_loopback() {
+    let a = TestBackend::start("a");
+    let config = format!("[admin]\nbind = \"127.0.0.1:0\"\n{}", simple_config(&[&a]));
+    let sluice = TestSluice::start(&config);
+    let json = pools_json(sluice.admin.unwrap(), "").await;
+    assert_eq!(
+        json["pools"][0]["backends"][0]["address"],
+        a.addr.to_string()
+    );
 }
 
 #[test]
