@@ -116,7 +116,7 @@ impl UpstreamBody {
                     tee: tee.clone(),
                     attempt: shared.attempt,
                     next: 0,
-                    hint: hint.clone(),
+                    hint: *hint,
                 })
             }
         }
@@ -224,7 +224,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Streaming { inner, .. } => inner.size_hint(),
-            UpstreamBody::Replay { hint, .. } => hint.clone(),
+            UpstreamBody::Replay { hint, .. } => *hint,
         }
     }
 }
