@@ -312,7 +312,7 @@ impl Started {
         out: &mut Outgoing,
         result: &Result<(Response<Incoming>, Option<std::time::Duration>), ProxyError>,
     ) -> Option<forward::Upstream> {
-        let pool = self.snapshot.pools[out.pool].clone();
+        let pool = &self.snapshot.pools[out.pool];
         let policy = pool.retry.as_ref()?;
         let condition = forward::retry_condition(result)?;
         if out.retries >= policy.settings.attempts || !condition.allowed_by(&policy.settings.on) {
@@ -331,7 +331,7 @@ impl Started {
             tracing::debug!(pool = &*pool.name, "retry budget spent; not retrying");
             return None;
         }
-        let Ok(choice) = choose::choose(&pool, &out.pick, &out.tried) else {
+        let Ok(choice) = choose::choose(pool, &out.pick, &out.tried) else {
             policy.refund();
             return None;
         };
