@@ -6,7 +6,7 @@
 //! request never hands a connection between threads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,13 +40,15 @@ pub struct Backend {
     pub latency: Ewma,
     /// Whether it may take traffic (active checks, ejection, draining).
     pub health: Health,
+    /// The pool's waiting requests, woken when a request to this backend finishes.
+    waiters: Arc<Waiters>,
     active: AtomicU64,
     total: AtomicU64,
 }
 
 impl Backend {
     /// A new backend; `checked`: its pool has active checks, so it starts unhealthy.
-    pub fn new(cfg: &config::Backend, checked: bool) -> Backend {
+    pub fn new(cfg: &config::Backend, checked: bool, waiters: Arc<Waiters>) -> Backend {
         let authority = Authority::try_from(cfg.resolved.to_string().as_str())
             .expect("a socket address is a valid authority");
         Backend {
@@ -57,6 +59,7 @@ impl Backend {
             started: std::time::Instant::now(),
             latency: Ewma::new(),
             health: Health::new(checked),
+            waiters,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
         }
@@ -71,12 +74,10 @@ impl Backend {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Feeds the latency estimate with one exchange's outcome: `Ok(elapsed)` from sending the
-    /// request to receiving the response head, or `Err(())` for a failure (connect error,
-    /// timeout, 5xx), which counts as a slow response so that failing fast never attracts
-    /// traffic.
-    /// Feeds the latency estimate: `Ok(rtt)` for an answer, `Err(())` for a failure. `now` is
-    /// the caller's clock reading (it has just read the clock to measure `rtt`).
+    /// Feeds the latency estimate: `Ok(rtt)` for an answer, `Err(())` for a failure (connect
+    /// error, timeout, 5xx), which counts as a slow response so that failing fast never
+    /// attracts traffic. `now` is the caller's clock reading (it has just read the clock to
+    /// measure `rtt`).
     pub fn observe(&self, result: Result<Duration, ()>, now: Instant) {
         match result {
             Ok(rtt) => self.latency.observe(rtt, now),
@@ -84,12 +85,27 @@ impl Backend {
         }
     }
 
-    /// Counts a request as in flight until the returned guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.active.fetch_add(1, Ordering::Relaxed);
+    /// Counts a request as in flight until the returned guard drops, if the backend has fewer
+    /// than `limit` in flight (`max_connections_per_backend`); `None` at the limit.
+    pub fn try_start_request(self: &Arc<Self>, limit: u64) -> Option<InFlight> {
+        // Take the slot first and give it back if it was over: two workers racing for the last
+        // slot cannot both get it.
+        if self.active.fetch_add(1, Ordering::Relaxed) >= limit {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
         self.total.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        Some(InFlight(self.clone()))
     }
+}
+
+/// Requests of one pool waiting for a backend below its limit, and their wake-up call.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    /// Requests waiting now (`max_pending` caps it).
+    pub count: std::sync::atomic::AtomicUsize,
+    /// Notified when a request of the pool finishes, freeing a slot.
+    pub freed: tokio::sync::Notify,
 }
 
 /// RAII: one request in flight to a backend.
@@ -104,7 +120,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let backend = &self.0;
+        backend.active.fetch_sub(1, Ordering::Relaxed);
+        // One load when nobody waits, the usual case.
+        if backend.waiters.count.load(Ordering::Relaxed) != 0 {
+            backend.waiters.freed.notify_one();
+        }
     }
 }
 
@@ -118,7 +139,7 @@ pub struct Pool {
     /// Zero: off.
     pub slow_start: Duration,
     /// Every backend is past its slow-start window.
-    ramped: std::sync::atomic::AtomicBool,
+    ramped: AtomicBool,
     pub timeouts: config::Timeouts,
     /// Active checks (`None`: off).
     pub health_check: Option<config::HealthCheck>,
@@ -126,6 +147,12 @@ pub struct Pool {
     pub outliers: Option<Outliers>,
     pub all_unhealthy: config::AllUnhealthy,
     pub limits: config::Limits,
+    /// Requests waiting for a slot (circuit breaking).
+    pub waiters: Arc<Waiters>,
+    /// `fail_open` is in effect: no backend was healthy at the last look.
+    pub failing_open: AtomicBool,
+    /// Retries on another backend (`None`: off).
+    pub retry: Option<RetryPolicy>,
     /// One client per worker, indexed by the worker's number.
     clients: Box<[UpstreamClient]>,
 }
@@ -135,6 +162,7 @@ impl Pool {
         let clients = (0..workers.max(1))
             .map(|_| build_client(&cfg.timeouts))
             .collect();
+        let waiters = Arc::new(Waiters::default());
         let specs: Vec<BackendSpec> = cfg
             .backends
             .iter()
@@ -148,17 +176,20 @@ impl Pool {
             backends: cfg
                 .backends
                 .iter()
-                .map(|b| Arc::new(Backend::new(b, cfg.health_check.is_some())))
+                .map(|b| Arc::new(Backend::new(b, cfg.health_check.is_some(), waiters.clone())))
                 .collect(),
             balancer: Balancer::new(cfg.algorithm, &specs),
             hash_key: cfg.hash_key.clone(),
             slow_start: cfg.slow_start,
-            ramped: std::sync::atomic::AtomicBool::new(cfg.slow_start.is_zero()),
+            ramped: AtomicBool::new(cfg.slow_start.is_zero()),
             timeouts: cfg.timeouts.clone(),
             health_check: cfg.health_check.clone(),
             outliers: cfg.outlier_detection.clone().map(Outliers::new),
             all_unhealthy: cfg.all_unhealthy,
             limits: cfg.limits.clone(),
+            waiters,
+            failing_open: AtomicBool::new(false),
+            retry: cfg.retry.clone().map(RetryPolicy::new),
             clients,
         }
     }
@@ -220,12 +251,85 @@ impl Backends for Pool {
         self.slow_start.is_zero() || self.ramped.load(Ordering::Relaxed)
     }
 
+    /// A backend that may not take traffic looks busier than any that may, so load-aware
+    /// algorithms pass over it without knowing about health (the caller still skips it: this
+    /// only keeps their first choice useful).
     fn in_flight(&self, i: usize) -> u64 {
-        self.backends[i].active_requests()
+        let backend = &self.backends[i];
+        let active = backend.active_requests();
+        if backend.health.available() {
+            active
+        } else {
+            active.saturating_add(UNAVAILABLE_LOAD)
+        }
     }
 
     fn latency(&self, i: usize, now: Instant) -> Option<f64> {
         self.backends[i].latency.get(now)
+    }
+}
+
+/// What an unavailable backend adds to its in-flight count in the balancer's view.
+const UNAVAILABLE_LOAD: u64 = 1 << 40;
+
+/// A pool's retry settings and budget.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    pub settings: config::Retry,
+    /// Retry tokens in thousandths: each request deposits `budget_percent × 10`, each retry
+    /// takes 1000, and the balance never exceeds the reserve.
+    balance: std::sync::atomic::AtomicI64,
+    /// Retries made, for metrics.
+    pub retries_total: AtomicU64,
+}
+
+impl RetryPolicy {
+    /// Retries a quiet pool may make beyond its budget share: without a reserve a pool that
+    /// has just started, or sees little traffic, could not retry at all.
+    pub const RESERVE: i64 = 10;
+    const UNIT: i64 = 1000;
+
+    pub fn new(settings: config::Retry) -> RetryPolicy {
+        RetryPolicy {
+            settings,
+            balance: std::sync::atomic::AtomicI64::new(Self::RESERVE * Self::UNIT),
+            retries_total: AtomicU64::new(0),
+        }
+    }
+
+    /// Credits one request to the budget.
+    pub fn deposit(&self) {
+        let cap = Self::RESERVE * Self::UNIT;
+        // A full budget (the usual case: retries are rare) costs one load, no write.
+        if self.balance.load(Ordering::Relaxed) >= cap {
+            return;
+        }
+        let credit = i64::from(self.settings.budget_percent) * (Self::UNIT / 100);
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((b + credit).min(cap))
+            });
+    }
+
+    /// Takes one retry from the budget, if it has one.
+    pub fn withdraw(&self) -> bool {
+        let taken = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= Self::UNIT).then_some(b - Self::UNIT)
+            })
+            .is_ok();
+        if taken {
+            self.retries_total.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// Gives back a retry that was not made after all.
+    pub fn refund(&self) {
+        self.balance.fetch_add(Self::UNIT, Ordering::Relaxed);
+        self.retries_total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -7,8 +7,8 @@
 //! An ejection counts as repeated until the backend has stayed in for the longest ejection
 //! (10 × `base_ejection`) after returning; then the doubling starts over.
 //!
-//! The request path only counts (`record`); a task on the caller's runtime times the ejection
-//! (`serve`), so nothing here reads a clock per request.
+//! The request path only counts (`record`); a task on the caller's runtime times the ejection,
+//! so nothing here reads a clock per request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,9 +31,9 @@ pub struct Outliers {
 pub enum Verdict {
     /// Nothing changes.
     Stay,
-    /// The backend was ejected for this long (its `n`-th repeated ejection); the caller starts
-    /// `serve` for it.
-    Ejected(Duration),
+    /// The backend was ejected for `length`, its `nth` ejection in a row; the caller times it
+    /// (`time_served` when it is over, `forgive` after `forgiveness` more).
+    Ejected { length: Duration, nth: u32 },
 }
 
 impl Outliers {
@@ -76,7 +76,10 @@ impl Outliers {
         failures.store(0, Ordering::Relaxed);
         health.ejections_total.fetch_add(1, Ordering::Relaxed);
         let nth = health.ejections.fetch_add(1, Ordering::Relaxed) + 1;
-        Verdict::Ejected(ejection_time(self.settings.base_ejection, nth))
+        Verdict::Ejected {
+            length: ejection_time(self.settings.base_ejection, nth),
+            nth,
+        }
     }
 
     /// Takes one of the pool's ejection slots, if `max_ejected_percent` leaves one.
@@ -145,6 +148,13 @@ pub fn ejection_time(base: Duration, nth: u32) -> Duration {
 mod tests {
     use super::*;
 
+    fn ejected(secs: u64, nth: u32) -> Verdict {
+        Verdict::Ejected {
+            length: Duration::from_secs(secs),
+            nth,
+        }
+    }
+
     fn outliers(consecutive: u32, percent: u32) -> Outliers {
         Outliers::new(OutlierDetection {
             consecutive_failures: consecutive,
@@ -172,10 +182,7 @@ mod tests {
         assert_eq!(o.record(&h, 4, false), Verdict::Stay);
         assert_eq!(o.record(&h, 4, false), Verdict::Stay);
         assert!(h.available());
-        assert_eq!(
-            o.record(&h, 4, false),
-            Verdict::Ejected(Duration::from_secs(30))
-        );
+        assert_eq!(o.record(&h, 4, false), ejected(30, 1));
         assert!(!h.available());
         assert_eq!(h.state(), super::super::State::Ejected);
         assert_eq!(o.ejected(), 1);
@@ -188,7 +195,7 @@ mod tests {
         let mut lengths = Vec::new();
         for _ in 0..3 {
             match o.record(&h, 2, false) {
-                Verdict::Ejected(d) => lengths.push(d.as_secs()),
+                Verdict::Ejected { length, .. } => lengths.push(length.as_secs()),
                 Verdict::Stay => panic!("not ejected"),
             }
             assert!(o.time_served(&h, false));
@@ -196,10 +203,7 @@ mod tests {
         }
         assert_eq!(lengths, [30, 60, 120]);
         o.forgive(&h, 3);
-        assert_eq!(
-            o.record(&h, 2, false),
-            Verdict::Ejected(Duration::from_secs(30))
-        );
+        assert_eq!(o.record(&h, 2, false), ejected(30, 1));
     }
 
     #[test]
@@ -211,10 +215,7 @@ mod tests {
         o.record(&h, 2, false); // second ejection
         o.time_served(&h, false);
         o.forgive(&h, 1); // the first one's forgiveness arrives late
-        assert_eq!(
-            o.record(&h, 2, false),
-            Verdict::Ejected(Duration::from_secs(120))
-        );
+        assert_eq!(o.record(&h, 2, false), ejected(120, 3));
     }
 
     #[test]
@@ -224,7 +225,7 @@ mod tests {
         let backends: Vec<Health> = (0..5).map(|_| Health::new(false)).collect();
         let ejected = backends
             .iter()
-            .filter(|h| matches!(o.record(h, 5, false), Verdict::Ejected(_)))
+            .filter(|h| matches!(o.record(h, 5, false), Verdict::Ejected { .. }))
             .count();
         assert_eq!(ejected, 2);
         assert_eq!(backends.iter().filter(|h| !h.available()).count(), 2);
@@ -232,7 +233,7 @@ mod tests {
         let out = backends.iter().find(|h| !h.available()).unwrap();
         o.time_served(out, false);
         let third = backends.iter().find(|h| h.available()).unwrap();
-        assert!(matches!(o.record(third, 5, false), Verdict::Ejected(_)));
+        assert!(matches!(o.record(third, 5, false), Verdict::Ejected { .. }));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -22,6 +22,9 @@ pub enum BodyError {
     Client(#[from] hyper::Error),
     #[error("request body larger than the listener allows")]
     TooLarge,
+    /// An abandoned attempt's body, polled after a retry took the request over.
+    #[error("request body taken over by a retry")]
+    Superseded,
 }
 
 /// The request body sent to a backend.
@@ -35,6 +38,141 @@ pub enum UpstreamBody {
         /// Bytes passed on, shared with the access log when it is on.
         counter: Option<Arc<AtomicU64>>,
     },
+    /// A body that a retry may send again (pools with retries): what has been passed on is
+    /// kept, up to `REPLAY_LIMIT`, so another attempt can start over from its first byte.
+    Replay {
+        tee: Arc<Mutex<Tee>>,
+        /// Which attempt this is; an older one's body stops when a newer one exists.
+        attempt: u32,
+        /// The next kept frame this attempt sends.
+        next: usize,
+        hint: SizeHint,
+    },
+}
+
+/// Request-body bytes kept for a retry. A body that has sent more than this is not retried: it
+/// would take unbounded memory per request.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The client's body shared by the attempts of one request, and what has been sent of it.
+#[derive(Debug)]
+pub struct Tee {
+    inner: UpstreamBody,
+    /// Frames passed on so far, while they fit `REPLAY_LIMIT`.
+    kept: Vec<Frame<Bytes>>,
+    kept_bytes: usize,
+    /// More than `REPLAY_LIMIT` went out: no replay is possible.
+    overflowed: bool,
+    /// The client's body has ended.
+    done: bool,
+    /// The newest attempt.
+    attempt: u32,
+}
+
+impl UpstreamBody {
+    /// Wraps a client body so that retries can resend it (see `replay`).
+    pub fn replayable(self) -> UpstreamBody {
+        if matches!(self, UpstreamBody::Empty) {
+            return self;
+        }
+        let hint = self.size_hint();
+        UpstreamBody::Replay {
+            tee: Arc::new(Mutex::new(Tee {
+                inner: self,
+                kept: Vec::new(),
+                kept_bytes: 0,
+                overflowed: false,
+                done: false,
+                attempt: 0,
+            })),
+            attempt: 0,
+            next: 0,
+            hint,
+        }
+    }
+
+    /// Whether `replay` would give a body: nothing was lost of what has been sent.
+    pub fn can_replay(&self) -> bool {
+        match self {
+            UpstreamBody::Empty => true,
+            UpstreamBody::Streaming { .. } => false,
+            UpstreamBody::Replay { tee, .. } => !lock(tee).overflowed,
+        }
+    }
+
+    /// The same body again from its first byte, for a new attempt; the earlier attempts' bodies
+    /// stop. `None` when too much was sent to keep.
+    pub fn replay(&self) -> Option<UpstreamBody> {
+        match self {
+            UpstreamBody::Empty => Some(UpstreamBody::Empty),
+            UpstreamBody::Streaming { .. } => None,
+            UpstreamBody::Replay { tee, hint, .. } => {
+                let mut shared = lock(tee);
+                if shared.overflowed {
+                    return None;
+                }
+                shared.attempt += 1;
+                Some(UpstreamBody::Replay {
+                    tee: tee.clone(),
+                    attempt: shared.attempt,
+                    next: 0,
+                    hint: *hint,
+                })
+            }
+        }
+    }
+}
+
+fn lock(tee: &Mutex<Tee>) -> std::sync::MutexGuard<'_, Tee> {
+    // Nothing panics while holding it; and a poisoned tee is still consistent.
+    tee.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One frame of a shared body for the attempt that is at `next`.
+fn poll_tee(
+    tee: &Mutex<Tee>,
+    attempt: u32,
+    next: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    let mut shared = lock(tee);
+    if shared.attempt != attempt {
+        return Poll::Ready(Some(Err(BodyError::Superseded)));
+    }
+    if !shared.overflowed {
+        if let Some(frame) = shared.kept.get(*next) {
+            let copy = match frame.data_ref() {
+                Some(data) => Frame::data(data.clone()),
+                None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
+            };
+            *next += 1;
+            return Poll::Ready(Some(Ok(copy)));
+        }
+    }
+    if shared.done {
+        return Poll::Ready(None);
+    }
+    let frame = ready!(Pin::new(&mut shared.inner).poll_frame(cx));
+    match &frame {
+        None => shared.done = true,
+        Some(Ok(f)) if !shared.overflowed => {
+            let len = f.data_ref().map_or(0, |d| d.len());
+            shared.kept_bytes += len;
+            if shared.kept_bytes > REPLAY_LIMIT {
+                shared.overflowed = true;
+                shared.kept = Vec::new();
+            } else {
+                let copy = match f.data_ref() {
+                    Some(data) => Frame::data(data.clone()),
+                    None => Frame::trailers(f.trailers_ref().cloned().unwrap_or_default()),
+                };
+                shared.kept.push(copy);
+                *next += 1;
+            }
+        }
+        _ => {}
+    }
+    Poll::Ready(frame)
 }
 
 impl Body for UpstreamBody {
@@ -65,6 +203,9 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
             }
+            UpstreamBody::Replay {
+                tee, attempt, next, ..
+            } => poll_tee(tee, *attempt, next, cx),
         }
     }
 
@@ -72,6 +213,10 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Streaming { inner, .. } => inner.is_end_stream(),
+            UpstreamBody::Replay { tee, next, .. } => {
+                let shared = lock(tee);
+                shared.done && *next >= shared.kept.len()
+            }
         }
     }
 
@@ -79,6 +224,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => SizeHint::with_exact(0),
             UpstreamBody::Streaming { inner, .. } => inner.size_hint(),
+            UpstreamBody::Replay { hint, .. } => *hint,
         }
     }
 }

@@ -25,6 +25,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("no backend of the pool can take traffic")]
     NoBackend,
+    #[error("every backend of the pool is at its connection limit")]
+    Overloaded,
     #[error("connecting to the backend failed: {0}")]
     Connect(#[source] hyper_util::client::legacy::Error),
     #[error("the backend failed: {0}")]
@@ -41,7 +43,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -53,7 +55,7 @@ impl ProxyError {
             | ProxyError::UriTooLong
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTooLarge => Origin::Client,
-            ProxyError::NoRoute | ProxyError::NoBackend => Origin::Sluice,
+            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Overloaded => Origin::Sluice,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
                 Origin::Backend
             }
@@ -76,6 +78,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "request body too large\n",
             ProxyError::NoRoute => "no route matches this host and path\n",
             ProxyError::NoBackend => "no backend available\n",
+            ProxyError::Overloaded => "overloaded: every backend is at its connection limit\n",
             ProxyError::Connect(_) => "bad gateway: could not connect to the backend\n",
             ProxyError::Upstream(_) => "bad gateway: the backend failed\n",
             ProxyError::Timeout => "gateway timeout: the backend did not answer in time\n",

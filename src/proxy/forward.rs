@@ -4,6 +4,7 @@
 
 use std::error::Error as _;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -15,6 +16,8 @@ use tokio::time::Instant;
 
 use super::body::{BodyError, UpstreamBody};
 use super::error::ProxyError;
+use crate::config::RetryOn;
+use crate::health::outlier::Verdict;
 use crate::state::Snapshot;
 use crate::upstream::Pool;
 
@@ -105,14 +108,9 @@ impl Upstream {
                     let took = now - self.sent;
                     // A 5xx is a failure for latency purposes: a backend answering errors fast
                     // must not look attractive.
-                    backend.observe(
-                        if response.status().is_server_error() {
-                            Err(())
-                        } else {
-                            Ok(took)
-                        },
-                        now.into_std(),
-                    );
+                    let failed = response.status().is_server_error();
+                    backend.observe(if failed { Err(()) } else { Ok(took) }, now.into_std());
+                    record_outcome(&snapshot.pools[self.pool], self.backend, !failed);
                     return Ok((response, self.timed.then_some(took)));
                 }
                 Ok(Err(e)) => Failure::Client(e),
@@ -139,10 +137,88 @@ impl Upstream {
                         ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
                     ) {
                         backend.observe(Err(()), std::time::Instant::now());
+                        record_outcome(&snapshot.pools[self.pool], self.backend, false);
                     }
                     return Err(error);
                 }
             }
+        }
+    }
+}
+
+/// Feeds outlier detection with one exchange's outcome, and times an ejection it causes.
+fn record_outcome(pool: &Arc<Pool>, index: usize, success: bool) {
+    let Some(outliers) = &pool.outliers else {
+        return;
+    };
+    let backend = &pool.backends[index];
+    let Verdict::Ejected { length, nth } =
+        outliers.record(&backend.health, pool.backends.len(), success)
+    else {
+        return;
+    };
+    tracing::warn!(
+        pool = &*pool.name,
+        backend = &*backend.address,
+        ejection_secs = length.as_secs_f64(),
+        nth,
+        "backend ejected after consecutive failures"
+    );
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(length).await;
+        let (Some(outliers), backend) = (&pool.outliers, &pool.backends[index]) else {
+            return;
+        };
+        if outliers.time_served(&backend.health, pool.health_check.is_some()) {
+            tracing::info!(
+                pool = &*pool.name,
+                backend = &*backend.address,
+                "ejected backend returned"
+            );
+        }
+        tokio::time::sleep(outliers.forgiveness()).await;
+        outliers.forgive(&backend.health, nth);
+    });
+}
+
+/// Which retry condition (`retry.on`) an attempt's outcome meets, if any.
+pub fn retry_condition(
+    result: &Result<(Response<Incoming>, Option<Duration>), ProxyError>,
+) -> Option<Condition> {
+    match result {
+        Ok((response, _)) => match response.status().as_u16() {
+            502 => Some(Condition::Status502),
+            503 => Some(Condition::Status503),
+            504 => Some(Condition::Status504),
+            _ => None,
+        },
+        Err(ProxyError::Connect(_)) => Some(Condition::ConnectFailure),
+        Err(ProxyError::Upstream(e)) if is_stale_connection(e) => Some(Condition::Reset),
+        Err(ProxyError::Upstream(_)) => Some(Condition::Status502),
+        Err(ProxyError::Timeout) => Some(Condition::Status504),
+        Err(_) => None,
+    }
+}
+
+/// The `retry.on` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    ConnectFailure,
+    Reset,
+    Status502,
+    Status503,
+    Status504,
+}
+
+impl Condition {
+    pub fn allowed_by(self, on: &RetryOn) -> bool {
+        match self {
+            Condition::ConnectFailure => on.connect_failure,
+            Condition::Reset => on.reset,
+            Condition::Status502 => on.status_502,
+            Condition::Status503 => on.status_503,
+            Condition::Status504 => on.status_504,
         }
     }
 }
@@ -161,13 +237,14 @@ impl Failure {
                 Some(BodyError::TooLarge) => ProxyError::BodyTooLarge,
                 // The client's own body was malformed or cut: not the backend's fault.
                 Some(BodyError::Client(_)) => ProxyError::BadRequest("invalid request body\n"),
-                None => ProxyError::Upstream(e),
+                // Superseded: only an abandoned attempt's body says so, never the live one's.
+                Some(BodyError::Superseded) | None => ProxyError::Upstream(e),
             },
         }
     }
 }
 
-fn is_idempotent(method: &Method) -> bool {
+pub fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE

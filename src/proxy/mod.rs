@@ -5,6 +5,7 @@
 //! `x-request-id`; every request, answered locally or not, is one `Exchange`.
 
 pub mod body;
+mod choose;
 pub mod error;
 pub mod exchange;
 mod forward;
@@ -20,17 +21,19 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
 use self::body::{ResponseBody, UpstreamBody};
+use self::choose::{Shortage, Tried};
 use self::error::ProxyError;
 use self::exchange::{AccessRecord, Exchange};
 use self::headers::X_REQUEST_ID;
 use crate::balance::Pick;
 use crate::listener::ConnState;
 use crate::state::{ListenerState, Shared, Snapshot};
+use crate::upstream::InFlight;
 
 /// What a connection's requests share: where they came from and which worker serves them.
 #[derive(Debug)]
@@ -60,18 +63,49 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     /// as hyper needs one type) small.
     fn call(&self, req: Request<Incoming>) -> Answer {
         let mut request = Started::new(&self.0, &req);
-        let begun = request.forward(&self.0, req);
-        match begun {
-            Err(e) => {
-                let response = request.fail(&e);
-                Box::pin(std::future::ready(Ok(response)))
-            }
-            Ok(upstream) => Box::pin(async move {
-                let result = upstream.finish(&request.snapshot).await;
-                Ok(request.respond(result))
+        let mut outgoing = match request.prepare(&self.0, req) {
+            Ok(outgoing) => outgoing,
+            Err(e) => return Box::pin(std::future::ready(Ok(request.fail(&e)))),
+        };
+        match request.attempt(&mut outgoing) {
+            Ok(upstream) => Box::pin(async move { Ok(request.run(outgoing, upstream).await) }),
+            // Every backend that may take traffic is at its connection limit: wait for a slot.
+            Err(Shortage::AtLimit) => Box::pin(async move {
+                let pool = request.snapshot.pools[outgoing.pool].clone();
+                let deadline = Instant::now() + pool.timeouts.connect;
+                match choose::choose_or_wait(&pool, &outgoing.pick, &outgoing.tried, deadline).await
+                {
+                    Ok(choice) => {
+                        let upstream = request.start(&mut outgoing, choice);
+                        Ok(request.run(outgoing, upstream).await)
+                    }
+                    Err(e) => Ok(request.fail(&e)),
+                }
             }),
+            Err(shortage) => Box::pin(std::future::ready(Ok(
+                request.fail(&ProxyError::from(shortage))
+            ))),
         }
     }
+}
+
+/// A checked, routed and rewritten request on its way to a backend, with what another attempt
+/// would need.
+struct Outgoing {
+    pool: usize,
+    worker: usize,
+    pick: Pick,
+    /// The head for the next attempt; taken by it.
+    parts: Option<http::request::Parts>,
+    /// The body for the next attempt; a retry replays it.
+    body: Option<UpstreamBody>,
+    /// A copy of the head for retries (pools with retries only).
+    template: Option<(Method, Uri, HeaderMap)>,
+    /// A handle on the body for replays (pools with retries only).
+    replay: Option<UpstreamBody>,
+    idempotent: bool,
+    tried: Tried,
+    retries: u32,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -118,12 +152,12 @@ impl Started {
         }
     }
 
-    /// Checks, routes and rewrites the request and starts the upstream exchange.
-    fn forward(
+    /// Checks, routes and rewrites the request for its backend.
+    fn prepare(
         &mut self,
         ctx: &ConnContext,
         req: Request<Incoming>,
-    ) -> Result<forward::Upstream, ProxyError> {
+    ) -> Result<Outgoing, ProxyError> {
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
             ctx.conn.framing_verdict()?;
@@ -157,13 +191,6 @@ impl Started {
                 .as_ref()
                 .and_then(|k| hash_key::key_of(k, req.headers(), req.uri(), ctx.peer.ip())),
         };
-        let index = pool
-            .balancer
-            .select(&**pool, &pick)
-            .next()
-            .ok_or(ProxyError::NoBackend)?;
-        let backend = &pool.backends[index];
-
         let (mut parts, body) = req.into_parts();
         let host_value = match host_header {
             Some(h) => Some(h),
@@ -205,16 +232,122 @@ impl Started {
             .headers
             .insert(X_REQUEST_ID.clone(), self.request_id.clone());
 
-        exchange.set_backend(backend.start_request());
-        Ok(forward::Upstream::start(
-            pool_index,
-            ctx.worker,
-            index,
-            pool,
-            parts,
+        let idempotent = forward::is_idempotent(&parts.method);
+        let (template, body, replay) = match &pool.retry {
+            Some(policy) if policy.settings.attempts > 0 => {
+                policy.deposit();
+                let template = (
+                    parts.method.clone(),
+                    parts.uri.clone(),
+                    parts.headers.clone(),
+                );
+                let body = body.replayable();
+                let replay = body.replay();
+                (Some(template), replay, Some(body))
+            }
+            _ => (None, Some(body), None),
+        };
+        Ok(Outgoing {
+            pool: pool_index,
+            worker: ctx.worker,
+            pick,
+            parts: Some(parts),
             body,
-            exchange.log_mut().is_some(),
-        ))
+            template,
+            replay,
+            idempotent,
+            tried: Tried::default(),
+            retries: 0,
+        })
+    }
+
+    /// Chooses a backend for the next attempt without waiting and starts it.
+    fn attempt(&mut self, out: &mut Outgoing) -> Result<forward::Upstream, Shortage> {
+        let pool = &self.snapshot.pools[out.pool];
+        let choice = choose::choose(pool, &out.pick, &out.tried)?;
+        Ok(self.start(out, choice))
+    }
+
+    /// Sends the request to the chosen backend, whose slot `choice` holds.
+    fn start(&mut self, out: &mut Outgoing, (index, slot): (usize, InFlight)) -> forward::Upstream {
+        out.tried.add(index);
+        self.exchange.set_backend(slot);
+        let pool = &self.snapshot.pools[out.pool];
+        let parts = match out.parts.take() {
+            Some(parts) => parts,
+            None => {
+                let (method, uri, headers) =
+                    out.template.clone().expect("a retry has the head's copy");
+                let mut req = Request::new(());
+                *req.method_mut() = method;
+                *req.uri_mut() = uri;
+                *req.headers_mut() = headers;
+                req.into_parts().0
+            }
+        };
+        let body = out.body.take().unwrap_or(UpstreamBody::Empty);
+        let timed = self.exchange.log_mut().is_some();
+        forward::Upstream::start(out.pool, out.worker, index, pool, parts, body, timed)
+    }
+
+    /// Runs attempts until one gives the client's answer.
+    async fn run(
+        mut self,
+        mut out: Outgoing,
+        mut upstream: forward::Upstream,
+    ) -> Response<ResponseBody> {
+        loop {
+            let result = upstream.finish(&self.snapshot).await;
+            match self.retry(&mut out, &result) {
+                Some(next) => upstream = next,
+                None => return self.respond(result),
+            }
+        }
+    }
+
+    /// Another attempt on another backend, if the pool's retry policy allows one for this
+    /// outcome; `None` leaves `result` as the answer.
+    fn retry(
+        &mut self,
+        out: &mut Outgoing,
+        result: &Result<(Response<Incoming>, Option<std::time::Duration>), ProxyError>,
+    ) -> Option<forward::Upstream> {
+        let pool = &self.snapshot.pools[out.pool];
+        let policy = pool.retry.as_ref()?;
+        let condition = forward::retry_condition(result)?;
+        if out.retries >= policy.settings.attempts || !condition.allowed_by(&policy.settings.on) {
+            return None;
+        }
+        // Only a request that provably never reached a backend may be sent twice whatever its
+        // method.
+        if !out.idempotent && condition != forward::Condition::ConnectFailure {
+            return None;
+        }
+        let replay = out.replay.as_ref()?;
+        if !replay.can_replay() {
+            return None;
+        }
+        if !policy.withdraw() {
+            tracing::debug!(pool = &*pool.name, "retry budget spent; not retrying");
+            return None;
+        }
+        let Ok(choice) = choose::choose(pool, &out.pick, &out.tried) else {
+            policy.refund();
+            return None;
+        };
+        let Some(body) = replay.replay() else {
+            policy.refund();
+            return None;
+        };
+        out.body = Some(body);
+        out.retries += 1;
+        tracing::debug!(
+            pool = &*pool.name,
+            from = ?condition,
+            retry = out.retries,
+            "retrying on another backend"
+        );
+        Some(self.start(out, choice))
     }
 
     /// The client's answer from the backend's response, or a local answer for a failure.
