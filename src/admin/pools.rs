@@ -126,7 +126,7 @@ backends = [{ address = "127.0.0.1:3" }]
     fn lists_every_pool_and_backend_with_its_state_and_counters() {
         let snapshot = snapshot();
         let app = &snapshot.pools[0];
-        let _in_flight = app.backends[0].start_request();
+        let _in_flight = app.backends[0].try_start_request(u64::MAX).unwrap();
         app.backends[1].health.set_checks_pass(false);
         app.backends[1].health.record_check(CheckRecord {
             passed: false,
