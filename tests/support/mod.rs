@@ -2,6 +2,7 @@
 //! each on a thread of its own so a test may block on raw sockets without stalling them.
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod raw;
 
 use std::convert::Infallible;
