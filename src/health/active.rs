@@ -132,9 +132,22 @@ impl Checker {
         let backend = self.backend();
         let pool = &*self.pool.name;
         let address = &*backend.address;
+        tracing::trace!(
+            pool,
+            backend = address,
+            passed = outcome.passed,
+            detail = %outcome.detail,
+            "probe"
+        );
+        // Recorded first, so that whoever sees the state change also sees its reason.
+        backend.health.record_check(CheckRecord {
+            passed: outcome.passed,
+            detail: outcome.detail.clone(),
+            at: SystemTime::now(),
+        });
         if let Some(healthy) = threshold.record(outcome.passed) {
-            // The bit can only differ from the counter's view if something else set it; log
-            // what actually changed.
+            // Two checkers may probe one backend for a moment (a reload starts the new
+            // snapshot's before dropping the old): only the flip that changes the bit is logged.
             if backend.health.set_checks_pass(healthy) {
                 if healthy {
                     tracing::info!(pool, backend = address, "backend became healthy");
@@ -161,12 +174,6 @@ impl Checker {
                 "ejected backend returned after passing a probe"
             );
         }
-        tracing::trace!(pool, backend = address, passed = outcome.passed, detail = %outcome.detail, "probe");
-        backend.health.record_check(CheckRecord {
-            passed: outcome.passed,
-            detail: outcome.detail,
-            at: SystemTime::now(),
-        });
     }
 }
 
