@@ -2,9 +2,10 @@
 //!
 //! Every table denies unknown keys, so a misspelt key is an error, not a silently ignored
 //! setting. Values that a semantic check may complain about are `Spanned`, so the error can
-//! point at them. Enumerations (algorithm, protocol, log format) and durations stay strings
-//! here: `validate.rs` turns them into types with messages that list the valid values, which
-//! serde's own "unknown variant" errors would not do as well.
+//! point at them. Enumerations (algorithm, protocol, log format, all_unhealthy, retry
+//! conditions), status codes and durations stay strings here: `validate.rs` turns them into
+//! types with messages that list the valid values, which serde's own "unknown variant" errors
+//! would not do as well.
 //!
 //! Keys that are part of sluice's format but not implemented yet are accepted as raw
 //! `toml::Value`s so that validation can say exactly that, instead of "unknown field".
@@ -139,18 +140,18 @@ pub(super) struct PoolFile {
     pub hash_key: Option<Spanned<String>>,
     /// Ramp-up duration for new backends; default "0s" (off).
     pub slow_start: Option<Spanned<DurationText>>,
-    /// Later: `fail_closed` or `fail_open`; default "fail_closed".
-    pub all_unhealthy: Later,
+    /// `fail_closed` or `fail_open`; default "fail_closed".
+    pub all_unhealthy: Option<Spanned<String>>,
     /// Later: HTTPS to the backends.
     pub tls: Later,
-    /// Later: active health checks.
-    pub health_check: Later,
-    /// Later: passive ejection on live-traffic failures.
-    pub outlier_detection: Later,
-    /// Later: retries on another backend.
-    pub retry: Later,
-    /// Later: circuit breaking.
-    pub limits: Later,
+    /// `[pool.NAME.health_check]`: active checks; omitted = off.
+    pub health_check: Option<HealthCheckFile>,
+    /// `[pool.NAME.outlier_detection]`: passive ejection on live-traffic failures; omitted = off.
+    pub outlier_detection: Option<OutlierDetectionFile>,
+    /// `[pool.NAME.retry]`: retries on another backend; omitted = off.
+    pub retry: Option<RetryFile>,
+    /// `[pool.NAME.limits]`: circuit breaking; omitted = every key at its default.
+    pub limits: Option<LimitsFile>,
 }
 
 /// `{ address = "...", weight = N }` in `pool.NAME.backends`.
@@ -174,6 +175,61 @@ pub(super) struct TimeoutsFile {
     pub request: Option<Spanned<DurationText>>,
     /// Idle upstream keep-alive connections close after this; duration, default "60s".
     pub idle: Option<Spanned<DurationText>>,
+}
+
+// Counts below are signed, as `weight` is, so that a negative one gets sluice's range message
+// rather than serde's "expected u32".
+
+/// `[pool.NAME.health_check]`; every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HealthCheckFile {
+    /// HTTP GET of this path (and query), starting with `/`; omitted = a TCP connect check.
+    pub path: Option<Spanned<String>>,
+    /// Between probes of one backend; duration, default "5s", greater than zero.
+    pub interval: Option<Spanned<DurationText>>,
+    /// A probe not finished within this fails; duration, default "2s", at most `interval`.
+    pub timeout: Option<Spanned<DurationText>>,
+    /// Consecutive passes that make an unhealthy backend healthy; 1 to 100, default 2.
+    pub healthy_threshold: Option<Spanned<i64>>,
+    /// Consecutive failures that make a healthy backend unhealthy; 1 to 100, default 3.
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    /// Passing statuses: `"200"` or an inclusive range `"200-399"`; default "200-399".
+    pub expected_status: Option<Spanned<TextOrNumber>>,
+}
+
+/// `[pool.NAME.outlier_detection]`; every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutlierDetectionFile {
+    /// Consecutive live-traffic failures that eject a backend; 1 to 1000, default 5.
+    pub consecutive_failures: Option<Spanned<i64>>,
+    /// The first ejection's length; duration, default "30s", greater than zero.
+    pub base_ejection: Option<Spanned<DurationText>>,
+    /// Most of the pool that may be ejected at once; percent, 0 to 100, default 50.
+    pub max_ejected_percent: Option<Spanned<i64>>,
+}
+
+/// `[pool.NAME.retry]`; every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RetryFile {
+    /// Extra tries, each on another backend; 0 to 10, default 2.
+    pub attempts: Option<Spanned<i64>>,
+    /// Failures retried: `connect_failure`, `reset`, `502`, `503`, `504`; default all five.
+    pub on: Option<Vec<Spanned<TextOrNumber>>>,
+    /// Most retries as a share of the pool's requests; percent, 0 to 100, default 20.
+    pub budget_percent: Option<Spanned<i64>>,
+}
+
+/// `[pool.NAME.limits]`; every key has a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct LimitsFile {
+    /// Requests in flight to one backend; 1 to 1000000, default 1024.
+    pub max_connections_per_backend: Option<Spanned<i64>>,
+    /// Requests waiting when every backend is at its limit; 0 to 1000000, default 1024.
+    pub max_pending: Option<Spanned<i64>>,
 }
 
 /// The `[pool.*]` tables in file order, each with its name.
@@ -249,6 +305,43 @@ impl<'de> Deserialize<'de> for DurationText {
         }
 
         deserializer.deserialize_any(DurationVisitor)
+    }
+}
+
+/// A value sluice spells as a string that people also write as a bare integer (status codes:
+/// `expected_status = 200`, `on = [502]`). The integer is accepted here only so that
+/// validation can answer with the exact fix (`"200"`) instead of serde's "expected a string".
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum TextOrNumber {
+    Text(String),
+    Number(i64),
+}
+
+impl<'de> Deserialize<'de> for TextOrNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextOrNumberVisitor;
+
+        impl Visitor<'_> for TextOrNumberVisitor {
+            type Value = TextOrNumber;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TextOrNumber, E> {
+                Ok(TextOrNumber::Text(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TextOrNumber, E> {
+                Ok(TextOrNumber::Number(v))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TextOrNumber, E> {
+                Ok(TextOrNumber::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+        }
+
+        deserializer.deserialize_any(TextOrNumberVisitor)
     }
 }
 

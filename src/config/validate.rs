@@ -10,6 +10,7 @@
 
 mod listeners;
 mod pools;
+mod resilience;
 mod routes;
 mod summary;
 #[cfg(test)]

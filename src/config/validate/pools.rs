@@ -1,5 +1,6 @@
 //! Pool checks: algorithm and protocol, backends (weights, duplicates, name resolution) and
-//! timeouts.
+//! timeouts; the resilience tables (health checks, ejection, retries, limits) are in
+//! `resilience.rs`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,9 +12,7 @@ use super::values::{parse_duration, resolve_backend};
 use super::{Checker, ALGORITHMS, MAX_WEIGHT, PROTOCOLS};
 use crate::config::error::did_you_mean;
 use crate::config::file;
-use crate::config::{
-    Algorithm, AllUnhealthy, Backend, ConfigError, HashKey, Limits, Pool, Protocol, Timeouts,
-};
+use crate::config::{Algorithm, Backend, ConfigError, HashKey, Pool, Protocol, Timeouts};
 
 impl Checker<'_> {
     pub(super) fn pool(&mut self, name: Spanned<String>, pool: file::PoolFile) -> Pool {
@@ -30,16 +29,12 @@ impl Checker<'_> {
             },
             None => Duration::ZERO,
         };
-        for (key, value) in [
-            ("all_unhealthy", &pool.all_unhealthy),
-            ("tls", &pool.tls),
-            ("health_check", &pool.health_check),
-            ("outlier_detection", &pool.outlier_detection),
-            ("retry", &pool.retry),
-            ("limits", &pool.limits),
-        ] {
-            self.later(key, value);
-        }
+        self.later("tls", &pool.tls);
+        let all_unhealthy = self.all_unhealthy(pool.all_unhealthy.as_ref());
+        let health_check = self.health_check(pool.health_check);
+        let outlier_detection = self.outlier_detection(pool.outlier_detection);
+        let retry = self.retry(pool.retry);
+        let limits = self.limits(pool.limits);
         let backends = self.backends(&name, pool.backends);
         let timeouts = pool.timeouts.unwrap_or_default();
         Pool {
@@ -54,11 +49,11 @@ impl Checker<'_> {
                 request: self.timeout(timeouts.request, Duration::from_secs(30)),
                 idle: self.timeout(timeouts.idle, Duration::from_secs(60)),
             },
-            all_unhealthy: AllUnhealthy::default(),
-            health_check: None,
-            outlier_detection: None,
-            retry: None,
-            limits: Limits::default(),
+            all_unhealthy,
+            health_check,
+            outlier_detection,
+            retry,
+            limits,
         }
     }
 
@@ -141,7 +136,7 @@ impl Checker<'_> {
 
     /// A value outside the implemented ones: "not implemented yet" for a name the format
     /// defines, "unknown" with the full list and a did-you-mean for anything else.
-    fn choice_error(
+    pub(super) fn choice_error(
         &self,
         written: &Spanned<String>,
         what: &str,

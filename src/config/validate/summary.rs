@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::config::{Config, HostMatch};
+use super::values::show_duration;
+use crate::config::{AllUnhealthy, Config, HostMatch, Limits, Pool};
 
 pub(in crate::config) fn summary(config: &Config) -> String {
     let mut out = format!("{} is valid\n", config.source.display());
@@ -59,7 +60,7 @@ pub(in crate::config) fn summary(config: &Config) -> String {
     table(&mut out, rows);
 
     out.push_str("pools:\n");
-    let rows = config.pools.iter().map(|p| {
+    let rows = config.pools.iter().flat_map(|p| {
         let backends: Vec<String> = p
             .backends
             .iter()
@@ -72,14 +73,55 @@ pub(in crate::config) fn summary(config: &Config) -> String {
                 }
             })
             .collect();
-        vec![
+        let mut rows = vec![vec![
             p.name.clone(),
             p.algorithm.as_str().to_string(),
             backends.join(", "),
-        ]
+        ]];
+        let resilience = resilience(p);
+        if !resilience.is_empty() {
+            // On a line of its own, under the backends, so long backend lists stay readable.
+            rows.push(vec![String::new(), String::new(), resilience.join(", ")]);
+        }
+        rows
     });
     table(&mut out, rows);
     out.truncate(out.trim_end().len());
+    out
+}
+
+/// What a pool does beyond balancing, briefly: only what is on or differs from the default.
+fn resilience(pool: &Pool) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(check) = &pool.health_check {
+        let probe = match &check.path {
+            Some(path) => format!("GET {path}"),
+            None => "TCP connect".to_string(),
+        };
+        out.push(format!(
+            "health_check {probe} every {}",
+            show_duration(check.interval)
+        ));
+    }
+    if pool.outlier_detection.is_some() {
+        out.push("outlier_detection".to_string());
+    }
+    if let Some(retry) = &pool.retry {
+        out.push(format!("retry {}", retry.attempts));
+    }
+    if pool.all_unhealthy == AllUnhealthy::FailOpen {
+        out.push("fail_open".to_string());
+    }
+    let defaults = Limits::default();
+    if pool.limits.max_connections_per_backend != defaults.max_connections_per_backend {
+        out.push(format!(
+            "max {} per backend",
+            pool.limits.max_connections_per_backend
+        ));
+    }
+    if pool.limits.max_pending != defaults.max_pending {
+        out.push(format!("max {} pending", pool.limits.max_pending));
+    }
     out
 }
 

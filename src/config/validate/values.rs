@@ -1,8 +1,12 @@
-//! Parsers for single values (durations, route hosts, backend addresses), pure apart from name
-//! resolution, with errors that say what the valid form is.
+//! Parsers for single values (durations, status ranges, health check paths, route hosts,
+//! backend addresses), pure apart from name resolution, with errors that say what the valid
+//! form is.
 
 use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::ops::RangeInclusive;
 use std::time::Duration;
+
+use http::uri::PathAndQuery;
 
 use crate::config::file::DurationText;
 use crate::config::HostMatch;
@@ -116,6 +120,94 @@ pub(super) fn parse_duration(written: &DurationText) -> Result<Duration, ValueEr
     let too_long = || ValueError::new(format!("`{text}` is too long a duration"));
     let count: u32 = digits.parse().map_err(|_| too_long())?;
     per_unit.checked_mul(count).ok_or_else(too_long)
+}
+
+pub(super) const STATUS_FORM: &str =
+    "expected a status like \"200\" or an inclusive range like \"200-399\", \
+                           with codes from 100 to 599";
+
+/// `expected_status`: `"200"` or an inclusive range `"200-399"`, codes 100 to 599.
+pub(super) fn parse_status_range(text: &str) -> Result<RangeInclusive<u16>, ValueError> {
+    let not_a_status = || {
+        ValueError::new(format!("`{text}` is not a status or a range of statuses"))
+            .note(STATUS_FORM)
+    };
+    // `2xx` is how people write a class of statuses; the range form says the same thing.
+    if let [class @ b'1'..=b'5', b'x' | b'X', b'x' | b'X'] = text.trim().as_bytes() {
+        let class = char::from(*class);
+        return Err(not_a_status().help(format!("did you mean \"{class}00-{class}99\"?")));
+    }
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let code = |part: &str| {
+        let part = part.trim();
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(not_a_status());
+        }
+        match part.parse::<u16>() {
+            Ok(code) if (100..=599).contains(&code) => Ok(code),
+            _ => Err(
+                ValueError::new(format!("status `{part}` is outside 100 to 599")).note(STATUS_FORM),
+            ),
+        }
+    };
+    let (low, high) = (code(low)?, code(high)?);
+    if low > high {
+        return Err(
+            ValueError::new(format!("`{text}` runs backwards: {low} is above {high}"))
+                .note(STATUS_FORM)
+                .help(format!("did you mean \"{high}-{low}\"?")),
+        );
+    }
+    Ok(low..=high)
+}
+
+/// A health check's `path`: what goes on the request line of the probe, so an absolute path
+/// with an optional query, in ASCII.
+pub(super) fn parse_health_path(written: &str) -> Result<PathAndQuery, ValueError> {
+    let form = "a health check path is an absolute path with an optional query, \
+                like `/healthz` or `/status?full=1`";
+    if !written.starts_with('/') {
+        let error = ValueError::new(format!("health check path `{written}` must start with `/`"))
+            .note(form);
+        // A whole URL: each backend is probed at its own address, so only the path is wanted.
+        let url_path = written
+            .split_once("://")
+            .map(|(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
+        return Err(match url_path {
+            _ if written.is_empty() => error.help("omit `path` for a TCP connect check"),
+            Some(path) => error.help(format!(
+                "each backend is probed at its own address: did you mean `{path}`?"
+            )),
+            None => error.help(format!("did you mean `/{written}`?")),
+        });
+    }
+    if written.contains('#') {
+        return Err(
+            ValueError::new(format!("health check path `{written}` contains `#`"))
+                .note("a fragment is never sent to the server"),
+        );
+    }
+    match written.parse::<PathAndQuery>() {
+        Ok(path) if written.is_ascii() => Ok(path),
+        _ => Err(ValueError::new(format!(
+            "health check path `{written}` is not a valid request target"
+        ))
+        .note(form)
+        .help("percent-encode spaces, control characters and non-ASCII text, like `%20`")),
+    }
+}
+
+/// A duration as a user would write it: the largest unit that divides it exactly (`"90s"`,
+/// `"2m"`, `"250ms"`), so messages and the summary speak the file's language.
+pub(super) fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_string(),
+        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
 }
 
 /// A route's `host`: an exact name or `*.suffix`, lower-cased. A port is an error rather than
@@ -302,6 +394,129 @@ mod tests {
             err.help.as_deref(),
             Some("durations need a unit: did you mean \"5s\"?")
         );
+    }
+
+    #[test]
+    fn durations_are_shown_in_the_largest_exact_unit() {
+        let cases = [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_secs(5), "5s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(7200), "2h"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(show_duration(d), want, "{d:?}");
+            assert_eq!(parse_duration(&DurationText::Text(want.into())), Ok(d));
+        }
+    }
+
+    #[test]
+    fn status_ranges() {
+        let ok = [
+            ("200-399", 200..=399),
+            ("200", 200..=200),
+            ("100-599", 100..=599),
+            (" 204 - 204 ", 204..=204),
+        ];
+        for (input, want) in ok {
+            assert_eq!(parse_status_range(input), Ok(want), "{input}");
+        }
+        // (input, message, help)
+        let bad = [
+            ("", "`` is not a status or a range of statuses", None),
+            ("ok", "`ok` is not a status or a range of statuses", None),
+            (
+                "2xx",
+                "`2xx` is not a status or a range of statuses",
+                Some("did you mean \"200-299\"?"),
+            ),
+            (
+                "200-",
+                "`200-` is not a status or a range of statuses",
+                None,
+            ),
+            (
+                "-200",
+                "`-200` is not a status or a range of statuses",
+                None,
+            ),
+            (
+                "200-300-400",
+                "`200-300-400` is not a status or a range of statuses",
+                None,
+            ),
+            (
+                "200,204",
+                "`200,204` is not a status or a range of statuses",
+                None,
+            ),
+            ("99", "status `99` is outside 100 to 599", None),
+            ("200-600", "status `600` is outside 100 to 599", None),
+            ("99999999", "status `99999999` is outside 100 to 599", None),
+            (
+                "399-200",
+                "`399-200` runs backwards: 399 is above 200",
+                Some("did you mean \"200-399\"?"),
+            ),
+        ];
+        for (input, message, help) in bad {
+            let err = parse_status_range(input).unwrap_err();
+            assert_eq!(err.message, message, "{input}");
+            assert_eq!(err.help.as_deref(), help, "{input}");
+            assert_eq!(err.note.as_deref(), Some(STATUS_FORM), "{input}");
+        }
+    }
+
+    #[test]
+    fn health_check_paths() {
+        for input in ["/", "/healthz", "/status?full=1", "/a/b%20c"] {
+            assert_eq!(
+                parse_health_path(input).map(|p| p.to_string()),
+                Ok(input.to_string())
+            );
+        }
+        // (input, message, help)
+        let bad = [
+            (
+                "healthz",
+                "health check path `healthz` must start with `/`",
+                Some("did you mean `/healthz`?"),
+            ),
+            (
+                "",
+                "health check path `` must start with `/`",
+                Some("omit `path` for a TCP connect check"),
+            ),
+            (
+                "http://app.internal/healthz?x=1",
+                "health check path `http://app.internal/healthz?x=1` must start with `/`",
+                Some("each backend is probed at its own address: did you mean `/healthz?x=1`?"),
+            ),
+            (
+                "http://app.internal",
+                "health check path `http://app.internal` must start with `/`",
+                Some("each backend is probed at its own address: did you mean `/`?"),
+            ),
+            ("/a#top", "health check path `/a#top` contains `#`", None),
+            (
+                "/a b",
+                "health check path `/a b` is not a valid request target",
+                Some("percent-encode spaces, control characters and non-ASCII text, like `%20`"),
+            ),
+            (
+                "/gesundheit/ü",
+                "health check path `/gesundheit/ü` is not a valid request target",
+                Some("percent-encode spaces, control characters and non-ASCII text, like `%20`"),
+            ),
+        ];
+        for (input, message, help) in bad {
+            let err = parse_health_path(input).unwrap_err();
+            assert_eq!(err.message, message, "{input}");
+            assert_eq!(err.help.as_deref(), help, "{input}");
+        }
     }
 
     #[test]
