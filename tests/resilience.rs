@@ -18,7 +18,10 @@ use support::*;
 /// A backend that answers `status` (and its name) to every request, counting them and
 /// recording their bodies.
 struct Counting {
-    backend: TestBackend,
+    name: String,
+    addr: SocketAddr,
+    /// `None` once killed.
+    backend: Option<TestBackend>,
     hits: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Bytes>>>,
 }
@@ -63,15 +66,23 @@ impl Counting {
                 }
             })
         });
+        let backend = TestBackend::with_handler(name, Arc::new(Mutex::new(Vec::new())), handler);
         Counting {
-            backend: TestBackend::with_handler(name, Arc::new(Mutex::new(Vec::new())), handler),
+            name: name.to_string(),
+            addr: backend.addr,
+            backend: Some(backend),
             hits,
             bodies,
         }
     }
 
     fn addr(&self) -> SocketAddr {
-        self.backend.addr
+        self.addr
+    }
+
+    /// The backend process dies: its listener and every connection close.
+    fn kill(&mut self) {
+        self.backend = None;
     }
 
     fn hits(&self) -> usize {
@@ -112,14 +123,14 @@ async fn request(method: &str, url: &str, body: &'static str) -> Got {
     .await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_is_retried_on_another_backend_after_a_503() {
     let failing = Counting::start("failing", 503);
     let ok = Counting::start("ok", 200);
     let proxy = sluice(&[failing.addr(), ok.addr()], RETRY);
-    for _ in 0..20 {
+    for i in 0..20 {
         let got = get(&proxy.url("/")).await;
-        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.status, StatusCode::OK, "request {i}: {}", got.text());
         assert_eq!(got.text(), "ok");
     }
     // Round robin sent it every other first attempt; each retried once on `ok`.
@@ -127,7 +138,7 @@ async fn a_get_is_retried_on_another_backend_after_a_503() {
     assert_eq!(ok.hits(), 20);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_retry_table_a_503_reaches_the_client() {
     let failing = Counting::start("failing", 503);
     let ok = Counting::start("ok", 200);
@@ -144,17 +155,21 @@ async fn futures_statuses(proxy: &TestSluice, n: usize) -> Vec<u16> {
     out
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_on_limits_the_conditions() {
     let failing = Counting::start("failing", 503);
     let ok = Counting::start("ok", 200);
     let pool = "[pool.app.retry]\nattempts = 2\non = [\"502\", \"504\"]\n";
     let proxy = sluice(&[failing.addr(), ok.addr()], pool);
     let statuses = futures_statuses(&proxy, 4).await;
-    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_not_retried_after_a_503() {
     let failing = Counting::start("failing", 503);
     let ok = Counting::start("ok", 200);
@@ -163,11 +178,19 @@ async fn a_post_is_not_retried_after_a_503() {
     for _ in 0..4 {
         statuses.push(request("POST", &proxy.url("/"), "x").await.status.as_u16());
     }
-    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 2, "{statuses:?}");
-    assert_eq!(failing.hits() + ok.hits(), 4, "every POST reached one backend once");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 503).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        failing.hits() + ok.hits(),
+        4,
+        "every POST reached one backend once"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_is_retried_when_connecting_was_refused() {
     let ok = Counting::start("ok", 200);
     let proxy = sluice(&[dead_addr(), ok.addr()], RETRY);
@@ -179,17 +202,21 @@ async fn a_post_is_retried_when_connecting_was_refused() {
     assert!(ok.bodies.lock().unwrap().iter().all(|b| b == "payload"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_retries_a_refused_connection_is_a_502() {
     let ok = Counting::start("ok", 200);
     let proxy = sluice(&[dead_addr(), ok.addr()], "");
     let statuses = futures_statuses(&proxy, 4).await;
-    assert_eq!(statuses.iter().filter(|&&s| s == 502).count(), 2, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 502).count(),
+        2,
+        "{statuses:?}"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_to_a_backend_killed_after_reading_it_is_a_502_and_reached_it_once() {
-    let killed = Counting::with("killed", |_| Reply::Hang);
+    let mut killed = Counting::with("killed", |_| Reply::Hang);
     let other = Counting::start("other", 200);
     let proxy = sluice(&[killed.addr(), other.addr()], RETRY);
     let url = proxy.url("/order");
@@ -198,24 +225,28 @@ async fn a_post_to_a_backend_killed_after_reading_it_is_a_502_and_reached_it_onc
         eventually(Duration::from_secs(5), || killed.hits() == 1),
         "the POST reached the first backend"
     );
-    drop(killed.backend); // the process dies: its connections close unanswered
+    killed.kill(); // its connections close unanswered
     let got = post.await.unwrap();
     assert_eq!(got.status, StatusCode::BAD_GATEWAY, "{}", got.text());
     assert_eq!(killed.hits(), 1);
-    assert_eq!(other.hits(), 0, "a POST that may have been processed is not sent again");
+    assert_eq!(
+        other.hits(),
+        0,
+        "a POST that may have been processed is not sent again"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_with_a_small_body_is_replayed_whole_on_another_backend() {
     // The first backend reads the body, then dies without answering: a reset.
-    let killed = Counting::with("killed", |_| Reply::Hang);
+    let mut killed = Counting::with("killed", |_| Reply::Hang);
     let other = Counting::start("other", 200);
     let proxy = sluice(&[killed.addr(), other.addr()], RETRY);
     let body: &'static str = Box::leak("0123456789".repeat(3000).into_boxed_str()); // 30 KB
     let url = proxy.url("/doc");
     let put = tokio::spawn(async move { request("PUT", &url, body).await });
     assert!(eventually(Duration::from_secs(5), || killed.hits() == 1));
-    drop(killed.backend);
+    killed.kill();
     let got = put.await.unwrap();
     assert_eq!(got.status, StatusCode::OK, "{}", got.text());
     assert_eq!(other.hits(), 1);
@@ -223,24 +254,26 @@ async fn a_put_with_a_small_body_is_replayed_whole_on_another_backend() {
     assert_eq!(killed.bodies.lock().unwrap()[0], body.as_bytes());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_with_a_body_larger_than_the_replay_bound_is_not_retried() {
-    let killed = Counting::with("killed", |_| Reply::Hang);
+    let mut killed = Counting::with("killed", |_| Reply::Hang);
     let other = Counting::start("other", 200);
     let proxy = sluice(&[killed.addr(), other.addr()], RETRY);
     let body: &'static str = Box::leak("x".repeat(200 * 1024).into_boxed_str());
     let url = proxy.url("/doc");
     let put = tokio::spawn(async move { request("PUT", &url, body).await });
     assert!(eventually(Duration::from_secs(5), || killed.hits() == 1));
-    drop(killed.backend);
+    killed.kill();
     let got = put.await.unwrap();
     assert_eq!(got.status, StatusCode::BAD_GATEWAY);
     assert_eq!(other.hits(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_during_a_stream_of_gets_costs_no_failed_request() {
-    let backends: Vec<Counting> = (0..3).map(|i| Counting::start(&format!("b{i}"), 200)).collect();
+    let backends: Vec<Counting> = (0..3)
+        .map(|i| Counting::start(&format!("b{i}"), 200))
+        .collect();
     let addrs: Vec<SocketAddr> = backends.iter().map(Counting::addr).collect();
     let pool = format!("{RETRY}\n[pool.app.outlier_detection]\nconsecutive_failures = 3\n");
     let proxy = sluice(&addrs, &pool);
@@ -267,9 +300,9 @@ async fn a_backend_killed_during_a_stream_of_gets_costs_no_failed_request() {
         .collect();
     let mut backends = backends;
     assert!(eventually(Duration::from_secs(10), || backends[1].hits() >= 50));
-    let killed = backends.remove(1);
+    let mut killed = backends.remove(1);
     let hits_at_kill = killed.hits();
-    drop(killed.backend);
+    killed.kill();
     let served = || backends.iter().map(Counting::hits).sum::<usize>();
     let before = served();
     assert!(eventually(Duration::from_secs(10), || served() >= before + 400));
@@ -283,7 +316,7 @@ async fn a_backend_killed_during_a_stream_of_gets_costs_no_failed_request() {
     assert!(hits_at_kill >= 50);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_answering_500_is_ejected_and_its_share_moves_to_the_others() {
     let bad = Counting::start("bad", 500);
     let a = Counting::start("a", 200);
@@ -297,10 +330,15 @@ async fn a_backend_answering_500_is_ejected_and_its_share_moves_to_the_others() 
     assert_eq!(bad.hits(), 3, "ejected on its third failure in a row");
     assert_eq!(statuses.iter().filter(|&&s| s == 500).count(), 3);
     // After the ejection the other two share the traffic evenly.
-    assert!(a.hits() >= 27 && b.hits() >= 27, "a {} b {}", a.hits(), b.hits());
+    assert!(
+        a.hits() >= 27 && b.hits() >= 27,
+        "a {} b {}",
+        a.hits(),
+        b.hits()
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_backend_returns_when_its_time_is_up() {
     let flaky_failing = Arc::new(AtomicBool::new(true));
     let f = flaky_failing.clone();
@@ -308,7 +346,8 @@ async fn an_ejected_backend_returns_when_its_time_is_up() {
         Reply::Status(if f.load(Ordering::SeqCst) { 500 } else { 200 })
     });
     let steady = Counting::start("steady", 200);
-    let pool = "[pool.app.outlier_detection]\nconsecutive_failures = 2\nbase_ejection = \"300ms\"\n";
+    let pool =
+        "[pool.app.outlier_detection]\nconsecutive_failures = 2\nbase_ejection = \"300ms\"\n";
     let proxy = sluice(&[flaky.addr(), steady.addr()], pool);
     for _ in 0..4 {
         get(&proxy.url("/")).await;
@@ -330,7 +369,7 @@ async fn an_ejected_backend_returns_when_its_time_is_up() {
     assert!(back >= Duration::from_millis(250), "back after {back:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_limits_the_answer_is_a_quick_503() {
     let slow: Vec<Counting> = (0..2)
         .map(|i| Counting::with(&format!("slow{i}"), |_| Reply::Slow(Duration::from_secs(1))))
@@ -351,7 +390,12 @@ async fn over_the_limits_the_answer_is_a_quick_503() {
     let start = Instant::now();
     let got = get(&url).await;
     let took = start.elapsed();
-    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "{}", got.text());
+    assert_eq!(
+        got.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        got.text()
+    );
     assert!(got.text().contains("connection limit"), "{}", got.text());
     assert!(took < Duration::from_millis(300), "503 after {took:?}");
     for b in busy {
@@ -359,7 +403,7 @@ async fn over_the_limits_the_answer_is_a_quick_503() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_request_waits_for_a_slot() {
     let slow = Counting::with("slow", |_| Reply::Slow(Duration::from_millis(500)));
     let pool = "[pool.app.limits]\nmax_connections_per_backend = 1\nmax_pending = 1\n";
@@ -384,7 +428,11 @@ async fn a_pending_request_waits_for_a_slot() {
     }
     assert_eq!(third, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(first.await.unwrap(), StatusCode::OK);
-    assert_eq!(waiting.await.unwrap(), StatusCode::OK, "served once the slot freed");
+    assert_eq!(
+        waiting.await.unwrap(),
+        StatusCode::OK,
+        "served once the slot freed"
+    );
 }
 
 /// Backends that fail `/fail` and serve `/ok`, in a pool that ejects on one failure: two
@@ -409,7 +457,7 @@ async fn all_ejected(mode: &str) -> (Vec<Counting>, TestSluice) {
     (backends, proxy)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_backend_down_fail_closed_answers_503() {
     let (backends, proxy) = all_ejected("fail_closed").await;
     let got = get(&proxy.url("/ok")).await;
@@ -419,18 +467,19 @@ async fn with_every_backend_down_fail_closed_answers_503() {
     assert_eq!(backends.iter().map(Counting::hits).sum::<usize>(), 2);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_every_backend_down_fail_open_still_sends_traffic_to_all() {
     let (backends, proxy) = all_ejected("fail_open").await;
-    for _ in 0..10 {
+    for _ in 0..40 {
         assert_eq!(get(&proxy.url("/ok")).await.status, StatusCode::OK);
     }
+    // Spread at random: 20 each expected, fewer than 8 has odds below 1 in 10^4.
     for b in &backends {
-        assert!(b.hits() >= 1 + 3, "{} got {}", b.backend.name, b.hits());
+        assert!(b.hits() > 8, "{} got {}", b.name, b.hits());
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_retries_during_an_outage() {
     let a = Counting::start("a", 503);
     let b = Counting::start("b", 503);
@@ -443,5 +492,8 @@ async fn the_retry_budget_caps_retries_during_an_outage() {
     let retries = a.hits() + b.hits() - REQUESTS;
     // 20% of the requests plus the reserve of 10; without a budget it would be 200.
     assert!(retries <= REQUESTS / 5 + 10, "{retries} retries");
-    assert!(retries >= REQUESTS / 5, "{retries} retries: the budget is used");
+    assert!(
+        retries >= REQUESTS / 5,
+        "{retries} retries: the budget is used"
+    );
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::error::ProxyError;
-use crate::balance::{Pick, Selection};
+use crate::balance::{rng, Pick, Selection};
 use crate::config::AllUnhealthy;
 use crate::upstream::{InFlight, Pool};
 
@@ -62,6 +62,11 @@ impl From<Shortage> for ProxyError {
 }
 
 /// A backend for the next attempt, its slot already taken, without waiting.
+///
+/// A first attempt asks the balancer; a retry (`tried` not empty) walks the fallback order from
+/// a random backend instead, so that it neither advances a round-robin rotation (which would
+/// put the failing backend first in line for every request) nor piles onto the failed
+/// backend's neighbour.
 pub fn choose(pool: &Pool, pick: &Pick, tried: &Tried) -> Result<(usize, InFlight), Shortage> {
     let len = pool.backends.len();
     if len == 0 {
@@ -89,8 +94,17 @@ pub fn choose(pool: &Pool, pick: &Pick, tried: &Tried) -> Result<(usize, InFligh
         slot
     };
 
-    let mut last = 0;
-    for _ in 0..PICKS {
+    // A retry's walk starts at a random untried backend (a tried start would hand its turn to
+    // its neighbour).
+    let mut last = rng::below(len as u64) as usize;
+    for _ in 0..MAX_TRIES {
+        if !tried.contains((last + 1) % len) {
+            break;
+        }
+        last = rng::below(len as u64) as usize;
+    }
+    let picks = if tried.len == 0 { PICKS } else { 0 };
+    for _ in 0..picks {
         let Some(first) = pool.balancer.select(pool, pick).next() else {
             break;
         };
@@ -110,8 +124,9 @@ pub fn choose(pool: &Pool, pick: &Pick, tried: &Tried) -> Result<(usize, InFligh
         return Err(Shortage::AtLimit);
     }
     if pool.all_unhealthy == AllUnhealthy::FailOpen {
-        // Nothing may take traffic by health: use them all anyway (but not one being removed).
-        for i in Selection::rotating(last + 1, len) {
+        // Nothing may take traffic by health: use them all anyway (but not one being removed),
+        // from a random start so that the traffic spreads.
+        for i in Selection::rotating(rng::below(len as u64) as usize, len) {
             if let Some(slot) = take(i, true) {
                 enter_fail_open(pool);
                 return Ok((i, slot));
@@ -255,6 +270,27 @@ mod tests {
         assert_eq!(
             choose(&p, &Pick::default(), &tried).unwrap_err(),
             Shortage::NoneAvailable
+        );
+    }
+
+    #[test]
+    fn retries_spread_over_the_other_backends_and_leave_the_rotation_alone() {
+        let p = pool(Algorithm::RoundRobin, 4, |_| {});
+        let mut tried = Tried::default();
+        tried.add(0);
+        let mut got = [0usize; 4];
+        for _ in 0..3000 {
+            got[choose(&p, &Pick::default(), &tried).unwrap().0] += 1;
+        }
+        assert_eq!(got[0], 0);
+        assert!(
+            got[1..].iter().all(|&c| (850..1150).contains(&c)),
+            "{got:?}"
+        );
+        // The rotation did not move: the next first attempt is still backend 0.
+        assert_eq!(
+            choose(&p, &Pick::default(), &Tried::default()).unwrap().0,
+            0
         );
     }
 
