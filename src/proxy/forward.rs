@@ -165,8 +165,10 @@ fn record_outcome(pool: &Arc<Pool>, index: usize, success: bool) {
         "backend ejected after consecutive failures"
     );
     let pool = pool.clone();
+    // Timed from now, not from when the task first runs.
+    let until = Instant::now() + length;
     tokio::spawn(async move {
-        tokio::time::sleep(length).await;
+        tokio::time::sleep_until(until).await;
         let (Some(outliers), backend) = (&pool.outliers, &pool.backends[index]) else {
             return;
         };
@@ -288,4 +290,70 @@ fn body_error(e: &legacy::Error) -> Option<&BodyError> {
         source = err.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::{self, Algorithm, OutlierDetection};
+
+    fn pool() -> Arc<Pool> {
+        let backends = (0..2)
+            .map(|i| config::Backend {
+                address: format!("127.0.0.1:{}", 10_000 + i),
+                resolved: format!("127.0.0.1:{}", 10_000 + i).parse().unwrap(),
+                weight: 1,
+            })
+            .collect();
+        let mut cfg = config::Pool::with_defaults("p", Algorithm::RoundRobin, backends);
+        cfg.outlier_detection = Some(OutlierDetection {
+            consecutive_failures: 1,
+            base_ejection: Duration::from_secs(10),
+            max_ejected_percent: 100,
+        });
+        Arc::new(Pool::new(&cfg, 1))
+    }
+
+    /// Lets the ejection timer run after the clock moved.
+    async fn advance(by: Duration) {
+        tokio::time::advance(by).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// How long backend 0 stays out after one more failure, in whole seconds.
+    async fn ejection_secs(pool: &Arc<Pool>) -> u64 {
+        let health = &pool.backends[0].health;
+        record_outcome(pool, 0, false);
+        assert!(!health.available(), "ejected");
+        let mut secs = 0;
+        while !health.available() {
+            advance(Duration::from_secs(1)).await;
+            secs += 1;
+            assert!(secs <= 1000, "never returned");
+        }
+        secs
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejections_are_timed_double_when_repeated_and_are_forgiven() {
+        let pool = pool();
+        let lengths = [
+            ejection_secs(&pool).await,
+            ejection_secs(&pool).await,
+            ejection_secs(&pool).await,
+            ejection_secs(&pool).await,
+            ejection_secs(&pool).await,
+            ejection_secs(&pool).await,
+        ];
+        assert_eq!(lengths, [10, 20, 40, 80, 100, 100]);
+        // In for the longest ejection (10 × base) since returning: a first ejection again.
+        advance(Duration::from_secs(101)).await;
+        assert_eq!(ejection_secs(&pool).await, 10);
+        // Successes in between do not shorten anything, and the other backend never left.
+        assert!(pool.backends[1].health.available());
+    }
 }
