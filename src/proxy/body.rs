@@ -128,6 +128,14 @@ fn lock(tee: &Mutex<Tee>) -> std::sync::MutexGuard<'_, Tee> {
     tee.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A frame again (`Frame` is not `Clone`; its data is reference-counted, so this copies no bytes).
+fn copy(frame: &Frame<Bytes>) -> Frame<Bytes> {
+    match frame.data_ref() {
+        Some(data) => Frame::data(data.clone()),
+        None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
+    }
+}
+
 /// One frame of a shared body for the attempt that is at `next`.
 fn poll_tee(
     tee: &Mutex<Tee>,
@@ -141,10 +149,7 @@ fn poll_tee(
     }
     if !shared.overflowed {
         if let Some(frame) = shared.kept.get(*next) {
-            let copy = match frame.data_ref() {
-                Some(data) => Frame::data(data.clone()),
-                None => Frame::trailers(frame.trailers_ref().cloned().unwrap_or_default()),
-            };
+            let copy = copy(frame);
             *next += 1;
             return Poll::Ready(Some(Ok(copy)));
         }
@@ -162,11 +167,7 @@ fn poll_tee(
                 shared.overflowed = true;
                 shared.kept = Vec::new();
             } else {
-                let copy = match f.data_ref() {
-                    Some(data) => Frame::data(data.clone()),
-                    None => Frame::trailers(f.trailers_ref().cloned().unwrap_or_default()),
-                };
-                shared.kept.push(copy);
+                shared.kept.push(copy(f));
                 *next += 1;
             }
         }

@@ -94,25 +94,27 @@ pub fn choose(pool: &Pool, pick: &Pick, tried: &Tried) -> Result<(usize, InFligh
         slot
     };
 
-    // A retry's walk starts at a random untried backend (a tried start would hand its turn to
-    // its neighbour).
-    let mut last = rng::below(len as u64) as usize;
-    for _ in 0..MAX_TRIES {
-        if !tried.contains((last + 1) % len) {
-            break;
+    let mut last = 0;
+    if tried.len == 0 {
+        for _ in 0..PICKS {
+            let Some(first) = pool.balancer.select(pool, pick).next() else {
+                break;
+            };
+            if let Some(slot) = take(first, false) {
+                leave_fail_open(pool);
+                return Ok((first, slot));
+            }
+            last = first;
         }
-        last = rng::below(len as u64) as usize;
-    }
-    let picks = if tried.len == 0 { PICKS } else { 0 };
-    for _ in 0..picks {
-        let Some(first) = pool.balancer.select(pool, pick).next() else {
-            break;
-        };
-        if let Some(slot) = take(first, false) {
-            leave_fail_open(pool);
-            return Ok((first, slot));
+    } else {
+        // A retry's walk starts at a random untried backend (a tried start would hand its turn
+        // to its neighbour).
+        for _ in 0..MAX_TRIES {
+            last = rng::below(len as u64) as usize;
+            if !tried.contains((last + 1) % len) {
+                break;
+            }
         }
-        last = first;
     }
     for i in Selection::rotating(last + 1, len) {
         if let Some(slot) = take(i, false) {
@@ -139,18 +141,14 @@ pub fn choose(pool: &Pool, pick: &Pick, tried: &Tried) -> Result<(usize, InFligh
     Err(Shortage::NoneAvailable)
 }
 
-/// `choose`, waiting for a slot (until `deadline`) when only connection limits stand in the
-/// way, as one of at most `max_pending` waiting requests.
-pub async fn choose_or_wait(
+/// After `choose` found only backends at their connection limit: waits (until `deadline`) for
+/// a slot, as one of at most `max_pending` waiting requests.
+pub async fn wait_for_slot(
     pool: &Pool,
     pick: &Pick,
     tried: &Tried,
     deadline: Instant,
 ) -> Result<(usize, InFlight), ProxyError> {
-    match choose(pool, pick, tried) {
-        Err(Shortage::AtLimit) => {}
-        other => return other.map_err(ProxyError::from),
-    }
     let waiters = &pool.waiters;
     let max = pool.limits.max_pending as usize;
     if waiters
@@ -362,7 +360,7 @@ mod tests {
         let waiter = {
             let p = p.clone();
             tokio::spawn(async move {
-                choose_or_wait(&p, &Pick::default(), &Tried::default(), deadline)
+                wait_for_slot(&p, &Pick::default(), &Tried::default(), deadline)
                     .await
                     .map(|(i, _)| i)
             })
@@ -370,7 +368,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(p.waiters.count.load(Ordering::Relaxed), 1);
         // A second waiter is over `max_pending`: refused at once.
-        let refused = choose_or_wait(&p, &Pick::default(), &Tried::default(), deadline).await;
+        let refused = wait_for_slot(&p, &Pick::default(), &Tried::default(), deadline).await;
         assert!(matches!(refused, Err(ProxyError::Overloaded)));
         drop(held);
         assert_eq!(waiter.await.unwrap().unwrap(), 0);
@@ -385,7 +383,7 @@ mod tests {
         let (_, _held) = choose(&p, &Pick::default(), &Tried::default()).unwrap();
         let start = Instant::now();
         let deadline = start + std::time::Duration::from_secs(2);
-        let got = choose_or_wait(&p, &Pick::default(), &Tried::default(), deadline).await;
+        let got = wait_for_slot(&p, &Pick::default(), &Tried::default(), deadline).await;
         assert!(matches!(got, Err(ProxyError::Overloaded)));
         assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
     }

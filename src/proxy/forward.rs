@@ -169,9 +169,10 @@ fn record_outcome(pool: &Arc<Pool>, index: usize, success: bool) {
     let until = Instant::now() + length;
     tokio::spawn(async move {
         tokio::time::sleep_until(until).await;
-        let (Some(outliers), backend) = (&pool.outliers, &pool.backends[index]) else {
+        let Some(outliers) = &pool.outliers else {
             return;
         };
+        let backend = &pool.backends[index];
         if outliers.time_served(&backend.health, pool.health_check.is_some()) {
             tracing::info!(
                 pool = &*pool.name,

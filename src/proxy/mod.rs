@@ -73,7 +73,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
             Err(Shortage::AtLimit) => Box::pin(async move {
                 let pool = request.snapshot.pools[outgoing.pool].clone();
                 let deadline = Instant::now() + pool.timeouts.connect;
-                match choose::choose_or_wait(&pool, &outgoing.pick, &outgoing.tried, deadline).await
+                match choose::wait_for_slot(&pool, &outgoing.pick, &outgoing.tried, deadline).await
                 {
                     Ok(choice) => {
                         let upstream = request.start(&mut outgoing, choice);
@@ -89,6 +89,14 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     }
 }
 
+/// A request's head and a handle on its replayable body, kept for retries.
+struct Again {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: UpstreamBody,
+}
+
 /// A checked, routed and rewritten request on its way to a backend, with what another attempt
 /// would need.
 struct Outgoing {
@@ -99,10 +107,8 @@ struct Outgoing {
     parts: Option<http::request::Parts>,
     /// The body for the next attempt; a retry replays it.
     body: Option<UpstreamBody>,
-    /// A copy of the head for retries (pools with retries only).
-    template: Option<(Method, Uri, HeaderMap)>,
-    /// A handle on the body for replays (pools with retries only).
-    replay: Option<UpstreamBody>,
+    /// What a retry sends again (pools with retries only).
+    again: Option<Again>,
     idempotent: bool,
     tried: Tried,
     retries: u32,
@@ -233,19 +239,20 @@ impl Started {
             .insert(X_REQUEST_ID.clone(), self.request_id.clone());
 
         let idempotent = forward::is_idempotent(&parts.method);
-        let (template, body, replay) = match &pool.retry {
+        let (body, again) = match &pool.retry {
             Some(policy) if policy.settings.attempts > 0 => {
                 policy.deposit();
-                let template = (
-                    parts.method.clone(),
-                    parts.uri.clone(),
-                    parts.headers.clone(),
-                );
-                let body = body.replayable();
-                let replay = body.replay();
-                (Some(template), replay, Some(body))
+                let replayable = body.replayable();
+                let first = replayable.replay();
+                let again = Again {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                    body: replayable,
+                };
+                (first, Some(again))
             }
-            _ => (None, Some(body), None),
+            _ => (Some(body), None),
         };
         Ok(Outgoing {
             pool: pool_index,
@@ -253,8 +260,7 @@ impl Started {
             pick,
             parts: Some(parts),
             body,
-            template,
-            replay,
+            again,
             idempotent,
             tried: Tried::default(),
             retries: 0,
@@ -276,12 +282,11 @@ impl Started {
         let parts = match out.parts.take() {
             Some(parts) => parts,
             None => {
-                let (method, uri, headers) =
-                    out.template.clone().expect("a retry has the head's copy");
+                let again = out.again.as_ref().expect("a retry has the head's copy");
                 let mut req = Request::new(());
-                *req.method_mut() = method;
-                *req.uri_mut() = uri;
-                *req.headers_mut() = headers;
+                *req.method_mut() = again.method.clone();
+                *req.uri_mut() = again.uri.clone();
+                *req.headers_mut() = again.headers.clone();
                 req.into_parts().0
             }
         };
@@ -323,7 +328,7 @@ impl Started {
         if !out.idempotent && condition != forward::Condition::ConnectFailure {
             return None;
         }
-        let replay = out.replay.as_ref()?;
+        let replay = &out.again.as_ref()?.body;
         if !replay.can_replay() {
             return None;
         }
