@@ -285,38 +285,69 @@ fn refusal(reject: framing::Reject) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A listener's settings in the form its connections use, built once per config. A reload
+/// that changes a listener's settings but not its address replaces them in place: the socket
+/// stays bound, connections accepted from then on use the new settings.
+pub struct ListenerSettings {
+    pub settings: config::Listener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    timeouts: Timeouts,
+    limits: framing::Limits,
+}
+
+impl ListenerSettings {
+    pub fn new(settings: config::Listener) -> ListenerSettings {
+        ListenerSettings {
+            builder: Arc::new(http_builder(&settings)),
+            timeouts: Timeouts {
+                header_read: settings.header_read_timeout,
+                idle: settings.idle_timeout,
+            },
+            // Heads beyond these are refused by the scanner before hyper's buffer fills;
+            // smaller ones that still break a limit are answered by the request service.
+            limits: framing::Limits {
+                max_head: (settings.max_header_bytes)
+                    .saturating_add(settings.max_uri_bytes)
+                    .saturating_add(512),
+                max_request_line: settings.max_uri_bytes.saturating_add(64),
+            },
+            settings,
+        }
+    }
+}
+
+impl std::fmt::Debug for ListenerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSettings")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One listener's settings, shared by its acceptors on every worker.
+pub type SharedSettings = Arc<arc_swap::ArcSwap<ListenerSettings>>;
+
 /// One listener socket served by one worker.
 pub struct Acceptor {
     pub shared: Arc<Shared>,
-    /// Index into the config's listeners.
-    pub index: usize,
+    /// The listener's id (`state::ListenerState::id`).
+    pub id: usize,
     pub worker: usize,
     pub listener: TcpListener,
-    pub settings: config::Listener,
+    pub settings: SharedSettings,
 }
 
 impl Acceptor {
-    /// Accepts until `shutdown`, spawning each connection on `tracker`.
-    pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
-        let builder = Arc::new(http_builder(&self.settings));
-        let timeouts = Timeouts {
-            header_read: self.settings.header_read_timeout,
-            idle: self.settings.idle_timeout,
-        };
-        // Heads beyond these are refused by the scanner before hyper's buffer fills; smaller
-        // ones that still break a limit are answered by the request service.
-        let limits = framing::Limits {
-            max_head: (self.settings.max_header_bytes)
-                .saturating_add(self.settings.max_uri_bytes)
-                .saturating_add(512),
-            max_request_line: self.settings.max_uri_bytes.saturating_add(64),
-        };
+    /// Accepts until `stop` (shutdown, or a reload removing the listener), spawning each
+    /// connection on `tracker`; `stop` also closes the connections gracefully.
+    pub async fn run(self, stop: CancellationToken, tracker: TaskTracker) {
+        let shutdown = stop;
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        accept_error(&self.settings.name, e).await;
+                        accept_error(&self.settings.load().settings.name, e).await;
                         continue;
                     }
                 },
@@ -333,19 +364,27 @@ impl Acceptor {
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
-            let state = Arc::new(ConnState::new(limits));
+            let settings = self.settings.load_full();
+            let state = Arc::new(ConnState::new(settings.limits));
             let ctx = ConnContext {
                 shared: self.shared.clone(),
-                listener: self.index,
+                listener: self.id,
                 worker: self.worker,
                 peer,
                 peer_value: headers::peer_value(peer.ip()),
                 conn: state.clone(),
             };
-            let builder = builder.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                serve(&builder, stream, state, ctx, timeouts, shutdown).await;
+                serve(
+                    &settings.builder,
+                    stream,
+                    state,
+                    ctx,
+                    settings.timeouts,
+                    shutdown,
+                )
+                .await;
                 drop(permit);
             });
         }

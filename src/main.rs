@@ -91,7 +91,7 @@ fn serve(
     }
     ready(&server);
     let shutdown = CancellationToken::new();
-    server::shutdown_on_signals(shutdown.clone())?;
+    server::handle_signals(shutdown.clone(), server.control())?;
     server.run(shutdown)?;
     tracing::info!("stopped");
     Ok(())

@@ -7,8 +7,10 @@
 //! alternative (`shared`: one multi-thread runtime, one socket per listener, shared upstream
 //! clients) is kept for measurement; `docs/architecture.md` has the figures behind the choice.
 //!
-//! One more thread, `sluice-control`, runs a current-thread runtime for the admin API and the
-//! active health checks, so that neither competes with requests on a worker's runtime.
+//! One more thread, `sluice-control`, runs a current-thread runtime for the admin API, the
+//! active health checks and reloads, so that none competes with requests on a worker's
+//! runtime. Workers take their listeners as commands from it: the ones bound at start, and
+//! later the ones a reload adds.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,10 +20,13 @@ use std::thread;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::sync::mpsc;
+
 use crate::admin;
 use crate::config::{self, Config};
-use crate::health::active::Checkers;
-use crate::listener::{self, Acceptor};
+use crate::listener::{self, Acceptor, SharedSettings};
+use crate::reload::control::{self, Commands, ControlHandle, Trigger};
+use crate::reload::{Reloader, ReloaderParts, RunningListener};
 use crate::state::{Shared, Snapshot};
 
 /// How workers share the machine.
@@ -60,11 +65,23 @@ impl Default for RunOptions {
 }
 
 struct BoundListener {
-    index: usize,
     settings: config::Listener,
     /// One per worker (per-core) or a single shared socket.
     sockets: Vec<std::net::TcpListener>,
     addr: SocketAddr,
+}
+
+/// What the control thread asks a worker's runtime to do.
+#[derive(Debug)]
+pub enum WorkerCommand {
+    /// Serve a listener: accept on `socket` until `stop`, which also closes its connections
+    /// gracefully (shutdown, or a reload removing the listener).
+    Listen {
+        id: usize,
+        socket: std::net::TcpListener,
+        settings: SharedSettings,
+        stop: CancellationToken,
+    },
 }
 
 /// A configured, bound, not yet running sluice.
@@ -74,6 +91,7 @@ pub struct Server {
     runtime: RuntimeKind,
     listeners: Vec<BoundListener>,
     admin: Option<(std::net::TcpListener, config::Admin)>,
+    control: (ControlHandle, Commands),
 }
 
 impl Server {
@@ -86,26 +104,9 @@ impl Server {
         };
         let per_core = options.runtime == RuntimeKind::PerCore;
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for (index, settings) in config.listeners.iter().enumerate() {
-            let first = listener::bind(settings.bind, per_core).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "listener `{}` cannot bind {}: {e}",
-                        settings.name, settings.bind
-                    ),
-                )
-            })?;
-            // Port 0 picks a port once; the other workers' sockets join that port.
-            let addr = first.local_addr()?;
-            let mut sockets = vec![first];
-            if per_core {
-                for _ in 1..workers {
-                    sockets.push(listener::bind(addr, true)?);
-                }
-            }
+        for settings in &config.listeners {
+            let (sockets, addr) = bind_listener(settings, per_core, workers)?;
             listeners.push(BoundListener {
-                index,
                 settings: settings.clone(),
                 sockets,
                 addr,
@@ -131,6 +132,7 @@ impl Server {
             runtime: options.runtime,
             listeners,
             admin,
+            control: control::channel(),
         })
     }
 
@@ -147,31 +149,50 @@ impl Server {
         self.workers
     }
 
+    /// Sends commands (reload, registration) to the running server's control thread.
+    pub fn control(&self) -> ControlHandle {
+        self.control.0.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests
     /// finish within `server.shutdown_timeout`, and returns.
     pub fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let grace = self.shared.snapshot().config.server.shutdown_timeout;
-        let mut threads = Vec::new();
-        let (admin, shared, token) = (self.admin, self.shared.clone(), shutdown.clone());
-        threads.push(spawn_runtime("sluice-control", None, move || {
-            serve_control(shared, admin, token)
-        })?);
-        let mut listeners = self.listeners;
-        let groups: Vec<(usize, Option<usize>)> = match self.runtime {
-            RuntimeKind::PerCore => (0..self.workers).map(|w| (w, None)).collect(),
-            RuntimeKind::Shared => vec![(0, Some(self.workers))],
+        let per_core = self.runtime == RuntimeKind::PerCore;
+        let groups: Vec<(usize, Option<usize>)> = if per_core {
+            (0..self.workers).map(|w| (w, None)).collect()
+        } else {
+            vec![(0, Some(self.workers))]
         };
-        for (worker, threads_in_runtime) in groups {
-            let sockets: Vec<(usize, config::Listener, std::net::TcpListener)> = listeners
-                .iter_mut()
-                .map(|l| (l.index, l.settings.clone(), l.sockets.remove(0)))
-                .collect();
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            groups.iter().map(|_| mpsc::unbounded_channel()).unzip();
+        let mut running = Vec::with_capacity(self.listeners.len());
+        for (id, bound) in self.listeners.into_iter().enumerate() {
+            let listener = RunningListener::new(id, bound.settings, bound.addr, &shutdown);
+            listener.start(bound.sockets, &senders);
+            running.push(listener);
+        }
+        let mut threads = Vec::new();
+        for ((worker, threads_in_runtime), commands) in groups.into_iter().zip(receivers) {
             let (shared, shutdown) = (self.shared.clone(), shutdown.clone());
             let name = format!("sluice-worker-{worker}");
             threads.push(spawn_runtime(&name, threads_in_runtime, move || {
-                serve_worker(shared, worker, sockets, shutdown, grace)
+                serve_worker(shared, worker, commands, shutdown, grace)
             })?);
         }
+        let reloader = Reloader::new(ReloaderParts {
+            shared: self.shared.clone(),
+            clients: if per_core { self.workers } else { 1 },
+            per_core,
+            workers: senders,
+            listeners: running,
+            shutdown: shutdown.clone(),
+        });
+        let (admin, shared, token) = (self.admin, self.shared.clone(), shutdown.clone());
+        let (handle, commands) = self.control;
+        threads.push(spawn_runtime("sluice-control", None, move || {
+            serve_control(shared, admin, reloader, handle, commands, token)
+        })?);
         let mut result = Ok(());
         for t in threads {
             match t.join() {
@@ -182,6 +203,32 @@ impl Server {
         }
         result
     }
+}
+
+/// Binds a listener's sockets: one per worker sharing the port (`per_core`), or one.
+pub fn bind_listener(
+    settings: &config::Listener,
+    per_core: bool,
+    workers: usize,
+) -> io::Result<(Vec<std::net::TcpListener>, SocketAddr)> {
+    let first = listener::bind(settings.bind, per_core).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "listener `{}` cannot bind {}: {e}",
+                settings.name, settings.bind
+            ),
+        )
+    })?;
+    // Port 0 picks a port once; the other workers' sockets join that port.
+    let addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    if per_core {
+        for _ in 1..workers {
+            sockets.push(listener::bind(addr, true)?);
+        }
+    }
+    Ok((sockets, addr))
 }
 
 /// Runs `task` on a new thread with its own runtime: current-thread, or multi-thread with
@@ -214,25 +261,38 @@ where
 async fn serve_worker(
     shared: Arc<Shared>,
     worker: usize,
-    sockets: Vec<(usize, config::Listener, std::net::TcpListener)>,
+    mut commands: mpsc::UnboundedReceiver<WorkerCommand>,
     shutdown: CancellationToken,
     grace: std::time::Duration,
 ) -> io::Result<()> {
     let tracker = TaskTracker::new();
     let mut acceptors = Vec::new();
-    for (index, settings, socket) in sockets {
+    loop {
+        let command = tokio::select! {
+            command = commands.recv() => command,
+            () = shutdown.cancelled() => break,
+        };
+        let Some(WorkerCommand::Listen {
+            id,
+            socket,
+            settings,
+            stop,
+        }) = command
+        else {
+            // The control thread is gone: only shutdown is left to wait for.
+            shutdown.cancelled().await;
+            break;
+        };
         let acceptor = Acceptor {
             shared: shared.clone(),
-            index,
+            id,
             worker,
             listener: tokio::net::TcpListener::from_std(socket)?,
             settings,
         };
-        acceptors.push(tokio::spawn(
-            acceptor.run(shutdown.clone(), tracker.clone()),
-        ));
+        acceptors.retain(|a: &tokio::task::JoinHandle<()>| !a.is_finished());
+        acceptors.push(tokio::spawn(acceptor.run(stop, tracker.clone())));
     }
-    shutdown.cancelled().await;
     for acceptor in acceptors {
         // Joining closes every listening socket before the grace period starts.
         let _ = acceptor.await;
@@ -248,12 +308,15 @@ async fn serve_worker(
     Ok(())
 }
 
-/// The control runtime, on a thread of its own so that neither probes nor admin requests ever
-/// delay a worker: the admin API (when configured) and the active health checks of the current
-/// snapshot's pools, until `shutdown`.
+/// The control runtime, on a thread of its own so that neither probes, reloads nor admin
+/// requests ever delay a worker: the admin API (when configured), the active health checks and
+/// the reloads (signals, admin API, file watching), until `shutdown`.
 async fn serve_control(
     shared: Arc<Shared>,
     admin: Option<(std::net::TcpListener, config::Admin)>,
+    reloader: Reloader,
+    handle: ControlHandle,
+    commands: Commands,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let admin = admin.map(|(socket, settings)| {
@@ -261,15 +324,11 @@ async fn serve_control(
             socket,
             settings,
             shared.clone(),
+            handle,
             shutdown.clone(),
         ))
     });
-    let checkers = Checkers::start(&shared.snapshot(), &shutdown);
-    if !checkers.is_empty() {
-        tracing::debug!(backends = checkers.len(), "active health checks started");
-    }
-    shutdown.cancelled().await;
-    checkers.stop().await;
+    control::run(reloader, commands, shutdown).await;
     match admin {
         Some(task) => task
             .await
@@ -278,8 +337,9 @@ async fn serve_control(
     }
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT. Runs on its own thread for the life of the process.
-pub fn shutdown_on_signals(shutdown: CancellationToken) -> io::Result<()> {
+/// Cancels `shutdown` on SIGTERM or SIGINT, and asks for a reload on SIGHUP. Runs on its own
+/// thread for the life of the process.
+pub fn handle_signals(shutdown: CancellationToken, control: ControlHandle) -> io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -292,17 +352,22 @@ pub fn shutdown_on_signals(shutdown: CancellationToken) -> io::Result<()> {
             signal(SignalKind::hangup())?,
         ))
     })?;
-    thread::Builder::new().name("sluice-signals".into()).spawn(move || {
-        runtime.block_on(async move {
+    thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            runtime.block_on(async move {
             loop {
                 tokio::select! {
                     _ = term.recv() => break tracing::info!(signal = "SIGTERM", "shutting down"),
                     _ = int.recv() => break tracing::info!(signal = "SIGINT", "shutting down"),
-                    _ = hup.recv() => tracing::warn!(signal = "SIGHUP", "configuration reload is not implemented in this version yet"),
+                    _ = hup.recv() => {
+                        tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                        control.reload_in_background(Trigger::Signal);
+                    }
                 }
             }
             shutdown.cancel();
         })
-    })?;
+        })?;
     Ok(())
 }

@@ -2,18 +2,22 @@
 //! `ArcSwap`. A request loads it once and keeps it to the end, so a reload never changes the
 //! rules under a request in flight.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::config::{self, Cidr, Config};
 use crate::proxy::route::Router;
-use crate::upstream::Pool;
+use crate::upstream::{Backend, Pool};
 
 /// What the request path needs to know about a listener.
 #[derive(Debug)]
 pub struct ListenerState {
+    /// Stable for the listener's life across reloads (its position in the config is not): a
+    /// connection names its listener by id.
+    pub id: usize,
     pub name: Arc<str>,
     pub router: Router,
     pub trusted_proxies: Vec<Cidr>,
@@ -24,7 +28,10 @@ pub struct ListenerState {
 
 #[derive(Debug)]
 pub struct Snapshot {
+    /// 1 for the config the process started with, one more for each successful reload.
     pub generation: u64,
+    /// When this snapshot was built.
+    pub loaded_at: std::time::SystemTime,
     pub config: Arc<Config>,
     /// Indexed like `config.listeners`.
     pub listeners: Vec<ListenerState>,
@@ -34,33 +41,68 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds a snapshot off the request path. `workers` sizes the per-worker upstream clients.
+    /// The first snapshot: listener ids are config positions.
     pub fn build(config: Arc<Config>, workers: usize, generation: u64) -> Snapshot {
+        let ids: Vec<usize> = (0..config.listeners.len()).collect();
+        Snapshot::next(config, workers, generation, None, &ids)
+    }
+
+    /// Builds a snapshot off the request path. `workers` sizes the per-worker upstream clients;
+    /// `listener_ids[i]` is the id of `config.listeners[i]`; every pool of `previous` with the
+    /// same name hands its state over (`Pool::build`).
+    pub fn next(
+        config: Arc<Config>,
+        workers: usize,
+        generation: u64,
+        previous: Option<&Snapshot>,
+        listener_ids: &[usize],
+    ) -> Snapshot {
         let listeners = config
             .listeners
             .iter()
+            .zip(listener_ids)
             .enumerate()
-            .map(|(i, l): (usize, &config::Listener)| ListenerState {
-                name: Arc::from(l.name.as_str()),
-                router: Router::for_listener(&config.routes, i),
-                trusted_proxies: l.trusted_proxies.clone(),
-                max_header_bytes: l.max_header_bytes,
-                max_uri_bytes: l.max_uri_bytes,
-                max_body_bytes: l.max_body_bytes,
-            })
+            .map(
+                |(i, (l, &id)): (usize, (&config::Listener, _))| ListenerState {
+                    id,
+                    name: Arc::from(l.name.as_str()),
+                    router: Router::for_listener(&config.routes, i),
+                    trusted_proxies: l.trusted_proxies.clone(),
+                    max_header_bytes: l.max_header_bytes,
+                    max_uri_bytes: l.max_uri_bytes,
+                    max_body_bytes: l.max_body_bytes,
+                },
+            )
             .collect();
         let pools = config
             .pools
             .iter()
-            .map(|p| Arc::new(Pool::new(p, workers)))
+            .map(|p| {
+                let old = previous.and_then(|s| s.pool(&p.name));
+                Arc::new(Pool::build(p, workers, old.map(|o| &**o)))
+            })
             .collect();
         Snapshot {
             generation,
+            loaded_at: std::time::SystemTime::now(),
             access_log: config.log.access_log,
             listeners,
             pools,
             config,
         }
+    }
+
+    /// The position in `listeners` of the listener with `id`.
+    pub fn listener_index(&self, id: usize) -> Option<usize> {
+        // Ids start as positions, and stay so until a reload removes or reorders listeners.
+        if self.listeners.get(id).is_some_and(|l| l.id == id) {
+            return Some(id);
+        }
+        self.listeners.iter().position(|l| l.id == id)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
     }
 }
 
@@ -70,6 +112,17 @@ pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     /// `server.max_connections`: one permit per open downstream connection.
     pub connections: Arc<Semaphore>,
+    /// Reload outcomes, for the metrics.
+    pub reloads: ReloadCounts,
+    /// Backends a reload or a deregistration removed that still had requests in flight, with
+    /// their pool's name: the admin API lists them as draining until they finish.
+    pub draining: Mutex<Vec<(Arc<str>, Arc<Backend>)>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
 }
 
 impl Shared {
@@ -78,7 +131,21 @@ impl Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             connections: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            reloads: ReloadCounts::default(),
+            draining: Mutex::default(),
         }
+    }
+
+    /// Swaps in `snapshot`: requests that already loaded the old one finish on it.
+    pub fn store(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
+    }
+
+    /// Backends still draining (in flight > 0), with their pools; finished ones are dropped.
+    pub fn draining(&self) -> Vec<(Arc<str>, Arc<Backend>)> {
+        let mut draining = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+        draining.retain(|(_, b)| b.active_requests() > 0);
+        draining.clone()
     }
 
     /// The current snapshot; hold it for the whole request.

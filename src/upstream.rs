@@ -6,7 +6,7 @@
 //! request never hands a connection between threads.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,9 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `ip:port`, pre-parsed so building an upstream URI copies nothing.
     pub authority: Authority,
-    pub weight: u32,
+    /// Configured weight; a reload that changes only the weight updates it in place, so the
+    /// backend keeps the rest of its state.
+    weight: AtomicU32,
     /// When the backend joined; slow start ramps its share from here.
     started: std::time::Instant,
     /// Peak-EWMA of response latency, fed by `observe`; read by the `peak_ewma` balancer.
@@ -55,7 +57,7 @@ impl Backend {
             address: Arc::from(cfg.address.as_str()),
             addr: cfg.resolved,
             authority,
-            weight: cfg.weight,
+            weight: AtomicU32::new(cfg.weight),
             started: std::time::Instant::now(),
             latency: Ewma::new(),
             health: Health::new(checked),
@@ -63,6 +65,10 @@ impl Backend {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
         }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     /// Requests currently in flight to this backend (head sent, response body not finished).
@@ -144,7 +150,7 @@ pub struct Pool {
     /// Active checks (`None`: off).
     pub health_check: Option<config::HealthCheck>,
     /// Passive outlier detection (`None`: off).
-    pub outliers: Option<Outliers>,
+    pub outliers: Option<Arc<Outliers>>,
     pub all_unhealthy: config::AllUnhealthy,
     pub limits: config::Limits,
     /// Requests waiting for a slot (circuit breaking).
@@ -154,15 +160,47 @@ pub struct Pool {
     /// Retries on another backend (`None`: off).
     pub retry: Option<RetryPolicy>,
     /// One client per worker, indexed by the worker's number.
+    /// Cheap to clone: a clone shares the client's connection pool.
     clients: Box<[UpstreamClient]>,
 }
 
 impl Pool {
     pub fn new(cfg: &config::Pool, workers: usize) -> Pool {
-        let clients = (0..workers.max(1))
-            .map(|_| build_client(&cfg.timeouts))
+        Pool::build(cfg, workers, None)
+    }
+
+    /// Builds the pool of `cfg`, carrying over from `previous` (the pool of the same name in
+    /// the snapshot being replaced) everything a reload must not lose: each backend present in
+    /// both (same address, resolving to the same socket address) keeps its `Backend`, with its
+    /// health, ejection, counters, latency and slow-start clock; the pool keeps its waiters,
+    /// retry budget, ejection count and, when its timeouts are unchanged, its upstream clients
+    /// with their idle connections. (Retiring the backends not kept is the reload's job.)
+    pub fn build(cfg: &config::Pool, workers: usize, previous: Option<&Pool>) -> Pool {
+        let clients = match previous {
+            Some(old) if old.timeouts == cfg.timeouts && old.clients.len() == workers.max(1) => {
+                old.clients.clone()
+            }
+            _ => (0..workers.max(1))
+                .map(|_| build_client(&cfg.timeouts))
+                .collect(),
+        };
+        let waiters = previous.map_or_else(Arc::default, |old| old.waiters.clone());
+        let checked = cfg.health_check.is_some();
+        let backends: Vec<Arc<Backend>> = cfg
+            .backends
+            .iter()
+            .map(|b| match previous.and_then(|old| old.kept(b)) {
+                Some(kept) => {
+                    kept.weight.store(b.weight, Ordering::Relaxed);
+                    if !checked {
+                        // Without checks nothing would ever clear a probe's verdict.
+                        kept.health.set_checks_pass(true);
+                    }
+                    kept.clone()
+                }
+                None => Arc::new(Backend::new(b, checked, waiters.clone())),
+            })
             .collect();
-        let waiters = Arc::new(Waiters::default());
         let specs: Vec<BackendSpec> = cfg
             .backends
             .iter()
@@ -171,27 +209,38 @@ impl Pool {
                 weight: b.weight,
             })
             .collect();
+        let previous_outliers = previous.and_then(|old| old.outliers.as_ref());
         Pool {
             name: Arc::from(cfg.name.as_str()),
-            backends: cfg
-                .backends
-                .iter()
-                .map(|b| Arc::new(Backend::new(b, cfg.health_check.is_some(), waiters.clone())))
-                .collect(),
+            backends,
             balancer: Balancer::new(cfg.algorithm, &specs),
             hash_key: cfg.hash_key.clone(),
             slow_start: cfg.slow_start,
             ramped: AtomicBool::new(cfg.slow_start.is_zero()),
             timeouts: cfg.timeouts.clone(),
             health_check: cfg.health_check.clone(),
-            outliers: cfg.outlier_detection.clone().map(Outliers::new),
+            outliers: cfg
+                .outlier_detection
+                .clone()
+                .map(|settings| Arc::new(Outliers::new(settings, previous_outliers.map(|o| &**o)))),
             all_unhealthy: cfg.all_unhealthy,
             limits: cfg.limits.clone(),
             waiters,
-            failing_open: AtomicBool::new(false),
-            retry: cfg.retry.clone().map(RetryPolicy::new),
+            failing_open: AtomicBool::new(
+                previous.is_some_and(|old| old.failing_open.load(Ordering::Relaxed)),
+            ),
+            retry: cfg.retry.clone().map(|settings| {
+                RetryPolicy::new(settings, previous.and_then(|old| old.retry.as_ref()))
+            }),
             clients,
         }
+    }
+
+    /// The backend of this pool that `cfg` describes, if there is one to keep.
+    fn kept(&self, cfg: &config::Backend) -> Option<&Arc<Backend>> {
+        self.backends
+            .iter()
+            .find(|b| *b.address == *cfg.address && b.addr == cfg.resolved)
     }
 
     /// The client of `worker`; a worker number beyond the pool's (never expected) falls back to
@@ -226,7 +275,7 @@ impl Backends for Pool {
     }
 
     fn weight(&self, i: usize) -> u32 {
-        self.backends[i].weight
+        self.backends[i].weight()
     }
 
     fn ramp(&self, i: usize) -> f64 {
@@ -276,11 +325,17 @@ const UNAVAILABLE_LOAD: u64 = 1 << 40;
 #[derive(Debug)]
 pub struct RetryPolicy {
     pub settings: config::Retry,
+    /// Kept across reloads.
+    state: Arc<RetryState>,
+}
+
+#[derive(Debug)]
+struct RetryState {
     /// Retry tokens in thousandths: each request deposits `budget_percent × 10`, each retry
     /// takes 1000, and the balance never exceeds the reserve.
-    balance: std::sync::atomic::AtomicI64,
+    balance: AtomicI64,
     /// Retries made, for metrics.
-    pub retries_total: AtomicU64,
+    retries_total: AtomicU64,
 }
 
 impl RetryPolicy {
@@ -289,23 +344,36 @@ impl RetryPolicy {
     pub const RESERVE: i64 = 10;
     const UNIT: i64 = 1000;
 
-    pub fn new(settings: config::Retry) -> RetryPolicy {
-        RetryPolicy {
-            settings,
-            balance: std::sync::atomic::AtomicI64::new(Self::RESERVE * Self::UNIT),
-            retries_total: AtomicU64::new(0),
-        }
+    /// A policy with `settings`, continuing the budget and counter of `previous` (the same
+    /// pool's policy before a reload) when there is one.
+    pub fn new(settings: config::Retry, previous: Option<&RetryPolicy>) -> RetryPolicy {
+        let state = previous.map_or_else(
+            || {
+                Arc::new(RetryState {
+                    balance: AtomicI64::new(Self::RESERVE * Self::UNIT),
+                    retries_total: AtomicU64::new(0),
+                })
+            },
+            |old| old.state.clone(),
+        );
+        RetryPolicy { settings, state }
+    }
+
+    /// Retries made (and not refunded) since the pool first had a retry policy.
+    pub fn retries_total(&self) -> u64 {
+        self.state.retries_total.load(Ordering::Relaxed)
     }
 
     /// Credits one request to the budget.
     pub fn deposit(&self) {
         let cap = Self::RESERVE * Self::UNIT;
         // A full budget (the usual case: retries are rare) costs one load, no write.
-        if self.balance.load(Ordering::Relaxed) >= cap {
+        if self.state.balance.load(Ordering::Relaxed) >= cap {
             return;
         }
         let credit = i64::from(self.settings.budget_percent) * (Self::UNIT / 100);
         let _ = self
+            .state
             .balance
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 Some((b + credit).min(cap))
@@ -315,21 +383,22 @@ impl RetryPolicy {
     /// Takes one retry from the budget, if it has one.
     pub fn withdraw(&self) -> bool {
         let taken = self
+            .state
             .balance
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 (b >= Self::UNIT).then_some(b - Self::UNIT)
             })
             .is_ok();
         if taken {
-            self.retries_total.fetch_add(1, Ordering::Relaxed);
+            self.state.retries_total.fetch_add(1, Ordering::Relaxed);
         }
         taken
     }
 
     /// Gives back a retry that was not made after all.
     pub fn refund(&self) {
-        self.balance.fetch_add(Self::UNIT, Ordering::Relaxed);
-        self.retries_total.fetch_sub(1, Ordering::Relaxed);
+        self.state.balance.fetch_add(Self::UNIT, Ordering::Relaxed);
+        self.state.retries_total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,7 +1,10 @@
-//! The admin API on `admin.bind`. In this version: `GET /healthz`, `GET /api/pools`
-//! (`pools.rs`), and the bearer-token check that guards every endpoint but `/healthz`.
+//! The admin API on `admin.bind`: `GET /healthz`, `GET /api/pools` (`pools.rs`),
+//! `GET /api/config`, `POST /api/reload`, `GET /metrics` (the reload metrics for now), and the
+//! bearer-token check that guards every endpoint but `/healthz`. Endpoints that change
+//! anything take POST (or DELETE) only; other methods get 405 with an `Allow` header.
 
 mod pools;
+mod reload;
 mod timestamp;
 
 use std::convert::Infallible;
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config;
+use crate::reload::control::{ControlHandle, Trigger};
 use crate::state::Shared;
 
 /// Admin connections open at once; beyond it new ones are closed at once, so a flood of idle
@@ -30,6 +34,7 @@ pub async fn serve(
     socket: std::net::TcpListener,
     settings: config::Admin,
     shared: Arc<Shared>,
+    control: ControlHandle,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(socket)?;
@@ -53,11 +58,13 @@ pub async fn serve(
             continue;
         };
         let (settings, shared, shutdown) = (settings.clone(), shared.clone(), shutdown.clone());
+        let control = control.clone();
         tracker.spawn(async move {
             let timeout = settings.header_read_timeout;
             let service = service_fn(move |req| {
-                let response = handle(&settings, &shared, req);
-                async move { Ok::<_, Infallible>(response) }
+                let (settings, shared, control) =
+                    (settings.clone(), shared.clone(), control.clone());
+                async move { Ok::<_, Infallible>(handle(&settings, &shared, &control, req).await) }
             });
             // HTTP/1 only: hyper's header-read timer then runs from the connection's start, so
             // a client that connects and says nothing is closed too.
@@ -81,9 +88,10 @@ pub async fn serve(
     Ok(())
 }
 
-fn handle(
+async fn handle(
     settings: &config::Admin,
     shared: &Shared,
+    control: &ControlHandle,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path();
@@ -99,19 +107,69 @@ fn handle(
             return response;
         }
     }
+    let method = req.method();
     match path {
-        "/api/pools" if req.method() == Method::GET => {
-            json(StatusCode::OK, pools::json(&shared.snapshot()))
+        "/api/pools" if method == Method::GET => json(
+            StatusCode::OK,
+            pools::json(&shared.snapshot(), &shared.draining()),
+        ),
+        "/api/config" if method == Method::GET => json(StatusCode::OK, config_json(shared)),
+        "/api/reload" if method == Method::POST => {
+            let result = control.reload(Trigger::Api).await;
+            reload::answer(result, shared.snapshot().generation)
         }
-        "/api/pools" => {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            response
-        }
+        "/metrics" if method == Method::GET => metrics(shared),
+        "/api/pools" | "/api/config" | "/metrics" | "/healthz" => not_allowed("GET"),
+        "/api/reload" => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }
+}
+
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// `GET /api/config`: the running config (secrets redacted), its generation and load time.
+fn config_json(shared: &Shared) -> Vec<u8> {
+    let snapshot = shared.snapshot();
+    let body = serde_json::json!({
+        "generation": snapshot.generation,
+        "loaded_at": timestamp::rfc3339(snapshot.loaded_at),
+        "source": snapshot.config.source.display().to_string(),
+        "config": snapshot.config.to_json(),
+    });
+    serde_json::to_vec_pretty(&body).unwrap_or_default()
+}
+
+/// `GET /metrics`, Prometheus text format. Issue 6 fills in the rest of the SPEC's table.
+fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let reloads = &shared.reloads;
+    let _ = write!(
+        out,
+        "# HELP sluice_config_reloads_total Configuration reloads by result.\n\
+         # TYPE sluice_config_reloads_total counter\n\
+         sluice_config_reloads_total{{result=\"ok\"}} {}\n\
+         sluice_config_reloads_total{{result=\"error\"}} {}\n\
+         # HELP sluice_config_generation The running configuration's generation.\n\
+         # TYPE sluice_config_generation gauge\n\
+         sluice_config_generation {}\n",
+        reloads.ok.load(Relaxed),
+        reloads.error.load(Relaxed),
+        shared.snapshot().generation,
+    );
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// Compares the bearer token in constant time, so response timing reveals nothing about it.

@@ -2,6 +2,7 @@
 //! traffic counters and health details, as JSON.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -12,6 +13,8 @@ use crate::upstream::Backend;
 
 #[derive(Debug, Serialize)]
 pub struct Pools<'a> {
+    /// The config generation these pools belong to.
+    pub generation: u64,
     pub pools: Vec<PoolView<'a>>,
 }
 
@@ -47,7 +50,9 @@ pub struct CheckView {
 }
 
 impl<'a> Pools<'a> {
-    pub fn of(snapshot: &'a Snapshot) -> Pools<'a> {
+    /// The snapshot's pools; `draining` (removed backends with requests still in flight) are
+    /// listed after their pool's current backends.
+    pub fn of(snapshot: &'a Snapshot, draining: &'a [(Arc<str>, Arc<Backend>)]) -> Pools<'a> {
         let pools = snapshot
             .pools
             .iter()
@@ -55,10 +60,23 @@ impl<'a> Pools<'a> {
             .map(|(pool, cfg)| PoolView {
                 name: &pool.name,
                 algorithm: cfg.algorithm.as_str(),
-                backends: pool.backends.iter().map(|b| BackendView::of(b)).collect(),
+                backends: pool
+                    .backends
+                    .iter()
+                    .chain(
+                        draining
+                            .iter()
+                            .filter(|(name, _)| *name == pool.name)
+                            .map(|(_, b)| b),
+                    )
+                    .map(|b| BackendView::of(b))
+                    .collect(),
             })
             .collect();
-        Pools { pools }
+        Pools {
+            generation: snapshot.generation,
+            pools,
+        }
     }
 }
 
@@ -67,7 +85,7 @@ impl<'a> BackendView<'a> {
         let health = &backend.health;
         BackendView {
             address: &backend.address,
-            weight: backend.weight,
+            weight: backend.weight(),
             state: health.state().as_str(),
             active_requests: backend.active_requests(),
             requests_total: backend.requests_total(),
@@ -89,9 +107,9 @@ impl From<CheckRecord> for CheckView {
 }
 
 /// The JSON body of `GET /api/pools`.
-pub fn json(snapshot: &Snapshot) -> Vec<u8> {
+pub fn json(snapshot: &Snapshot, draining: &[(Arc<str>, Arc<Backend>)]) -> Vec<u8> {
     // Serializing plain structs of strings and integers cannot fail.
-    serde_json::to_vec(&Pools::of(snapshot)).unwrap_or_default()
+    serde_json::to_vec(&Pools::of(snapshot, draining)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -133,8 +151,8 @@ backends = [{ address = "127.0.0.1:3" }]
             detail: "connection refused".into(),
             at: UNIX_EPOCH + Duration::from_millis(1_795_255_200_123),
         });
-        let got: serde_json::Value = serde_json::from_slice(&json(&snapshot)).unwrap();
-        let want = serde_json::json!({"pools": [
+        let got: serde_json::Value = serde_json::from_slice(&json(&snapshot, &[])).unwrap();
+        let want = serde_json::json!({"generation": 1, "pools": [
             {"name": "app", "algorithm": "least_requests", "backends": [
                 {"address": "127.0.0.1:1", "weight": 3, "state": "healthy",
                  "active_requests": 1, "requests_total": 1, "last_check": null,
@@ -158,16 +176,19 @@ backends = [{ address = "127.0.0.1:3" }]
     fn ejections_and_failures_are_reported() {
         let snapshot = snapshot();
         let health = &snapshot.pools[0].backends[0].health;
-        let outliers = crate::health::outlier::Outliers::new(config::OutlierDetection {
-            consecutive_failures: 2,
-            max_ejected_percent: 100,
-            ..Default::default()
-        });
+        let outliers = crate::health::outlier::Outliers::new(
+            config::OutlierDetection {
+                consecutive_failures: 2,
+                max_ejected_percent: 100,
+                ..Default::default()
+            },
+            None,
+        );
         outliers.record(health, 2, false);
-        let got: serde_json::Value = serde_json::from_slice(&json(&snapshot)).unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&json(&snapshot, &[])).unwrap();
         assert_eq!(got["pools"][0]["backends"][0]["consecutive_failures"], 1);
         outliers.record(health, 2, false);
-        let got: serde_json::Value = serde_json::from_slice(&json(&snapshot)).unwrap();
+        let got: serde_json::Value = serde_json::from_slice(&json(&snapshot, &[])).unwrap();
         let backend = &got["pools"][0]["backends"][0];
         assert_eq!(backend["state"], "ejected");
         assert_eq!(backend["ejections_total"], 1);

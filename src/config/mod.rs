@@ -8,6 +8,7 @@
 mod cidr;
 mod error;
 mod file;
+mod json;
 mod validate;
 
 use std::net::SocketAddr;
@@ -161,7 +162,7 @@ pub enum Protocol {
     Http1,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
     /// Whole exchange with the backend up to the response head.

@@ -10,6 +10,7 @@
 //! `Checkers` owns the tasks of one snapshot's pools: a reload starts checkers for the new
 //! snapshot and drops (or stops) the old ones.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use super::CheckRecord;
 use crate::balance::rng;
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, OutlierDetection};
+use crate::health::outlier::Outliers;
 use crate::state::Snapshot;
 use crate::upstream::{Backend, Pool};
 
@@ -35,11 +37,32 @@ const USER_AGENT: &str = "sluice-health-check";
 /// is closed: enough for any health page, and reading it spares the backend a reset.
 const MAX_BODY_DRAINED: usize = 64 * 1024;
 
-/// The running checkers of one snapshot's pools. Dropping it (or `stop`) ends every probe loop.
+/// The running probe loops, one per checked backend, kept in step with the current snapshot:
+/// `reconcile` starts loops for new backends, stops those of removed ones, and restarts those
+/// whose settings changed; a backend whose checks did not change keeps its loop (and its
+/// place in the probe cadence). Dropping `Checkers` (or `stop`) ends every loop.
 #[derive(Debug)]
 pub struct Checkers {
     cancel: CancellationToken,
     tasks: TaskTracker,
+    running: HashMap<(Arc<str>, Arc<str>), Running>,
+}
+
+/// One probe loop, and what it was started with.
+#[derive(Debug)]
+struct Running {
+    backend: Arc<Backend>,
+    settings: HealthCheck,
+    outliers: Option<OutlierDetection>,
+    cancel: CancellationToken,
+}
+
+/// What a `reconcile` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    pub started: usize,
+    pub stopped: usize,
+    pub kept: usize,
 }
 
 impl Checkers {
@@ -51,37 +74,79 @@ impl Checkers {
 
     /// `start` for a set of pools.
     pub fn start_pools(pools: &[Arc<Pool>], shutdown: &CancellationToken) -> Checkers {
-        let cancel = shutdown.child_token();
-        let tasks = TaskTracker::new();
+        let mut checkers = Checkers {
+            cancel: shutdown.child_token(),
+            tasks: TaskTracker::new(),
+            running: HashMap::new(),
+        };
+        checkers.reconcile(pools);
+        checkers
+    }
+
+    /// Brings the loops in line with `pools` (a new snapshot's).
+    pub fn reconcile(&mut self, pools: &[Arc<Pool>]) -> Reconciled {
+        let mut done = Reconciled::default();
+        let mut next = HashMap::new();
         for pool in pools {
             let Some(settings) = &pool.health_check else {
                 continue;
             };
-            for index in 0..pool.backends.len() {
+            let outliers = pool.outliers.as_ref().map(|o| o.settings.clone());
+            for backend in &pool.backends {
+                let key = (pool.name.clone(), backend.address.clone());
+                if let Some(running) = self.running.remove(&key) {
+                    if Arc::ptr_eq(&running.backend, backend)
+                        && running.settings == *settings
+                        && running.outliers.as_ref() == outliers.as_ref()
+                    {
+                        next.insert(key, running);
+                        done.kept += 1;
+                        continue;
+                    }
+                    running.cancel.cancel();
+                    done.stopped += 1;
+                }
+                let cancel = self.cancel.child_token();
                 let checker = Checker {
-                    pool: pool.clone(),
-                    index,
+                    pool: pool.name.clone(),
+                    backend: backend.clone(),
                     settings: settings.clone(),
+                    outliers: pool.outliers.clone(),
                 };
-                tasks.spawn(checker.run(cancel.clone()));
+                self.tasks.spawn(checker.run(cancel.clone()));
+                next.insert(
+                    key,
+                    Running {
+                        backend: backend.clone(),
+                        settings: settings.clone(),
+                        outliers: outliers.clone(),
+                        cancel,
+                    },
+                );
+                done.started += 1;
             }
         }
-        tasks.close();
-        Checkers { cancel, tasks }
+        for (_, gone) in self.running.drain() {
+            gone.cancel.cancel();
+            done.stopped += 1;
+        }
+        self.running = next;
+        done
     }
 
     /// Backends being checked.
     pub fn len(&self) -> usize {
-        self.tasks.len()
+        self.running.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
+        self.running.is_empty()
     }
 
     /// Ends every probe loop and waits until they have (a probe in progress is abandoned).
     pub async fn stop(self) {
         self.cancel.cancel();
+        self.tasks.close();
         self.tasks.wait().await;
     }
 }
@@ -94,14 +159,17 @@ impl Drop for Checkers {
 
 /// The probe loop of one backend.
 struct Checker {
-    pool: Arc<Pool>,
-    index: usize,
+    /// The pool's name, for logs.
+    pool: Arc<str>,
+    backend: Arc<Backend>,
     settings: HealthCheck,
+    /// The pool's outlier detection, which a passing probe may end an ejection for.
+    outliers: Option<Arc<Outliers>>,
 }
 
 impl Checker {
     fn backend(&self) -> &Backend {
-        &self.pool.backends[self.index]
+        &self.backend
     }
 
     async fn run(self, cancel: CancellationToken) {
@@ -130,7 +198,7 @@ impl Checker {
     /// Records one probe's outcome on the backend and applies what it changes.
     fn apply(&self, threshold: &mut Threshold, outcome: Outcome) {
         let backend = self.backend();
-        let pool = &*self.pool.name;
+        let pool = &*self.pool;
         let address = &*backend.address;
         tracing::trace!(
             pool,
@@ -163,7 +231,6 @@ impl Checker {
         }
         if outcome.passed
             && self
-                .pool
                 .outliers
                 .as_ref()
                 .is_some_and(|o| o.probe_passed(&backend.health))

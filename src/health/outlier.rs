@@ -11,6 +11,7 @@
 //! so nothing here reads a clock per request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Health;
@@ -23,7 +24,9 @@ const MAX_FACTOR: u32 = 10;
 #[derive(Debug)]
 pub struct Outliers {
     pub settings: OutlierDetection,
-    ejected: AtomicUsize,
+    /// Backends of the pool ejected now; shared with the pool's later versions (a reload keeps
+    /// its ejected backends ejected, and their timers release them here).
+    ejected: Arc<AtomicUsize>,
 }
 
 /// What `record` decided.
@@ -37,10 +40,12 @@ pub enum Verdict {
 }
 
 impl Outliers {
-    pub fn new(settings: OutlierDetection) -> Outliers {
+    /// Outlier detection with `settings`, continuing the ejection count of `previous` (the
+    /// same pool's before a reload) when there is one.
+    pub fn new(settings: OutlierDetection, previous: Option<&Outliers>) -> Outliers {
         Outliers {
             settings,
-            ejected: AtomicUsize::new(0),
+            ejected: previous.map_or_else(Arc::default, |old| old.ejected.clone()),
         }
     }
 
@@ -156,11 +161,14 @@ mod tests {
     }
 
     fn outliers(consecutive: u32, percent: u32) -> Outliers {
-        Outliers::new(OutlierDetection {
-            consecutive_failures: consecutive,
-            base_ejection: Duration::from_secs(30),
-            max_ejected_percent: percent,
-        })
+        Outliers::new(
+            OutlierDetection {
+                consecutive_failures: consecutive,
+                base_ejection: Duration::from_secs(30),
+                max_ejected_percent: percent,
+            },
+            None,
+        )
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum ProxyError {
     Upstream(#[source] hyper_util::client::legacy::Error),
     #[error("the backend did not answer in time")]
     Timeout,
+    #[error("the listener was removed by a reload and is draining")]
+    ListenerGone,
 }
 
 impl ProxyError {
@@ -43,7 +45,9 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoBackend | ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend | ProxyError::Overloaded | ProxyError::ListenerGone => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -55,7 +59,10 @@ impl ProxyError {
             | ProxyError::UriTooLong
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTooLarge => Origin::Client,
-            ProxyError::NoRoute | ProxyError::NoBackend | ProxyError::Overloaded => Origin::Sluice,
+            ProxyError::NoRoute
+            | ProxyError::NoBackend
+            | ProxyError::Overloaded
+            | ProxyError::ListenerGone => Origin::Sluice,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
                 Origin::Backend
             }
@@ -65,7 +72,7 @@ impl ProxyError {
     /// The connection must close after the answer: the request's framing cannot be trusted, so
     /// whatever follows it on the connection cannot be either.
     pub fn closes_connection(&self) -> bool {
-        self.origin() == Origin::Client
+        self.origin() == Origin::Client || matches!(self, ProxyError::ListenerGone)
     }
 
     /// The short plain-text body of the local answer: the status line's reason and the cause.
@@ -82,6 +89,7 @@ impl ProxyError {
             ProxyError::Connect(_) => "bad gateway: could not connect to the backend\n",
             ProxyError::Upstream(_) => "bad gateway: the backend failed\n",
             ProxyError::Timeout => "gateway timeout: the backend did not answer in time\n",
+            ProxyError::ListenerGone => "this listener was removed; connect again\n",
         }
     }
 }

@@ -39,6 +39,7 @@ use crate::upstream::InFlight;
 #[derive(Debug)]
 pub struct ConnContext {
     pub shared: Arc<Shared>,
+    /// The listener's id (`state::ListenerState::id`), stable across reloads.
     pub listener: usize,
     pub worker: usize,
     pub peer: SocketAddr,
@@ -128,6 +129,8 @@ impl Started {
         let version = req.version();
         let active = ctx.conn.request_started(version == Version::HTTP_2);
         let snapshot = ctx.shared.snapshot();
+        // `usize::MAX` when a reload removed the listener while this connection drains.
+        let listener = snapshot.listener_index(ctx.listener).unwrap_or(usize::MAX);
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(id) if !id.is_empty() && id.len() <= 200 => id.clone(),
             _ => headers::new_request_id(),
@@ -135,7 +138,10 @@ impl Started {
         let log = snapshot.access_log.then(|| {
             Box::new(AccessRecord {
                 start: Instant::now(),
-                listener: snapshot.listeners[ctx.listener].name.clone(),
+                listener: snapshot
+                    .listeners
+                    .get(listener)
+                    .map_or_else(|| Arc::from(""), |l| l.name.clone()),
                 client: ctx.peer,
                 method: req.method().clone(),
                 host: headers::request_host(req).and_then(|h| HeaderValue::from_str(h).ok()),
@@ -150,7 +156,7 @@ impl Started {
             })
         });
         Started {
-            listener: ctx.listener,
+            listener,
             version,
             request_id,
             exchange: Exchange::new(active, log),
@@ -169,7 +175,10 @@ impl Started {
             ctx.conn.framing_verdict()?;
         }
         let snapshot = &self.snapshot;
-        let listener = &snapshot.listeners[self.listener];
+        let listener = snapshot
+            .listeners
+            .get(self.listener)
+            .ok_or(ProxyError::ListenerGone)?;
         let exchange = &mut self.exchange;
         let facts = headers::Facts::of(req.headers());
         check_limits(listener, &req, facts.head_bytes)?;
@@ -379,8 +388,9 @@ impl Started {
 
     fn fail(self, e: &ProxyError) -> Response<ResponseBody> {
         if e.origin() == error::Origin::Backend {
-            let listener = &self.snapshot.listeners[self.listener];
-            tracing::warn!(listener = &*listener.name, error = %e, "upstream request failed");
+            let listener = self.snapshot.listeners.get(self.listener);
+            let listener = listener.map_or("", |l| &*l.name);
+            tracing::warn!(listener, error = %e, "upstream request failed");
         }
         let mut response = local_answer(e, self.request_id, Some(self.exchange));
         if self.version == Version::HTTP_2 {

@@ -360,9 +360,10 @@ async fn an_unhealthy_backend_flips_after_the_threshold_and_records_every_probe(
     );
     let backend = &pool.backends[0];
     let checker = Checker {
-        pool: pool.clone(),
-        index: 0,
+        pool: pool.name.clone(),
+        backend: pool.backends[0].clone(),
         settings: pool.health_check.clone().unwrap(),
+        outliers: pool.outliers.clone(),
     };
     let mut threshold = Threshold::new(false, 2, 3);
     checker.apply(&mut threshold, Outcome::pass("status 200"));
@@ -405,9 +406,10 @@ fn a_passing_probe_returns_an_ejected_backend_that_served_its_time() {
     };
     let pool = Arc::new(Pool::new(&cfg, 1));
     let checker = Checker {
-        pool: pool.clone(),
-        index: 0,
+        pool: pool.name.clone(),
+        backend: pool.backends[0].clone(),
         settings: HealthCheck::default(),
+        outliers: pool.outliers.clone(),
     };
     let health = &pool.backends[0].health;
     let mut threshold = Threshold::new(false, 2, 3);
