@@ -19,6 +19,7 @@
 
 pub mod control;
 pub mod diff;
+pub mod registrations;
 
 use std::collections::HashSet;
 use std::io;
@@ -36,6 +37,7 @@ use crate::listener::{ListenerSettings, SharedSettings};
 use crate::server::{bind_listener, WorkerCommand};
 use crate::state::{Shared, Snapshot};
 use diff::ConfigDiff;
+use registrations::Registrations;
 
 /// A listener being served: its identity across reloads and the handles to change or stop it.
 #[derive(Debug)]
@@ -95,6 +97,9 @@ pub struct ReloaderParts {
     pub workers: Vec<UnboundedSender<WorkerCommand>>,
     pub listeners: Vec<RunningListener>,
     pub shutdown: CancellationToken,
+    /// The config file as last loaded, before registrations are layered over it.
+    pub file: Config,
+    pub registrations: Registrations,
 }
 
 /// Applies new configurations to a running server. Lives on the control thread.
@@ -174,9 +179,12 @@ impl Reloader {
         config: Result<Config, ConfigErrors>,
         trigger: &'static str,
     ) -> Result<ReloadReport, ReloadError> {
-        let result = config
-            .map_err(ReloadError::Invalid)
-            .and_then(|config| self.swap(config, trigger));
+        let result = config.map_err(ReloadError::Invalid).and_then(|file| {
+            let layered = self.parts.registrations.layer(&file);
+            let report = self.swap(layered, trigger)?;
+            self.parts.file = file;
+            Ok(report)
+        });
         let shared = &self.parts.shared;
         let generation = shared.snapshot().generation;
         match &result {
@@ -214,6 +222,8 @@ impl Reloader {
         result
     }
 
+    /// Swaps in `config` (the file with registrations layered over it): listeners first (a
+    /// bind failure changes nothing), then the snapshot, then everything that follows it.
     fn swap(&mut self, config: Config, trigger: &'static str) -> Result<ReloadReport, ReloadError> {
         let old = self.parts.shared.snapshot();
         let restart_required = restart_required(&old.config, &config);
