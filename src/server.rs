@@ -26,6 +26,7 @@ use crate::admin;
 use crate::config::{self, Config};
 use crate::listener::{self, Acceptor, SharedSettings};
 use crate::reload::control::{self, Commands, ControlHandle, Trigger};
+use crate::reload::registrations::Registrations;
 use crate::reload::{Reloader, ReloaderParts, RunningListener};
 use crate::state::{Shared, Snapshot};
 
@@ -92,6 +93,9 @@ pub struct Server {
     listeners: Vec<BoundListener>,
     admin: Option<(std::net::TcpListener, config::Admin)>,
     control: (ControlHandle, Commands),
+    /// The file as loaded, before registrations are layered over it.
+    file: Config,
+    registrations: Registrations,
 }
 
 impl Server {
@@ -124,9 +128,21 @@ impl Server {
             }
             None => None,
         };
+        let registrations = Registrations::load(&config.server.state_dir).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot read the registrations in {}: {e}",
+                    config.server.state_dir.display()
+                ),
+            )
+        })?;
         let clients = if per_core { workers } else { 1 };
-        let snapshot = Snapshot::build(Arc::new(config), clients, 1);
+        let layered = registrations.layer(&config);
+        let snapshot = Snapshot::build(Arc::new(layered), clients, 1);
         Ok(Server {
+            file: config,
+            registrations,
             shared: Arc::new(Shared::new(snapshot)),
             workers,
             runtime: options.runtime,
@@ -187,6 +203,8 @@ impl Server {
             workers: senders,
             listeners: running,
             shutdown: shutdown.clone(),
+            file: self.file,
+            registrations: self.registrations,
         });
         let (admin, shared, token) = (self.admin, self.shared.clone(), shutdown.clone());
         let (handle, commands) = self.control;

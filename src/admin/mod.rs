@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -28,6 +28,9 @@ use crate::state::Shared;
 /// Admin connections open at once; beyond it new ones are closed at once, so a flood of idle
 /// admin connections cannot use up the process's file descriptors.
 const MAX_CONNECTIONS: usize = 64;
+
+/// Admin request bodies (registrations) larger than this are refused.
+const MAX_BODY: usize = 64 * 1024;
 
 /// Serves the admin API until `shutdown`.
 pub async fn serve(
@@ -107,7 +110,11 @@ async fn handle(
             return response;
         }
     }
-    let method = req.method();
+    let method = req.method().clone();
+    if let Some(rest) = path.strip_prefix("/api/pools/") {
+        let rest = rest.to_string();
+        return registration(control, &method, &rest, req).await;
+    }
     match path {
         "/api/pools" if method == Method::GET => json(
             StatusCode::OK,
@@ -123,6 +130,61 @@ async fn handle(
         "/api/reload" => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }
+}
+
+/// `POST /api/pools/{pool}/backends` and `DELETE /api/pools/{pool}/backends/{address}`.
+async fn registration(
+    control: &ControlHandle,
+    method: &Method,
+    rest: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let segments: Vec<String> = rest.split('/').map(percent_decode).collect();
+    let answer = match (segments.as_slice(), method) {
+        ([pool, backends], &Method::POST) if backends == "backends" && !pool.is_empty() => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => {
+                    return text(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "the body is too large or broken\n",
+                    )
+                }
+            };
+            control.register(pool.clone(), body).await
+        }
+        ([_, backends], _) if backends == "backends" => return not_allowed("POST"),
+        ([pool, backends, address], &Method::DELETE) if backends == "backends" => {
+            control.deregister(pool.clone(), address.clone()).await
+        }
+        ([_, backends, _], _) if backends == "backends" => return not_allowed("DELETE"),
+        _ => return text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
+    };
+    json(
+        answer.status,
+        serde_json::to_vec_pretty(&answer.body).unwrap_or_default(),
+    )
+}
+
+/// Decodes `%XX` escapes (`%3A` for `:` in an address); anything malformed stays as written.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {

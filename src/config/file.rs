@@ -49,6 +49,11 @@ pub(super) struct ServerFile {
     pub max_connections: Option<Spanned<usize>>,
     /// Directory for runtime registrations; path, default "./state".
     pub state_dir: Option<String>,
+    /// Reload when the config file changes on disk; default true (sluice addition).
+    pub watch: Option<bool>,
+    /// Content-hash polling of the config file, the fallback when the file system sends no
+    /// notifications (bind mounts); duration, default "5s", at most "1h" (sluice addition).
+    pub watch_poll_interval: Option<Spanned<DurationText>>,
 }
 
 /// `[admin]`

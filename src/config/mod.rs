@@ -42,6 +42,10 @@ pub struct Server {
     /// Downstream connections across all listeners; beyond it new ones wait to be accepted.
     pub max_connections: usize,
     pub state_dir: PathBuf,
+    /// Reload when the config file's content changes on disk.
+    pub watch: bool,
+    /// How often the file's content is compared even without a notification.
+    pub watch_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

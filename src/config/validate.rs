@@ -162,11 +162,21 @@ impl Checker<'_> {
             Some(n) => n.into_inner(),
             None => 10_000,
         };
+        let poll_span = server.watch_poll_interval.as_ref().map(|p| p.span());
+        let mut watch_poll_interval =
+            self.timeout(server.watch_poll_interval, Duration::from_secs(5));
+        if let Some(span) = poll_span.filter(|_| watch_poll_interval > Duration::from_secs(3600)) {
+            let error = self.error(span, "watch_poll_interval must be at most 1h");
+            self.push(error.with_help("the default is 5s"));
+            watch_poll_interval = Duration::from_secs(5);
+        }
         Server {
             workers: server.workers.unwrap_or(0),
             shutdown_timeout: self.timeout(server.shutdown_timeout, Duration::from_secs(30)),
             max_connections,
             state_dir: PathBuf::from(server.state_dir.unwrap_or_else(|| "./state".into())),
+            watch: server.watch.unwrap_or(true),
+            watch_poll_interval,
         }
     }
 

@@ -19,7 +19,9 @@
 
 pub mod control;
 pub mod diff;
+pub mod register;
 pub mod registrations;
+pub mod watch;
 
 use std::collections::HashSet;
 use std::io;
@@ -418,6 +420,9 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if a.state_dir != b.state_dir {
         changed.push("server.state_dir");
+    }
+    if a.watch != b.watch || a.watch_poll_interval != b.watch_poll_interval {
+        changed.push("server.watch");
     }
     let admin = |c: &Config| c.admin.as_ref().map(|a| (a.bind, a.token.clone()));
     if admin(old) != admin(new) {

@@ -86,7 +86,11 @@ impl Reloader {
                 "backend registered"
             );
         }
-        let stored = find(&self.parts.registrations.registry, pool, registration.address());
+        let stored = find(
+            &self.parts.registrations.registry,
+            pool,
+            registration.address(),
+        );
         let status = if upsert == Upsert::Created {
             StatusCode::CREATED
         } else {
