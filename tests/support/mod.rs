@@ -150,6 +150,15 @@ impl TestSluice {
 
     pub fn start_with(toml: &str, workers: usize, runtime: RuntimeKind) -> TestSluice {
         let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
+        Self::start_config(config, workers, runtime)
+    }
+
+    /// Starts from a loaded config (one from a file can be reloaded).
+    pub fn start_from(config: Config) -> TestSluice {
+        Self::start_config(config, 1, RuntimeKind::PerCore)
+    }
+
+    fn start_config(config: Config, workers: usize, runtime: RuntimeKind) -> TestSluice {
         let server = Server::bind(
             config,
             RunOptions {
