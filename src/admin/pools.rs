@@ -72,7 +72,22 @@ impl<'a> Pools<'a> {
                     .map(|b| BackendView::of(b))
                     .collect(),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Backends of pools a reload removed: listed under their old pool while they drain.
+        let mut pools = pools;
+        for (name, backend) in draining {
+            if snapshot.pool(name).is_some() {
+                continue;
+            }
+            match pools.iter_mut().find(|p| p.name == &**name) {
+                Some(pool) => pool.backends.push(BackendView::of(backend)),
+                None => pools.push(PoolView {
+                    name,
+                    algorithm: "removed",
+                    backends: vec![BackendView::of(backend)],
+                }),
+            }
+        }
         Pools {
             generation: snapshot.generation,
             pools,

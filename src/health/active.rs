@@ -173,8 +173,10 @@ impl Checker {
     }
 
     async fn run(self, cancel: CancellationToken) {
-        let mut threshold = Threshold::new(
-            self.backend().health.checks_pass(),
+        let health = &self.backend().health;
+        let mut threshold = Threshold::resumed(
+            health.checks_pass(),
+            health.proven(),
             self.settings.healthy_threshold,
             self.settings.unhealthy_threshold,
         );
@@ -388,9 +390,21 @@ impl Threshold {
     /// A counter whose verdict starts at `healthy` (unhealthy for a new backend; a backend
     /// carried over by a reload keeps its verdict).
     pub fn new(healthy: bool, healthy_threshold: u32, unhealthy_threshold: u32) -> Threshold {
+        Threshold::resumed(healthy, healthy, healthy_threshold, unhealthy_threshold)
+    }
+
+    /// A counter taking over a backend's verdict: `proven` when it has passed before (a
+    /// restarted probe loop must not apply the first-probe rule to a backend that failed its
+    /// way out).
+    pub fn resumed(
+        healthy: bool,
+        proven: bool,
+        healthy_threshold: u32,
+        unhealthy_threshold: u32,
+    ) -> Threshold {
         Threshold {
             healthy,
-            proven: healthy,
+            proven: proven || healthy,
             streak: 0,
             healthy_threshold: healthy_threshold.max(1),
             unhealthy_threshold: unhealthy_threshold.max(1),

@@ -63,6 +63,10 @@ pub struct Health {
     /// Every ejection since the backend joined, for metrics.
     pub(crate) ejections_total: std::sync::atomic::AtomicU64,
     last_check: Mutex<Option<CheckRecord>>,
+    /// The active-check verdict has been "passing" at some point: from then on a return to
+    /// healthy takes `healthy_threshold` passes, not the first-probe rule's one. Kept here,
+    /// not in the probe loop, so that a loop restarted by a reload does not forget it.
+    proven: std::sync::atomic::AtomicBool,
 }
 
 impl Health {
@@ -70,8 +74,14 @@ impl Health {
     pub fn new(checked: bool) -> Health {
         Health {
             blocked: AtomicU8::new(if checked { UNHEALTHY } else { 0 }),
+            proven: std::sync::atomic::AtomicBool::new(!checked),
             ..Health::default()
         }
+    }
+
+    /// Whether the backend has ever passed its checks (or never needed to).
+    pub fn proven(&self) -> bool {
+        self.proven.load(Ordering::Relaxed)
     }
 
     /// Whether the backend may take new requests: one relaxed load.
@@ -105,6 +115,9 @@ impl Health {
 
     /// Sets the active-check verdict; returns whether it changed.
     pub fn set_checks_pass(&self, pass: bool) -> bool {
+        if pass {
+            self.proven.store(true, Ordering::Relaxed);
+        }
         self.set(UNHEALTHY, !pass)
     }
 
