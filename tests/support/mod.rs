@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod admin;
+pub mod gate;
 pub mod raw;
+pub mod reload;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,6 +13,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +53,8 @@ pub struct TestBackend {
     pub addr: SocketAddr,
     pub name: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted so far.
+    accepted: Arc<AtomicUsize>,
     shutdown: CancellationToken,
 }
 
@@ -90,6 +95,8 @@ impl TestBackend {
         let addr = socket.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -102,6 +109,7 @@ impl TestBackend {
                         r = listener.accept() => match r { Ok(r) => r, Err(_) => continue },
                         () = stop.cancelled() => break,
                     };
+                    count.fetch_add(1, Ordering::SeqCst);
                     let handler = handler.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| {
@@ -119,8 +127,14 @@ impl TestBackend {
             addr,
             name: name.to_string(),
             seen,
+            accepted,
             shutdown,
         }
+    }
+
+    /// TCP connections this backend has accepted so far.
+    pub fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Every request this backend has received so far.
@@ -150,15 +164,26 @@ impl TestSluice {
 
     pub fn start_with(toml: &str, workers: usize, runtime: RuntimeKind) -> TestSluice {
         let config = Config::parse(toml, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"));
-        Self::start_config(config, workers, runtime)
+        Self::serve(config, workers, runtime)
     }
 
-    /// Starts from a loaded config (one from a file can be reloaded).
+    /// Starts from a file (`Config::load`), so that a reload re-reads it: see
+    /// `reload::ConfigFile` for a file a test can rewrite.
+    pub fn start_file(path: &Path) -> TestSluice {
+        Self::start_file_with(path, 1, RuntimeKind::PerCore)
+    }
+
+    pub fn start_file_with(path: &Path, workers: usize, runtime: RuntimeKind) -> TestSluice {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        Self::serve(config, workers, runtime)
+    }
+
+    /// Starts from a loaded config.
     pub fn start_from(config: Config) -> TestSluice {
-        Self::start_config(config, 1, RuntimeKind::PerCore)
+        Self::serve(config, 1, RuntimeKind::PerCore)
     }
 
-    fn start_config(config: Config, workers: usize, runtime: RuntimeKind) -> TestSluice {
+    fn serve(config: Config, workers: usize, runtime: RuntimeKind) -> TestSluice {
         let server = Server::bind(
             config,
             RunOptions {
