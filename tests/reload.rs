@@ -1,6 +1,7 @@
 //! Hot reload end to end (issue 5): a real sluice started from a file on disk, real backends,
-//! real sockets. The file is rewritten and the reload asked for through `POST /api/reload` (and
-//! `SIGHUP` to the real binary); what the tests assert is what a user relies on:
+//! real sockets. The file is rewritten and the reload asked for through `POST /api/reload` (or
+//! `SIGHUP` to the real binary, or left to the file watcher); what the tests assert is what a
+//! user relies on:
 //!
 //! - `load`: under steady keep-alive load through 50 reloads, no request fails, is lost or is
 //!   sent twice;
@@ -15,6 +16,7 @@
 //! - `draining`: a removed backend finishes its requests, is listed as draining, then goes;
 //! - `report`: the reload's answer says what changed;
 //! - `signal`: `SIGHUP` reloads the real binary;
+//! - `watch`: editing the file on disk reloads it, once per burst;
 //! - `weights`: a changed weight takes effect at once.
 //!
 //! Readiness is polled (`eventually`), never slept for.
@@ -37,5 +39,7 @@ mod refused;
 mod report;
 #[path = "reload/signal.rs"]
 mod signal;
+#[path = "reload/watch.rs"]
+mod watch;
 #[path = "reload/weights.rs"]
 mod weights;

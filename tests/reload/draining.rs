@@ -171,3 +171,47 @@ fn a_backend_of_a_removed_pool_is_listed_as_draining_while_its_request_runs() {
     )
     .is_empty()));
 }
+
+/// A request that arrived before the reload and waits for a slot of its backend (the backend is
+/// at `max_connections_per_backend`) has started under the old config: when the reload removes
+/// that backend, the request must still be served, not failed.
+#[test]
+fn a_request_waiting_for_a_removed_backend_is_still_served() {
+    let (keep, gone) = (GatedBackend::start("keep"), GatedBackend::start("gone"));
+    keep.gate.open();
+    let limits = "[pool.held.limits]\nmax_connections_per_backend = 1\nmax_pending = 1\n";
+    let sluice = Reloadable::start(&format!(
+        "{}{limits}",
+        config(&[keep.addr()], Some(&[gone.addr()]))
+    ));
+    let mut in_flight = hold_a_request(&sluice, &gone);
+
+    // Two more: one waits for `gone`'s slot, the other finds the queue full (503 at once).
+    // Which is which tells that the one left is waiting.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for n in 0..2 {
+        let (tx, addr) = (tx.clone(), sluice.addr());
+        std::thread::spawn(move || {
+            let mut conn = RawConn::open(addr);
+            conn.send(b"GET /held HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+            let response = conn.response();
+            let _ = tx.send((n, response.status(), response.text()));
+        });
+    }
+    let (refused, status, text) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("overloaded"), "{text}");
+
+    sluice.reload_ok(&format!(
+        "{}{limits}",
+        config(&[keep.addr()], Some(&[keep.addr()]))
+    ));
+    gone.gate.open();
+    assert_eq!(in_flight.response().status(), 200);
+    let (waiter, status, text) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_ne!(waiter, refused);
+    assert_eq!(
+        status, 200,
+        "the request waiting since before the reload failed: {text:?}"
+    );
+}

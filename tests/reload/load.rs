@@ -89,7 +89,11 @@ fn client(
         conn.send(format!("GET {path} HTTP/1.1\r\nhost: app\r\nx-id: {id}\r\n\r\n").as_bytes());
         // `response` panics on a closed connection or a malformed answer: a failure to record.
         let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| conn.response())) {
-            Ok(r) if r.status() != 200 => Some(format!("request {id}: status {}", r.status())),
+            Ok(r) if r.status() != 200 => Some(format!(
+                "request {id} (GET {path}): status {}, {:?}",
+                r.status(),
+                r.text().trim()
+            )),
             Ok(r) if r.header("x-id") != Some(id.to_string().as_str()) => Some(format!(
                 "request {id}: answered with x-id {:?}",
                 r.header("x-id")

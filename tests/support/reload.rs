@@ -17,6 +17,8 @@ use super::TestSluice;
 pub struct ConfigFile {
     dir: PathBuf,
     path: PathBuf,
+    /// Written as given (`watched`), or with file watching turned off (`new`).
+    watched: bool,
 }
 
 /// `text` with file watching off (`server.watch = false`), so that the tests' own reloads are
@@ -33,7 +35,17 @@ fn unwatched(text: &str) -> String {
 }
 
 impl ConfigFile {
+    /// A file whose every version has watching turned off (see `unwatched`).
     pub fn new(text: &str) -> ConfigFile {
+        Self::create(text, false)
+    }
+
+    /// A file written exactly as given, for the tests of file watching itself.
+    pub fn watched(text: &str) -> ConfigFile {
+        Self::create(text, true)
+    }
+
+    fn create(text: &str, watched: bool) -> ConfigFile {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "sluice-reload-{}-{}",
@@ -46,6 +58,7 @@ impl ConfigFile {
         let file = ConfigFile {
             path: dir.join("sluice.toml"),
             dir,
+            watched,
         };
         file.write(text);
         file
@@ -61,15 +74,23 @@ impl ConfigFile {
 
     /// Rewrites the file in place (truncate, then write), as an editor saving in place does.
     pub fn write(&self, text: &str) {
-        std::fs::write(&self.path, unwatched(text)).unwrap();
+        std::fs::write(&self.path, self.version(text)).unwrap();
     }
 
     /// Writes a sibling file and renames it over this one, as editors that save atomically and
     /// configuration tools do: a reader sees the old content or the new, never a mix.
     pub fn replace(&self, text: &str) {
         let staged = self.dir.join(".sluice.toml.new");
-        std::fs::write(&staged, unwatched(text)).unwrap();
+        std::fs::write(&staged, self.version(text)).unwrap();
         std::fs::rename(&staged, &self.path).unwrap();
+    }
+
+    fn version(&self, text: &str) -> String {
+        if self.watched {
+            text.to_string()
+        } else {
+            unwatched(text)
+        }
     }
 
     pub fn remove(&self) {
@@ -101,7 +122,15 @@ impl Reloadable {
 
     /// With `workers` per-core workers: a listener a reload adds must start on every one.
     pub fn start_with(text: &str, workers: usize) -> Reloadable {
-        let file = ConfigFile::new(text);
+        Self::start_file(ConfigFile::new(text), workers)
+    }
+
+    /// From a file written as given: file watching on unless the text turns it off.
+    pub fn start_watched(text: &str) -> Reloadable {
+        Self::start_file(ConfigFile::watched(text), 1)
+    }
+
+    fn start_file(file: ConfigFile, workers: usize) -> Reloadable {
         let sluice = TestSluice::start_file_with(file.path(), workers, RuntimeKind::PerCore);
         assert!(sluice.admin.is_some(), "a reloadable config needs [admin]");
         Reloadable { sluice, file }
