@@ -63,13 +63,13 @@ impl<'a> Pools<'a> {
                 backends: pool
                     .backends
                     .iter()
+                    .map(|b| BackendView::of(b))
                     .chain(
                         draining
                             .iter()
                             .filter(|(name, _)| *name == pool.name)
-                            .map(|(_, b)| b),
+                            .map(|(_, b)| BackendView::draining(b)),
                     )
-                    .map(|b| BackendView::of(b))
                     .collect(),
             })
             .collect::<Vec<_>>();
@@ -80,11 +80,11 @@ impl<'a> Pools<'a> {
                 continue;
             }
             match pools.iter_mut().find(|p| p.name == &**name) {
-                Some(pool) => pool.backends.push(BackendView::of(backend)),
+                Some(pool) => pool.backends.push(BackendView::draining(backend)),
                 None => pools.push(PoolView {
                     name,
                     algorithm: "removed",
-                    backends: vec![BackendView::of(backend)],
+                    backends: vec![BackendView::draining(backend)],
                 }),
             }
         }
@@ -96,6 +96,14 @@ impl<'a> Pools<'a> {
 }
 
 impl<'a> BackendView<'a> {
+    /// A backend a reload or deregistration removed, finishing its requests.
+    fn draining(backend: &'a Backend) -> BackendView<'a> {
+        BackendView {
+            state: "draining",
+            ..BackendView::of(backend)
+        }
+    }
+
     fn of(backend: &'a Backend) -> BackendView<'a> {
         let health = &backend.health;
         BackendView {

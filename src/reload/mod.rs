@@ -11,8 +11,8 @@
 //!    they loaded, new ones see the new one;
 //! 3. listeners follow: a changed one gets its new settings in place (never re-bound), a new
 //!    one starts on every worker, a removed one stops accepting and drains its connections;
-//! 4. backends no longer present are marked draining (so that even requests still holding the
-//!    old snapshot skip them) and listed as draining until their last request finishes;
+//! 4. backends no longer present take no new requests (they are in no current pool) and are
+//!    listed as draining until their last request finishes;
 //! 5. health checks are reconciled with the new pools.
 //!
 //! The reloads of a process are serialized: they all run on the control thread (`control`).
@@ -359,8 +359,10 @@ impl Reloader {
         }
     }
 
-    /// Marks every backend of `old` that `new` does not keep as draining, and lists those
-    /// with requests in flight for the admin API until they finish.
+    /// Lists every backend of `old` that `new` does not keep and that still has requests in
+    /// flight, for the admin API, until they finish. New requests cannot reach such a backend
+    /// (it is in no current pool); one that loaded the old snapshot just before the swap may
+    /// still be sent to it, which is what lets that request succeed rather than fail with 503.
     fn retire_backends(&self, old: &Snapshot, new: &Snapshot) {
         let kept: HashSet<*const crate::upstream::Backend> = new
             .pools
@@ -375,11 +377,7 @@ impl Reloader {
             .unwrap_or_else(|e| e.into_inner());
         for pool in &old.pools {
             for backend in &pool.backends {
-                if kept.contains(&Arc::as_ptr(backend)) {
-                    continue;
-                }
-                backend.health.set_draining(true);
-                if backend.active_requests() > 0 {
+                if !kept.contains(&Arc::as_ptr(backend)) && backend.active_requests() > 0 {
                     draining.push((pool.name.clone(), backend.clone()));
                 }
             }
