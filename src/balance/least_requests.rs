@@ -306,7 +306,7 @@ mod tests {
     #[test]
     fn picks_the_least_loaded() {
         // (weights, in flight, the only right pick)
-        let cases: [(&[u32], &[u64], usize); 5] = [
+        let cases: [(&[u32], &[u64], usize); 7] = [
             (&[1, 1, 1], &[5, 2, 7], 1),
             (&[1, 1, 1], &[0, 3, 3], 0),
             (&[1, 1, 1], &[3, 3, 0], 2),
@@ -314,6 +314,10 @@ mod tests {
             (&[1, 2], &[1, 2], 1),
             // 11/10 against 1/1: a busy heavy backend loses to an idle light one.
             (&[1, 10, 1], &[1, 10, 0], 2),
+            // Just past the exact scan's size, on the keyed scans: an idle pool's heaviest
+            // backend (a case proptest found), and equal weights.
+            (&[1, 1, 1, 1, 1, 1, 1, 1, 2], &[0; 9], 8),
+            (&[1; 9], &[2, 2, 2, 2, 2, 2, 2, 2, 1], 8),
         ];
         for (weights, in_flight, want) in cases {
             let mut b = Fixed::weights(weights);
