@@ -107,6 +107,41 @@ fn picks(c: &mut Criterion) {
             &busy,
             |b, p| b.iter(|| lr_equal.pick(black_box(p), &pick)),
         );
+        // Equal weights, every backend busy and one less than the rest: a single least, found
+        // by counting the ties rather than by drawing positions.
+        let one_least = Pool {
+            in_flight: (0..n)
+                .map(|i| {
+                    if i == n / 2 {
+                        1
+                    } else {
+                        2 + (i * 7 % 5) as u64
+                    }
+                })
+                .collect(),
+            weights: vec![1; n],
+        };
+        group.bench_with_input(
+            BenchmarkId::new("least_requests_one_least", n),
+            &one_least,
+            |b, p| b.iter(|| lr_equal.pick(black_box(p), &pick)),
+        );
+        // Weights spread, loads in proportion to them (about two requests per unit of weight):
+        // the heaviest-first scan cannot stop early, its worst case.
+        let proportional = Pool {
+            in_flight: pool
+                .weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| 2 * u64::from(w) + (i % 3) as u64)
+                .collect(),
+            weights: pool.weights.clone(),
+        };
+        group.bench_with_input(
+            BenchmarkId::new("least_requests_proportional", n),
+            &proportional,
+            |b, p| b.iter(|| lr.pick(black_box(p), &pick)),
+        );
     }
     group.finish();
 }

@@ -3,11 +3,30 @@
 //! random, never by position: with an idle pool every backend ties, and a first-wins rule would
 //! send all of that traffic to the first one.
 //!
-//! The scan is the whole cost, so it is kept tight: one pass finds the least load and counts the
-//! backends sharing it, and only when several do does a second pass walk to a randomly drawn one
-//! of them. A pool of equal weights with no backend in slow start compares in-flight counts
-//! alone; any other pays for the cross-multiplied effective weights of `Load`.
+//! The scan is the whole cost. A settled pool (no backend in slow start) of more than eight
+//! backends reads each backend's load once, into an integer key in a per-thread scratch buffer,
+//! and keeps the least with compare-and-move chains that do not wait on each other, without
+//! branching on the loads: the mispredicted branches of a plain argmin-and-count scan cost about
+//! 1.5 ns a backend. One of the keys tying with the least is then drawn uniformly: when ties
+//! look common (an idle or lightly loaded pool), by drawing random positions until one ties,
+//! about one draw per share of ties; otherwise by counting them and, if they are few, walking
+//! to a drawn one.
+//!
+//! Equal weights key on the in-flight count itself, so ties are exact. Other weights key on
+//! `(in_flight + 1)` times a fixed-point reciprocal of the weight, `2^39 / weight` rounded,
+//! which orders loads to within 2^-30 without dividing; keys within one part in 2^20 (about a
+//! millionth) of the least count as tied, which keeps exact ties like 1/1 = 2/2 = 3/3 together.
+//! A weighted key is never below the backend's reciprocal, so the scan visits the heaviest
+//! backends first and stops once the next reciprocal alone is beyond the least key so far: a
+//! lightly loaded pool is decided by its few heaviest backends, a pool loaded in proportion to
+//! its weights is read in full.
+//!
+//! Pools of up to eight backends, pools in slow start (ramps change every pick, and reading
+//! them costs more than comparing) and the rare pick the fast keys cannot settle exactly (a
+//! weighted pick landing on a backend with 2^24 or more requests in flight, which in practice
+//! means every backend is unavailable) compare `Load`s exactly instead.
 
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use super::weight::Load;
@@ -18,22 +37,209 @@ pub struct LeastRequests {
     /// The pool's size when every backend has the same weight (the default, and the usual
     /// least-requests pool); then a settled pool's load order is its in-flight order.
     uniform: Option<usize>,
+    /// The backends heaviest first, each with its reciprocal weight `2^39 / weight` rounded:
+    /// `(in_flight + 1) ×` that orders loads to within 2^-30 without dividing. Empty when the
+    /// weights are equal or one is outside 1 to 1000. Like `uniform`, built from the weights
+    /// the pool was built with.
+    heaviest_first: Box<[(usize, u64)]>,
 }
+
+/// Pools up to this size take the exact scan: a handful of comparisons cost less than the fast
+/// path's setup.
+const SMALL: usize = 8;
+
+/// In-flight counts at or above this are clamped to it in weighted keys (so that
+/// `(in_flight + 1) × reciprocal` stays below 2^63); a pick landing on such a backend is redone
+/// exactly.
+const CLAMP: u64 = (1 << 24) - 1;
+
+/// Weighted loads within `least >> TOLERANCE` of the least count as tied: one part in 2^20, far
+/// above the 2^-30 error of the fixed-point reciprocals.
+const TOLERANCE: u32 = 20;
 
 impl LeastRequests {
     pub fn new(specs: &[BackendSpec]) -> Self {
         let uniform = specs.windows(2).all(|w| w[0].weight == w[1].weight);
+        let mut heaviest_first: Vec<(usize, u64)> = Vec::new();
+        if !uniform && specs.iter().all(|s| (1..=1000).contains(&s.weight)) {
+            heaviest_first = specs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let w = u64::from(s.weight);
+                    (i, ((1 << 39) + w / 2) / w)
+                })
+                .collect();
+            heaviest_first.sort_by_key(|&(i, reciprocal)| (reciprocal, i));
+        }
         LeastRequests {
             uniform: uniform.then_some(specs.len()),
+            heaviest_first: heaviest_first.into(),
         }
     }
 
     pub fn pick<B: Backends + ?Sized>(&self, backends: &B, _pick: &Pick) -> usize {
         let n = backends.len();
+        let fast = if n <= SMALL || !backends.settled() {
+            None
+        } else if self.uniform == Some(n) {
+            least_in_flight(backends)
+        } else if self.heaviest_first.len() == n {
+            least_weighted(&self.heaviest_first, backends)
+                .filter(|&i| backends.in_flight(i) < CLAMP)
+        } else {
+            None
+        };
+        fast.unwrap_or_else(|| self.exact(backends))
+    }
+
+    /// The pick by comparing loads exactly: in-flight counts alone when the pool is settled
+    /// with equal weights, `Load`s otherwise.
+    fn exact<B: Backends + ?Sized>(&self, backends: &B) -> usize {
+        let n = backends.len();
         if self.uniform == Some(n) && backends.settled() {
             least_by(n, |i| backends.in_flight(i), |a: u64, b: u64| a.cmp(&b))
         } else {
             least_by(n, |i| Load::of(backends, i), Load::compare)
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's keys of the pool it is picking from, reused from pick to pick.
+    static KEYS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` scratch keys; `None` when they are already in use (a `Backends` that
+/// picks from inside `in_flight`).
+fn with_keys<T>(len: usize, f: impl FnOnce(&mut [u64]) -> Option<T>) -> Option<T> {
+    KEYS.with(|keys| {
+        let mut keys = keys.try_borrow_mut().ok()?;
+        if keys.len() < len {
+            keys.resize(len, 0);
+        }
+        f(&mut keys[..len])
+    })
+}
+
+/// Equal weights: a uniformly drawn backend among those with the fewest requests in flight.
+fn least_in_flight<B: Backends + ?Sized>(backends: &B) -> Option<usize> {
+    let n = backends.len();
+    with_keys(n, |keys| {
+        // Every load, once, and the least. Four running minima keep the compare-and-move chains
+        // independent; reading the fourth backend of each group first lets one bounds check in
+        // `in_flight` cover the group.
+        let mut least = [u64::MAX; 4];
+        let mut groups = keys.chunks_exact_mut(4);
+        let mut i = 0;
+        for group in &mut groups {
+            let last = backends.in_flight(i + 3);
+            let loads = [
+                backends.in_flight(i),
+                backends.in_flight(i + 1),
+                backends.in_flight(i + 2),
+                last,
+            ];
+            for ((slot, least), load) in group.iter_mut().zip(&mut least).zip(loads) {
+                *slot = load;
+                *least = (*least).min(load);
+            }
+            i += 4;
+        }
+        for slot in groups.into_remainder() {
+            *slot = backends.in_flight(i);
+            least[0] = least[0].min(*slot);
+            i += 1;
+        }
+        let minimum = least[0].min(least[1]).min(least[2].min(least[3]));
+        // Most of the four minima ending on the least (every one, in an idle pool) hints that
+        // ties are common.
+        let common = least.iter().filter(|&&l| l == minimum).count() >= 3;
+        draw_tie(keys, minimum, common)
+    })
+}
+
+/// Other weights: a uniformly drawn backend among those whose key is within one part in 2^20
+/// of the least, as an index into the pool.
+fn least_weighted<B: Backends + ?Sized>(
+    heaviest_first: &[(usize, u64)],
+    backends: &B,
+) -> Option<usize> {
+    let n = heaviest_first.len();
+    let tied = |least: u64| least.saturating_add(least >> TOLERANCE);
+    let key = |&(i, reciprocal): &(usize, u64)| (backends.in_flight(i).min(CLAMP) + 1) * reciprocal;
+    let position = with_keys(n, |keys| {
+        let mut least = u64::MAX;
+        let mut scanned = 0;
+        for (group, heaviest) in keys.chunks_exact_mut(4).zip(heaviest_first.chunks_exact(4)) {
+            // No backend from here on can come within the tolerance of `least`.
+            if heaviest[0].1 > tied(least) {
+                break;
+            }
+            let [a, b, c, d] = [0, 1, 2, 3].map(|j| key(&heaviest[j]));
+            group.copy_from_slice(&[a, b, c, d]);
+            least = least.min(a.min(b).min(c.min(d)));
+            scanned += 4;
+        }
+        while scanned < n && heaviest_first[scanned].1 <= tied(least) {
+            keys[scanned] = key(&heaviest_first[scanned]);
+            least = least.min(keys[scanned]);
+            scanned += 1;
+        }
+        draw_tie(&keys[..scanned], tied(least), false)
+    })?;
+    Some(heaviest_first[position].0)
+}
+
+/// How many random positions a pick whose ties look common tries before counting them.
+const DRAWS: usize = 16;
+
+/// A uniformly drawn position among the keys at most `top`. `common`: ties look common, so
+/// random positions are tried before counting them.
+fn draw_tie(keys: &[u64], top: u64, common: bool) -> Option<usize> {
+    let n = keys.len();
+    // A random position holding a tie: each draw is uniform over all positions, so the first
+    // that ties is uniform over the ties.
+    let draw = || {
+        let j = rng::below(n as u64) as usize;
+        (keys[j] <= top).then_some(j)
+    };
+    if common {
+        if let Some(j) = (0..DRAWS).find_map(|_| draw()) {
+            return Some(j);
+        }
+    }
+    // How many tie, in four independent counts so that the compares do not wait on each other.
+    let mut counts = [0usize; 4];
+    let mut fours = keys.chunks_exact(4);
+    for four in &mut fours {
+        for (count, &k) in counts.iter_mut().zip(four) {
+            *count += usize::from(k <= top);
+        }
+    }
+    for &k in fours.remainder() {
+        counts[0] += usize::from(k <= top);
+    }
+    match counts.iter().sum::<usize>() {
+        0 => None,
+        ties if ties == n => Some(rng::below(n as u64) as usize),
+        // At least one position in eight ties: eight draws or fewer on average.
+        ties if ties * 8 >= n && n > 32 => (0..).find_map(|_| draw()),
+        // Rare ties, or few keys: walk to a drawn one.
+        ties => {
+            let mut r = if ties == 1 {
+                0
+            } else {
+                rng::below(ties as u64) as usize
+            };
+            keys.iter().position(|&k| {
+                let tie = k <= top;
+                if tie && r == 0 {
+                    return true;
+                }
+                r -= usize::from(tie);
+                false
+            })
         }
     }
 }
@@ -100,7 +306,7 @@ mod tests {
     #[test]
     fn picks_the_least_loaded() {
         // (weights, in flight, the only right pick)
-        let cases: [(&[u32], &[u64], usize); 5] = [
+        let cases: [(&[u32], &[u64], usize); 7] = [
             (&[1, 1, 1], &[5, 2, 7], 1),
             (&[1, 1, 1], &[0, 3, 3], 0),
             (&[1, 1, 1], &[3, 3, 0], 2),
@@ -108,6 +314,10 @@ mod tests {
             (&[1, 2], &[1, 2], 1),
             // 11/10 against 1/1: a busy heavy backend loses to an idle light one.
             (&[1, 10, 1], &[1, 10, 0], 2),
+            // Just past the exact scan's size, on the keyed scans: an idle pool's heaviest
+            // backend (a case proptest found), and equal weights.
+            (&[1, 1, 1, 1, 1, 1, 1, 1, 2], &[0; 9], 8),
+            (&[1; 9], &[2, 2, 2, 2, 2, 2, 2, 2, 1], 8),
         ];
         for (weights, in_flight, want) in cases {
             let mut b = Fixed::weights(weights);
@@ -185,6 +395,131 @@ mod tests {
         // Settled it would take 10%; ramping at 0.1 about 1%.
         let relative = shares[0] / 0.1;
         assert!((0.07..0.13).contains(&relative), "{shares:?}");
+    }
+
+    /// Asserts that `got` (picks per backend, out of `picks`) gives each of `tied` a share
+    /// within five standard deviations of an even one and the others none.
+    fn assert_shared_evenly(got: &[u64], tied: &[usize], picks: usize, case: &str) {
+        let even = 1.0 / tied.len() as f64;
+        let tolerance = 5.0 * (even * (1.0 - even) / picks as f64).sqrt();
+        for (i, &count) in got.iter().enumerate() {
+            if tied.contains(&i) {
+                let share = count as f64 / picks as f64;
+                assert!(
+                    (share - even).abs() <= tolerance,
+                    "{case}: backend {i} took {share:.4}, want {even:.4} ± {tolerance:.4}: {got:?}"
+                );
+            } else {
+                assert_eq!(count, 0, "{case}: backend {i} is not tied: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ties_are_shared_evenly_on_the_fast_path_whatever_their_position() {
+        // 100 backends of equal weight, all busy but the tied ones: ties packed at either end,
+        // spread, one in each of the scan's four running minima (which makes them look common),
+        // all in the same one, a fifth of the pool in a row or every fifth, and every backend.
+        let every_fifth: Vec<usize> = (0..100).step_by(5).collect();
+        let first_fifth: Vec<usize> = (0..20).collect();
+        let all: Vec<usize> = (0..100).collect();
+        let cases: [&[usize]; 9] = [
+            &[0, 1, 2],
+            &[97, 98, 99],
+            &[0, 50, 99],
+            &[0, 1, 2, 3],
+            &[4, 8, 12, 16],
+            &[33],
+            &every_fifth,
+            &first_fifth,
+            &all,
+        ];
+        const PICKS: usize = 40_000;
+        for tied in cases {
+            let mut b = Fixed::weights(&[1; 100]);
+            b.in_flight = vec![3; 100];
+            for &i in tied {
+                b.in_flight[i] = 1;
+            }
+            let got = counts(&b, PICKS);
+            assert_shared_evenly(&got, tied, PICKS, &format!("{} tied", tied.len()));
+        }
+    }
+
+    #[test]
+    fn weighted_ties_are_shared_evenly_on_the_fast_path() {
+        // Weights 1 to 30; three exact ties at a load of 1 (1/1, 3/3, 30/30), the others at 2:
+        // the scan reads the heaviest first and must reach the lightest.
+        let weights: Vec<u32> = (1..=30).collect();
+        let mut b = Fixed::weights(&weights);
+        b.in_flight = weights.iter().map(|&w| 2 * u64::from(w) - 1).collect();
+        let tied = [0, 2, 29];
+        for &i in &tied {
+            b.in_flight[i] = u64::from(weights[i]) - 1;
+        }
+        const PICKS: usize = 30_000;
+        let got = counts(&b, PICKS);
+        assert_shared_evenly(&got, &tied, PICKS, "spread weights");
+
+        // Two idle heaviest backends at either end of the pool: the scan stops after them.
+        let mut weights = vec![10; 20];
+        (weights[0], weights[19]) = (1000, 1000);
+        let mut b = Fixed::weights(&weights);
+        b.in_flight = vec![0; 20];
+        let got = counts(&b, PICKS);
+        assert_shared_evenly(&got, &[0, 19], PICKS, "idle heaviest");
+    }
+
+    #[test]
+    fn loads_beyond_the_fast_keys_are_ordered_exactly() {
+        // Every backend unavailable: the pool adds 2^40 to their in-flight counts. The least
+        // loaded of them must still win, with equal weights and with others.
+        for weights in [vec![1; 20], (1..=20).collect::<Vec<u32>>()] {
+            let mut b = Fixed::weights(&weights);
+            b.in_flight = (0..20).map(|i| (1 << 40) + 2 * (20 - i)).collect();
+            let want = (0..20)
+                .min_by(|&i, &j| Load::of(&b, i).compare(Load::of(&b, j)))
+                .unwrap();
+            assert_eq!(counts(&b, 200)[want], 200, "{weights:?}");
+        }
+    }
+
+    /// Backends whose in-flight counts are read by picking from another pool: a pick made
+    /// while another is under way on the same thread.
+    struct Nested(Fixed);
+
+    impl Backends for Nested {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.0.weight(i)
+        }
+        fn ramp(&self, i: usize) -> f64 {
+            self.0.ramp(i)
+        }
+        fn settled(&self) -> bool {
+            true
+        }
+        fn in_flight(&self, i: usize) -> u64 {
+            let mut inner = Fixed::weights(&[1; 12]);
+            inner.in_flight = (0..12).map(|j| u64::from(j != 7)).collect();
+            let lr = LeastRequests::new(&inner.specs());
+            assert_eq!(lr.pick(&inner, &Pick::default()), 7);
+            self.0.in_flight(i)
+        }
+        fn latency(&self, i: usize, now: std::time::Instant) -> Option<f64> {
+            self.0.latency(i, now)
+        }
+    }
+
+    #[test]
+    fn a_pick_inside_a_pick_still_picks_the_least() {
+        let mut b = Fixed::weights(&[1; 16]);
+        b.in_flight = (0..16).map(|i| 20 - i).collect();
+        let nested = Nested(b.clone());
+        let lr = LeastRequests::new(&b.specs());
+        assert_eq!(lr.pick(&nested, &Pick::default()), 15);
     }
 
     proptest! {
