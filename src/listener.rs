@@ -338,10 +338,9 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    /// Accepts until `stop` (shutdown, or a reload removing the listener), spawning each
-    /// connection on `tracker`; `stop` also closes the connections gracefully.
-    pub async fn run(self, stop: CancellationToken, tracker: TaskTracker) {
-        let shutdown = stop;
+    /// Accepts until `shutdown` (of the process, or of this listener by a reload removing it),
+    /// spawning each connection on `tracker`; it also closes the connections gracefully.
+    pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {

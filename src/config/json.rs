@@ -247,14 +247,7 @@ fn duration(d: Duration) -> String {
     if d.subsec_nanos() % 1_000_000 != 0 {
         return format!("{}ns", d.as_nanos());
     }
-    let ms = d.as_millis();
-    match ms {
-        0 => "0s".to_string(),
-        _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        _ => format!("{ms}ms"),
-    }
+    super::validate::values::show_duration(d)
 }
 
 #[cfg(test)]

@@ -364,6 +364,19 @@ impl Default for Limits {
     }
 }
 
+/// The address to use of those a name resolved to: the first IPv4 one, else the first. Names
+/// like `localhost` resolve to both families, and backends often listen on IPv4 only.
+pub fn prefer_ipv4(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+}
+
+/// The largest backend weight (weights are 1 to this; 0 is an error: use draining).
+pub const MAX_WEIGHT: u32 = 1000;
+
 impl Config {
     /// Reads, parses and validates a file. Every error found is returned, each located.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

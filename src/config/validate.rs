@@ -15,7 +15,7 @@ mod routes;
 mod summary;
 #[cfg(test)]
 mod tests;
-mod values;
+pub(super) mod values;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
@@ -33,7 +33,7 @@ pub(super) use summary::summary;
 
 const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9901);
 const MIN_HEADER_BYTES: usize = 1024;
-const MAX_WEIGHT: i64 = 1000;
+const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 
 /// Every algorithm name the format defines, implemented or not, for "expected one of".
 const ALGORITHMS: [&str; 8] = [

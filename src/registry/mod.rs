@@ -28,7 +28,7 @@ use error::shown;
 /// A registered backend's weight when the body gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// The largest weight, as for configured backends.
-pub const MAX_WEIGHT: u32 = 1000;
+pub use crate::config::MAX_WEIGHT;
 /// The longest time to live, one day: a registrant that cannot renew once a day should register
 /// without one and DELETE when it leaves.
 pub const MAX_TTL_SECONDS: u64 = 86_400;

@@ -216,7 +216,8 @@ fn describe_route(config: &Config, route: &Route) -> String {
 // question the rest of sluice asks), so the comparisons are spelled out here. Each destructures
 // its type completely, so a field added later fails to compile here until it is compared.
 
-fn same_listener(old: &&Listener, new: &&Listener) -> bool {
+/// Whether two listeners with the same name serve alike (every setting but the name).
+pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
     let Listener {
         name: _,
         bind,

@@ -393,14 +393,7 @@ struct Planned {
 
 /// Whether two listener configs serve connections alike (nothing to update).
 fn same_listener(a: &config::Listener, b: &config::Listener) -> bool {
-    a.name == b.name
-        && a.bind == b.bind
-        && a.header_read_timeout == b.header_read_timeout
-        && a.idle_timeout == b.idle_timeout
-        && a.max_header_bytes == b.max_header_bytes
-        && a.max_uri_bytes == b.max_uri_bytes
-        && a.trusted_proxies == b.trusted_proxies
-        && a.max_body_bytes == b.max_body_bytes
+    a.name == b.name && diff::same_listener(&a, &b)
 }
 
 /// Settings of the new file that a running process cannot apply.

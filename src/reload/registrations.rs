@@ -118,15 +118,10 @@ fn key(pool: &str, address: &str) -> (String, String) {
     (pool.to_string(), address.to_string())
 }
 
-/// Prefers IPv4, as the config's own resolution does: names like `localhost` resolve to both
-/// families, and backends often listen on IPv4 only.
+/// Prefers IPv4, as the config's own resolution does.
 fn pick(addrs: impl Iterator<Item = SocketAddr>) -> io::Result<SocketAddr> {
     let addrs: Vec<SocketAddr> = addrs.collect();
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(addrs.first())
-        .copied()
+    config::prefer_ipv4(&addrs)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no addresses"))
 }
 

@@ -199,7 +199,7 @@ pub(super) fn parse_health_path(written: &str) -> Result<PathAndQuery, ValueErro
 
 /// A duration as a user would write it: the largest unit that divides it exactly (`"90s"`,
 /// `"2m"`, `"250ms"`), so messages and the summary speak the file's language.
-pub(super) fn show_duration(d: Duration) -> String {
+pub(in crate::config) fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
     match ms {
         0 => "0s".to_string(),
@@ -321,11 +321,7 @@ pub(super) fn resolve_backend(address: &str) -> Result<SocketAddr, ValueError> {
             );
         }
     };
-    addrs
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or_else(|| addrs.first())
-        .copied()
+    crate::config::prefer_ipv4(&addrs)
         .ok_or_else(|| ValueError::new(format!("backend `{address}` resolved to no addresses")))
 }
 
