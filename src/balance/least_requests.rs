@@ -9,8 +9,8 @@
 //! branching on the loads: the mispredicted branches of a plain argmin-and-count scan cost about
 //! 1.5 ns a backend. One of the keys tying with the least is then drawn uniformly: when ties
 //! look common (an idle or lightly loaded pool), by drawing random positions until one ties,
-//! about one draw per share of ties; otherwise by counting them and, if they are few, walking
-//! to a drawn one.
+//! about one draw per share of ties; otherwise by finding the first and counting those after it
+//! (a single least needs nothing more) and, if they are few, walking to a drawn one.
 //!
 //! Equal weights key on the in-flight count itself, so ties are exact. Other weights key on
 //! `(in_flight + 1)` times a fixed-point reciprocal of the weight, `2^39 / weight` rounded,
@@ -209,9 +209,12 @@ fn draw_tie(keys: &[u64], top: u64, common: bool) -> Option<usize> {
             return Some(j);
         }
     }
-    // How many tie, in four independent counts so that the compares do not wait on each other.
+    // The first tie, then how many follow it, in four independent counts so that the compares
+    // do not wait on each other. A loaded pool usually has one: found without a second walk.
+    let first = keys.iter().position(|&k| k <= top)?;
+    let rest = &keys[first + 1..];
     let mut counts = [0usize; 4];
-    let mut fours = keys.chunks_exact(4);
+    let mut fours = rest.chunks_exact(4);
     for four in &mut fours {
         for (count, &k) in counts.iter_mut().zip(four) {
             *count += usize::from(k <= top);
@@ -220,26 +223,23 @@ fn draw_tie(keys: &[u64], top: u64, common: bool) -> Option<usize> {
     for &k in fours.remainder() {
         counts[0] += usize::from(k <= top);
     }
-    match counts.iter().sum::<usize>() {
-        0 => None,
+    match counts.iter().sum::<usize>() + 1 {
+        1 => Some(first),
         ties if ties == n => Some(rng::below(n as u64) as usize),
         // At least one position in eight ties: eight draws or fewer on average.
         ties if ties * 8 >= n && n > 32 => (0..).find_map(|_| draw()),
         // Rare ties, or few keys: walk to a drawn one.
         ties => {
-            let mut r = if ties == 1 {
-                0
-            } else {
-                rng::below(ties as u64) as usize
-            };
-            keys.iter().position(|&k| {
-                let tie = k <= top;
-                if tie && r == 0 {
-                    return true;
-                }
-                r -= usize::from(tie);
-                false
-            })
+            let mut r = rng::below(ties as u64) as usize;
+            if r == 0 {
+                return Some(first);
+            }
+            rest.iter()
+                .position(|&k| {
+                    r -= usize::from(k <= top);
+                    r == 0 && k <= top
+                })
+                .map(|j| first + 1 + j)
         }
     }
 }
