@@ -23,6 +23,7 @@ pub mod demo;
 pub mod framing;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod registry;
 pub mod reload;

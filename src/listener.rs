@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config;
 use crate::framing::{self, Scanner};
+use crate::metrics::{ConnectionGauge, ListenerCounters};
 use crate::proxy::{headers, ConnContext, Proxy};
 use crate::state::Shared;
 
@@ -43,11 +44,14 @@ pub struct ConnState {
     h2: AtomicBool,
     /// Follows the raw HTTP/1 byte stream for framing hyper would silently repair.
     framing: Mutex<Scanner>,
+    /// Counts the connection as open on its listener while it lives.
+    gauge: Option<ConnectionGauge>,
 }
 
 impl ConnState {
-    fn new(limits: framing::Limits) -> ConnState {
+    fn new(limits: framing::Limits, gauge: Option<ConnectionGauge>) -> ConnState {
         ConnState {
+            gauge,
             epoch: Instant::now(),
             inflight: AtomicUsize::new(0),
             // A new connection must deliver its first head within the header timeout.
@@ -56,6 +60,11 @@ impl ConnState {
             h2: AtomicBool::new(false),
             framing: Mutex::new(Scanner::new(limits)),
         }
+    }
+
+    /// The counters of the connection's listener.
+    pub fn listener_counters(&self) -> Option<&ListenerCounters> {
+        self.gauge.as_ref().map(ConnectionGauge::counters)
     }
 
     /// The framing verdict on the HTTP/1 request that just arrived (heads are taken in order).
@@ -130,6 +139,12 @@ enum Verdict {
 /// RAII: one request in flight on a connection.
 #[derive(Debug)]
 pub struct ActiveRequest(Arc<ConnState>);
+
+impl ActiveRequest {
+    pub fn conn(&self) -> &ConnState {
+        &self.0
+    }
+}
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
@@ -341,6 +356,7 @@ impl Acceptor {
     /// Accepts until `shutdown` (of the process, or of this listener by a reload removing it),
     /// spawning each connection on `tracker`; it also closes the connections gracefully.
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
+        let counters = self.shared.listener_counters(self.id);
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -364,7 +380,8 @@ impl Acceptor {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
             let settings = self.settings.load_full();
-            let state = Arc::new(ConnState::new(settings.limits));
+            let gauge = ConnectionGauge::new(counters.clone());
+            let state = Arc::new(ConnState::new(settings.limits, Some(gauge)));
             let ctx = ConnContext {
                 shared: self.shared.clone(),
                 listener: self.id,
@@ -621,7 +638,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn phases_give_the_right_deadlines() {
-        let state = Arc::new(ConnState::new(framing::Limits::NONE));
+        let state = Arc::new(ConnState::new(framing::Limits::NONE, None));
         let start = state.epoch;
         // A fresh connection must send its head within the header timeout.
         assert_eq!(
@@ -677,7 +694,7 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let io = WatchedIo {
             stream: server,
-            state: Arc::new(ConnState::new(framing::Limits::NONE)),
+            state: Arc::new(ConnState::new(framing::Limits::NONE, None)),
             answered: false,
             unflushed: false,
             refusal: Vec::new(),
@@ -739,7 +756,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn h2_frames_between_requests_are_not_heads() {
-        let state = Arc::new(ConnState::new(framing::Limits::NONE));
+        let state = Arc::new(ConnState::new(framing::Limits::NONE, None));
         drop(state.request_started(true));
         state.on_read();
         let now = Instant::now();

@@ -2,6 +2,7 @@
 //! `ArcSwap`. A request loads it once and keeps it to the end, so a reload never changes the
 //! rules under a request in flight.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -9,6 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 
 use crate::config::{self, Cidr, Config};
+use crate::metrics::{ListenerCounters, RouteMetrics};
 use crate::proxy::route::Router;
 use crate::upstream::{Backend, Pool};
 
@@ -24,6 +26,9 @@ pub struct ListenerState {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// This listener's requests to each pool, indexed like `Snapshot::pools`, then one for
+    /// requests that reached no pool; empty when metrics are off.
+    pub routes: Box<[Arc<RouteMetrics>]>,
 }
 
 #[derive(Debug)]
@@ -57,6 +62,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         listener_ids: &[usize],
     ) -> Snapshot {
+        let metrics = config.admin.as_ref().is_some_and(|a| a.metrics);
         let listeners = config
             .listeners
             .iter()
@@ -71,6 +77,11 @@ impl Snapshot {
                     max_header_bytes: l.max_header_bytes,
                     max_uri_bytes: l.max_uri_bytes,
                     max_body_bytes: l.max_body_bytes,
+                    routes: if metrics {
+                        route_metrics(&config, id, previous)
+                    } else {
+                        Box::default()
+                    },
                 },
             )
             .collect();
@@ -104,6 +115,34 @@ impl Snapshot {
     pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
     }
+
+    /// The pool name of `ListenerState::routes[route]` (`""` for the last, no pool).
+    pub fn route_pool_name(&self, route: usize) -> &str {
+        self.pools.get(route).map_or("", |p| &p.name)
+    }
+}
+
+/// The route metrics of listener `id` for `config`'s pools (and no pool), continuing those of
+/// the same listener and pool in `previous`.
+fn route_metrics(
+    config: &Config,
+    id: usize,
+    previous: Option<&Snapshot>,
+) -> Box<[Arc<RouteMetrics>]> {
+    let old = previous.and_then(|s| Some((s, &s.listeners[s.listener_index(id)?])));
+    let carried = |name: &str| {
+        let (s, l) = old?;
+        let route = if name.is_empty() {
+            s.pools.len()
+        } else {
+            s.pools.iter().position(|p| &*p.name == name)?
+        };
+        l.routes.get(route).cloned()
+    };
+    let names = config.pools.iter().map(|p| p.name.as_str()).chain([""]);
+    names
+        .map(|name| carried(name).unwrap_or_default())
+        .collect()
 }
 
 /// State shared by every worker for the life of the process.
@@ -117,6 +156,8 @@ pub struct Shared {
     /// Backends a reload or a deregistration removed that still had requests in flight, with
     /// their pool's name: the admin API lists them as draining until they finish.
     pub draining: Mutex<Vec<(Arc<str>, Arc<Backend>)>>,
+    /// Each listener's counters by listener id, for the listener's whole life.
+    listener_counters: Mutex<HashMap<usize, Arc<ListenerCounters>>>,
 }
 
 #[derive(Debug, Default)]
@@ -133,7 +174,36 @@ impl Shared {
             connections: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             reloads: ReloadCounts::default(),
             draining: Mutex::default(),
+            listener_counters: Mutex::default(),
         }
+    }
+
+    /// The counters of listener `id`, made on first use.
+    pub fn listener_counters(&self, id: usize) -> Arc<ListenerCounters> {
+        let mut all = self
+            .listener_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.entry(id).or_default().clone()
+    }
+
+    /// The counters of the listeners in the current snapshot, with their names; those of removed
+    /// listeners are forgotten once their last connection has closed.
+    pub fn listeners_counted(&self) -> Vec<(Arc<str>, Arc<ListenerCounters>)> {
+        let snapshot = self.snapshot();
+        let mut all = self
+            .listener_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        all.retain(|&id, c| {
+            snapshot.listener_index(id).is_some()
+                || c.connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+        });
+        snapshot
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), all.entry(l.id).or_default().clone()))
+            .collect()
     }
 
     /// Swaps in `snapshot`: requests that already loaded the old one finish on it.

@@ -19,10 +19,45 @@ use crate::balance::{BackendSpec, Backends, Balancer, Ewma};
 use crate::config;
 use crate::health::outlier::Outliers;
 use crate::health::Health;
+use crate::metrics::BackendMetrics;
 use crate::proxy::body::UpstreamBody;
 
 /// The HTTP client one worker uses to reach every backend of one pool.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
+
+/// hyper-util's connector, counting the connections it opens: requests minus connections
+/// opened is how many reused a pooled one.
+#[derive(Debug, Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    opened: Arc<AtomicU64>,
+}
+
+impl tower_service::Service<http::Uri> for CountingConnector {
+    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    /// Boxed: connections are opened rarely next to the requests that reuse them.
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let stream = connecting.await?;
+            opened.fetch_add(1, Ordering::Relaxed);
+            Ok(stream)
+        })
+    }
+}
 
 /// One backend of a pool.
 #[derive(Debug)]
@@ -46,6 +81,8 @@ pub struct Backend {
     waiters: Arc<Waiters>,
     active: AtomicU64,
     total: AtomicU64,
+    /// Its requests by listener and status, and its response times.
+    pub metrics: BackendMetrics,
 }
 
 impl Backend {
@@ -64,6 +101,7 @@ impl Backend {
             waiters,
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
+            metrics: BackendMetrics::default(),
         }
     }
 
@@ -162,6 +200,8 @@ pub struct Pool {
     /// One client per worker, indexed by the worker's number.
     /// Cheap to clone: a clone shares the client's connection pool.
     clients: Box<[UpstreamClient]>,
+    /// Upstream connections its clients have opened, kept across reloads.
+    pub connections_opened: Arc<AtomicU64>,
 }
 
 impl Pool {
@@ -176,12 +216,14 @@ impl Pool {
     /// retry budget, ejection count and, when its timeouts are unchanged, its upstream clients
     /// with their idle connections. (Retiring the backends not kept is the reload's job.)
     pub fn build(cfg: &config::Pool, workers: usize, previous: Option<&Pool>) -> Pool {
+        let connections_opened =
+            previous.map_or_else(Arc::default, |old| old.connections_opened.clone());
         let clients = match previous {
             Some(old) if old.timeouts == cfg.timeouts && old.clients.len() == workers.max(1) => {
                 old.clients.clone()
             }
             _ => (0..workers.max(1))
-                .map(|_| build_client(&cfg.timeouts))
+                .map(|_| build_client(&cfg.timeouts, &connections_opened))
                 .collect(),
         };
         let waiters = previous.map_or_else(Arc::default, |old| old.waiters.clone());
@@ -233,6 +275,7 @@ impl Pool {
                 RetryPolicy::new(settings, previous.and_then(|old| old.retry.as_ref()))
             }),
             clients,
+            connections_opened,
         }
     }
 
@@ -250,7 +293,7 @@ impl Pool {
     }
 }
 
-fn build_client(timeouts: &config::Timeouts) -> UpstreamClient {
+fn build_client(timeouts: &config::Timeouts, opened: &Arc<AtomicU64>) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(timeouts.connect));
@@ -265,7 +308,10 @@ fn build_client(timeouts: &config::Timeouts) -> UpstreamClient {
         // A stale pooled connection that fails before the request is written is retried by
         // hyper-util itself; one that fails after is handled in `proxy::forward`.
         .retry_canceled_requests(true)
-        .build(connector)
+        .build(CountingConnector {
+            inner: connector,
+            opened: opened.clone(),
+        })
 }
 
 /// The pool as its balancer sees it: weights, live load and latency of each backend.

@@ -1,5 +1,5 @@
 //! The admin API on `admin.bind`: `GET /healthz`, `GET /api/pools` (`pools.rs`),
-//! `GET /api/config`, `POST /api/reload`, `GET /metrics` (the reload metrics for now), and the
+//! `GET /api/config`, `POST /api/reload`, `GET /metrics` (`crate::metrics`), and the
 //! bearer-token check that guards every endpoint but `/healthz`. Endpoints that change
 //! anything take POST (or DELETE) only; other methods get 405 with an `Allow` header.
 
@@ -207,26 +207,11 @@ fn config_json(shared: &Shared) -> Vec<u8> {
     serde_json::to_vec_pretty(&body).unwrap_or_default()
 }
 
-/// `GET /metrics`, Prometheus text format. Issue 6 fills in the rest of the SPEC's table.
+/// `GET /metrics`, Prometheus text format (`metrics::render`).
 fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
-    use std::fmt::Write;
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut out = String::new();
-    let reloads = &shared.reloads;
-    let _ = write!(
-        out,
-        "# HELP sluice_config_reloads_total Configuration reloads by result.\n\
-         # TYPE sluice_config_reloads_total counter\n\
-         sluice_config_reloads_total{{result=\"ok\"}} {}\n\
-         sluice_config_reloads_total{{result=\"error\"}} {}\n\
-         # HELP sluice_config_generation The running configuration's generation.\n\
-         # TYPE sluice_config_generation gauge\n\
-         sluice_config_generation {}\n",
-        reloads.ok.load(Relaxed),
-        reloads.error.load(Relaxed),
-        shared.snapshot().generation,
-    );
-    let mut response = Response::new(Full::new(Bytes::from(out)));
+    let mut response = Response::new(Full::new(Bytes::from(crate::metrics::render::render(
+        shared,
+    ))));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

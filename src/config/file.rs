@@ -67,6 +67,9 @@ pub(super) struct AdminFile {
     /// An admin request head must arrive within this, counted from the connection's start
     /// (sluice addition); default "10s".
     pub header_read_timeout: Option<Spanned<DurationText>>,
+    /// Per-request metrics for `GET /metrics` and the status page (sluice addition); default
+    /// true. Off saves their (small) cost on the request path.
+    pub metrics: Option<bool>,
 }
 
 /// `[log]`

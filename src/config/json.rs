@@ -70,6 +70,7 @@ fn admin(admin: &Admin) -> Value {
         "header_read_timeout".into(),
         duration(admin.header_read_timeout).into(),
     );
+    out.insert("metrics".into(), admin.metrics.into());
     Value::Object(out)
 }
 

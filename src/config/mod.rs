@@ -55,6 +55,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// A request head must arrive within this, counted from the connection's start.
     pub header_read_timeout: Duration,
+    /// Per-request metrics are recorded.
+    pub metrics: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -211,6 +211,7 @@ impl Checker<'_> {
                 bind,
                 token,
                 header_read_timeout,
+                metrics: admin.metrics.unwrap_or(true),
             },
             bind_span,
         )

@@ -49,6 +49,29 @@ pub struct CheckRecord {
     pub at: SystemTime,
 }
 
+/// A backend's active-check results: counts, the most recent ones, and the last in full.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    pub passed: u64,
+    pub failed: u64,
+    /// The last `recent_len` results, newest in bit 0: 1 passed, 0 failed.
+    pub recent: u32,
+    pub recent_len: u32,
+    pub last: Option<CheckRecord>,
+}
+
+impl Checks {
+    /// How many results `recent` keeps.
+    pub const RECENT: u32 = 32;
+
+    /// The recent results, oldest first.
+    pub fn recent(&self) -> impl Iterator<Item = bool> + '_ {
+        (0..self.recent_len)
+            .rev()
+            .map(|i| self.recent >> i & 1 == 1)
+    }
+}
+
 /// A backend's health: the bits that keep it from traffic, and the passive detector's counts.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -62,7 +85,7 @@ pub struct Health {
     pub(crate) awaiting_probe: std::sync::atomic::AtomicBool,
     /// Every ejection since the backend joined, for metrics.
     pub(crate) ejections_total: std::sync::atomic::AtomicU64,
-    last_check: Mutex<Option<CheckRecord>>,
+    checks: Mutex<Checks>,
     /// The active-check verdict has been "passing" at some point: from then on a return to
     /// healthy takes `healthy_threshold` passes, not the first-probe rule's one. Kept here,
     /// not in the probe loop, so that a loop restarted by a reload does not forget it.
@@ -136,11 +159,24 @@ impl Health {
     }
 
     pub fn record_check(&self, record: CheckRecord) {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        let mut checks = self.checks.lock().unwrap_or_else(|e| e.into_inner());
+        checks.recent = checks.recent << 1 | u32::from(record.passed);
+        checks.recent_len = (checks.recent_len + 1).min(Checks::RECENT);
+        if record.passed {
+            checks.passed += 1;
+        } else {
+            checks.failed += 1;
+        }
+        checks.last = Some(record);
     }
 
     pub fn last_check(&self) -> Option<CheckRecord> {
-        self.last_check
+        self.checks().last
+    }
+
+    /// The active checks' results so far.
+    pub fn checks(&self) -> Checks {
+        self.checks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()

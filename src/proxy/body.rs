@@ -14,6 +14,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::exchange::Exchange;
+use crate::listener::ConnState;
 
 /// Why a request body stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,8 @@ pub enum UpstreamBody {
         allowed: u64,
         /// Bytes passed on, shared with the access log when it is on.
         counter: Option<Arc<AtomicU64>>,
+        /// The connection it arrives on, whose listener counts the bytes received.
+        conn: Arc<ConnState>,
     },
     /// A body that a retry may send again (pools with retries): what has been passed on is
     /// kept, up to `REPLAY_LIMIT`, so another attempt can start over from its first byte.
@@ -190,6 +193,7 @@ impl Body for UpstreamBody {
                 inner,
                 allowed,
                 counter,
+                conn,
             } => {
                 let frame = ready!(Pin::new(inner).poll_frame(cx));
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
@@ -200,6 +204,9 @@ impl Body for UpstreamBody {
                     *allowed -= len;
                     if let Some(counter) = counter {
                         counter.fetch_add(len, Ordering::Relaxed);
+                    }
+                    if let Some(counters) = conn.listener_counters() {
+                        counters.received_bytes.fetch_add(len, Ordering::Relaxed);
                     }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))

@@ -18,6 +18,7 @@ use super::body::{BodyError, UpstreamBody};
 use super::error::ProxyError;
 use crate::config::RetryOn;
 use crate::health::outlier::Verdict;
+use crate::metrics;
 use crate::state::Snapshot;
 use crate::upstream::Pool;
 
@@ -110,6 +111,7 @@ impl Upstream {
                     // must not look attractive.
                     let failed = response.status().is_server_error();
                     backend.observe(if failed { Err(()) } else { Ok(took) }, now.into_std());
+                    backend.metrics.upstream.observe(took);
                     record_outcome(&snapshot.pools[self.pool], self.backend, !failed);
                     return Ok((response, self.timed.then_some(took)));
                 }
@@ -132,10 +134,15 @@ impl Upstream {
                 _ => {
                     let error = failure.into_proxy_error();
                     // Only the backend's own failures count against it, not a client's body.
-                    if matches!(
-                        error,
-                        ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
-                    ) {
+                    let failure = match error {
+                        ProxyError::Connect(_) => Some(metrics::Failure::Connect),
+                        ProxyError::Timeout => Some(metrics::Failure::Timeout),
+                        ProxyError::Upstream(_) => Some(metrics::Failure::Response),
+                        _ => None,
+                    };
+                    if let Some(failure) = failure {
+                        backend.metrics.failed(failure);
+                        backend.metrics.upstream.observe(self.sent.elapsed());
                         backend.observe(Err(()), std::time::Instant::now());
                         record_outcome(&snapshot.pools[self.pool], self.backend, false);
                     }

@@ -137,7 +137,6 @@ impl Started {
         };
         let log = snapshot.access_log.then(|| {
             Box::new(AccessRecord {
-                start: Instant::now(),
                 listener: snapshot
                     .listeners
                     .get(listener)
@@ -147,11 +146,9 @@ impl Started {
                 host: headers::request_host(req).and_then(|h| HeaderValue::from_str(h).ok()),
                 path: req.uri().path().to_owned(),
                 request_id: request_id.clone(),
-                status: 0,
                 pool: None,
                 upstream: None,
                 bytes_in: None,
-                bytes_out: 0,
                 aborted: false,
             })
         });
@@ -159,7 +156,7 @@ impl Started {
             listener,
             version,
             request_id,
-            exchange: Exchange::new(active, log),
+            exchange: Exchange::new(active, &snapshot, listener, log),
             snapshot,
         }
     }
@@ -196,6 +193,7 @@ impl Started {
             .ok_or(ProxyError::NoRoute)?;
         let pool_index = route.pool;
         let pool = &snapshot.pools[pool_index];
+        exchange.set_pool(pool_index);
         if let Some(log) = exchange.log_mut() {
             log.pool = Some(pool.name.clone());
         }
@@ -221,7 +219,7 @@ impl Started {
                 authority
             }
         };
-        let body = upstream_body(listener, body, exchange);
+        let body = upstream_body(listener, body, exchange, &ctx.conn);
         if hop_by_hop {
             headers::strip_present_hop_by_hop(&mut parts.headers);
         }
@@ -428,6 +426,7 @@ fn upstream_body(
     listener: &ListenerState,
     body: Incoming,
     exchange: &mut Exchange,
+    conn: &Arc<ConnState>,
 ) -> UpstreamBody {
     if body.is_end_stream() {
         return UpstreamBody::Empty;
@@ -441,6 +440,7 @@ fn upstream_body(
         inner: body,
         allowed: listener.max_body_bytes.unwrap_or(u64::MAX),
         counter,
+        conn: conn.clone(),
     }
 }
 
@@ -454,6 +454,7 @@ pub fn local_answer(
     let status = e.status();
     if let Some(exchange) = exchange.as_mut() {
         exchange.set_status(status);
+        exchange.set_local();
     }
     let mut response = Response::new(ResponseBody::local(e.body(), exchange));
     *response.status_mut() = status;
