@@ -374,6 +374,7 @@ backends = [{ address = "127.0.0.1:9001" }]
                 "bind": "127.0.0.1:9901",
                 "token": "<redacted>",
                 "header_read_timeout": "1500ms",
+                "metrics": true,
             },
             "log": { "level": "sluice=debug,warn", "format": "json", "access_log": false },
             "listener": [
