@@ -170,7 +170,10 @@ async fn requests_are_counted_per_listener_pool_backend_and_code() {
         );
     }
     assert_eq!(
-        value(&text, "sluice_downstream_connections_total{listener=\"web\"}"),
+        value(
+            &text,
+            "sluice_downstream_connections_total{listener=\"web\"}"
+        ),
         11.0,
         "one connection per request from `get`"
     );
@@ -182,7 +185,12 @@ async fn requests_are_counted_per_listener_pool_backend_and_code() {
         1000.0
     );
     // Each backend answers with its one-letter name; sluice's own answers say more.
-    assert!(value(&text, "sluice_downstream_sent_bytes_total{listener=\"web\"}") >= 6.0 + 5.0);
+    assert!(
+        value(
+            &text,
+            "sluice_downstream_sent_bytes_total{listener=\"web\"}"
+        ) >= 6.0 + 5.0
+    );
     assert_eq!(value(&text, "sluice_config_generation"), 1.0);
     assert!(value(&text, "process_resident_memory_bytes") > 1e6);
     assert!(value(&text, "process_open_fds") > 3.0);
@@ -212,7 +220,11 @@ async fn keep_alive_reuses_upstream_connections_and_says_so() {
         ),
         a.connections_accepted() as f64
     );
-    assert_eq!(a.connections_accepted(), 1, "sequential requests reuse one connection");
+    assert_eq!(
+        a.connections_accepted(),
+        1,
+        "sequential requests reuse one connection"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,12 +260,17 @@ async fn metrics_off_records_nothing_per_request() {
     assert!(toml.contains("metrics = false"));
     let sluice = TestSluice::start(&toml);
     assert_eq!(
-        get(&format!("http://{}/api/x", sluice.addrs[0])).await.status,
+        get(&format!("http://{}/api/x", sluice.addrs[0]))
+            .await
+            .status,
         200
     );
     let text = scrape(sluice.admin.unwrap()).await;
     assert!(!text.contains("sluice_requests_total{"), "{text}");
-    assert!(!text.contains("sluice_request_duration_seconds_count"), "{text}");
+    assert!(
+        !text.contains("sluice_request_duration_seconds_count"),
+        "{text}"
+    );
     // The rest is still there.
     assert_eq!(value(&text, "sluice_config_generation"), 1.0);
 }
@@ -299,4 +316,90 @@ fn assert_parses_as_prometheus_text(text: &str) {
         .unwrap_or(0);
     let lines = text.lines().filter(|l| !l.starts_with('#')).count();
     assert_eq!(samples, lines, "every sample line parsed: {counts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_survive_a_reload_and_a_removed_backends_series_go_once_it_drains() {
+    use support::gate::GatedBackend;
+    use support::reload::{Reloadable, ADMIN};
+    let keep = TestBackend::start("keep");
+    let gone = GatedBackend::start("gone");
+    let pool = |backends: &str| {
+        format!(
+            "{ADMIN}\n[log]\naccess_log = false\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n\
+             [[route]]\npool = \"app\"\n\n[pool.app]\nalgorithm = \"round_robin\"\nbackends = [{backends}]\n"
+        )
+    };
+    let both = format!(
+        "{{ address = \"{}\" }}, {{ address = \"{}\" }}",
+        keep.addr,
+        gone.addr()
+    );
+    let sluice = Reloadable::start(&pool(&both));
+    let (admin, url) = (sluice.admin(), format!("http://{}/held", sluice.addr()));
+    // Two requests: one answered by `keep`, one held by `gone` until the gate opens.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await.status.as_u16() })
+        })
+        .collect();
+    let waited = tokio::task::spawn_blocking({
+        let gate = gone.gate.clone();
+        move || eventually(Duration::from_secs(5), || gate.arrived() == 1)
+    });
+    assert!(waited.await.unwrap(), "a request reached `gone`");
+    let keep_200 = format!(
+        "sluice_requests_total{{listener=\"web\",pool=\"app\",backend=\"{}\",code=\"200\"}}",
+        keep.addr
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let before = loop {
+        // The other request was answered by `keep`: counted once its answer is complete.
+        if let Some(before) = series(&scrape(admin).await, &keep_200) {
+            break before;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(before, 1.0);
+
+    let only_keep = format!("{{ address = \"{}\" }}", keep.addr);
+    let sluice = tokio::task::spawn_blocking(move || {
+        sluice.reload_ok(&pool(&only_keep));
+        sluice
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&url.replace("/held", "/after")).await.status, 200);
+    let text = scrape(admin).await;
+    assert_eq!(
+        value(&text, &keep_200),
+        before + 1.0,
+        "not reset by the reload"
+    );
+    assert_eq!(value(&text, "sluice_config_generation"), 2.0);
+    let gone_active = format!(
+        "sluice_backend_active_requests{{pool=\"app\",backend=\"{}\"}}",
+        gone.addr()
+    );
+    assert_eq!(value(&text, &gone_active), 1.0, "draining, still listed");
+
+    gone.gate.open();
+    for request in held {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(admin).await;
+        if !text.contains(&gone.addr().to_string()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gone's series stay:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(sluice);
 }
