@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::{process, CodeCounts, Failure, HistogramValues, BUCKETS};
+use super::{process, CodeCounts, Failure, HistogramValues, ListenerCounters, BUCKETS};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Backend;
 
@@ -81,55 +81,43 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
-    let gauges: [(&str, &str, fn(&Backend) -> u64); 3] = [
-        (
-            "sluice_backend_up",
-            "1 if the backend may take new requests (healthy, not ejected, not draining), else 0.",
-            |b| u64::from(b.health.available()),
-        ),
-        (
-            "sluice_backend_active_requests",
-            "Requests in flight to the backend.",
-            Backend::active_requests,
-        ),
-        (
-            "sluice_backend_weight",
-            "The backend's configured weight.",
-            |b| u64::from(b.weight()),
-        ),
+    let per_backend: [Each<Backend>; 5] = [
+        Each {
+            name: "sluice_backend_up",
+            kind: "gauge",
+            help: "1 if the backend may take new requests (healthy, not ejected, not draining), else 0.",
+            value: |b| u64::from(b.health.available()),
+        },
+        Each {
+            name: "sluice_backend_active_requests",
+            kind: "gauge",
+            help: "Requests in flight to the backend.",
+            value: Backend::active_requests,
+        },
+        Each {
+            name: "sluice_backend_weight",
+            kind: "gauge",
+            help: "The backend's configured weight.",
+            value: |b| u64::from(b.weight()),
+        },
+        Each {
+            name: "sluice_ejections_total",
+            kind: "counter",
+            help: "Ejections by passive outlier detection.",
+            value: |b| b.health.ejections_total.load(Relaxed),
+        },
+        Each {
+            name: "sluice_upstream_requests_total",
+            kind: "counter",
+            help: "Attempts sent to the backend, retries included.",
+            value: Backend::requests_total,
+        },
     ];
-    for (name, help, value) in gauges {
-        family(out, name, "gauge", help);
+    for each in per_backend {
+        family(out, each.name, each.kind, each.help);
         for &(pool, b) in &backends {
-            sample(
-                out,
-                name,
-                &[("pool", pool), ("backend", &b.address)],
-                value(b),
-            );
-        }
-    }
-    let counters: [(&str, &str, fn(&Backend) -> u64); 2] = [
-        (
-            "sluice_ejections_total",
-            "Ejections by passive outlier detection.",
-            |b| b.health.ejections_total.load(Relaxed),
-        ),
-        (
-            "sluice_upstream_requests_total",
-            "Attempts sent to the backend, retries included.",
-            Backend::requests_total,
-        ),
-    ];
-    for (name, help, value) in counters {
-        family(out, name, "counter", help);
-        for &(pool, b) in &backends {
-            sample(
-                out,
-                name,
-                &[("pool", pool), ("backend", &b.address)],
-                value(b),
-            );
+            let labels = [("pool", pool), ("backend", &*b.address)];
+            sample(out, each.name, &labels, (each.value)(b));
         }
     }
 
@@ -207,36 +195,41 @@ pub fn render(shared: &Shared) -> String {
     }
 
     let listeners = shared.listeners_counted();
-    let per_listener: [(&str, &str, &str, fn(&super::ListenerCounters) -> u64); 4] = [
-        (
-            "sluice_downstream_connections",
-            "gauge",
-            "Client connections open.",
-            |c| c.connections.load(Relaxed).max(0) as u64,
-        ),
-        (
-            "sluice_downstream_connections_total",
-            "counter",
-            "Client connections accepted.",
-            |c| c.connections_total.load(Relaxed),
-        ),
-        (
-            "sluice_downstream_received_bytes_total",
-            "counter",
-            "Request body bytes received from clients.",
-            |c| c.received_bytes.load(Relaxed),
-        ),
-        (
-            "sluice_downstream_sent_bytes_total",
-            "counter",
-            "Response body bytes sent to clients.",
-            |c| c.sent_bytes.load(Relaxed),
-        ),
+    let per_listener: [Each<ListenerCounters>; 4] = [
+        Each {
+            name: "sluice_downstream_connections",
+            kind: "gauge",
+            help: "Client connections open.",
+            value: |c| c.connections.load(Relaxed).max(0) as u64,
+        },
+        Each {
+            name: "sluice_downstream_connections_total",
+            kind: "counter",
+            help: "Client connections accepted.",
+            value: |c| c.connections_total.load(Relaxed),
+        },
+        Each {
+            name: "sluice_downstream_received_bytes_total",
+            kind: "counter",
+            help: "Request body bytes received from clients.",
+            value: |c| c.received_bytes.load(Relaxed),
+        },
+        Each {
+            name: "sluice_downstream_sent_bytes_total",
+            kind: "counter",
+            help: "Response body bytes sent to clients.",
+            value: |c| c.sent_bytes.load(Relaxed),
+        },
     ];
-    for (name, kind, help, value) in per_listener {
-        family(out, name, kind, help);
+    for each in per_listener {
+        family(out, each.name, each.kind, each.help);
         for (listener, counters) in &listeners {
-            sample(out, name, &[("listener", listener)], value(counters));
+            sample(
+                out,
+                each.name,
+                &[("listener", listener)],
+                (each.value)(counters),
+            );
         }
     }
 
@@ -281,6 +274,14 @@ pub fn render(shared: &Shared) -> String {
 
     process::render(out);
     std::mem::take(out)
+}
+
+/// A family with one sample per backend, or per listener: its value read from each.
+struct Each<T> {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: fn(&T) -> u64,
 }
 
 /// `# HELP` and `# TYPE` lines.
