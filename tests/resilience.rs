@@ -405,9 +405,10 @@ async fn over_the_limits_the_answer_is_a_quick_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_request_waits_for_a_slot() {
-    let slow = Counting::with("slow", |_| Reply::Slow(Duration::from_millis(500)));
+    let slow = Counting::with("slow", |_| Reply::Slow(Duration::from_millis(1500)));
     let pool = "[pool.app.limits]\nmax_connections_per_backend = 1\nmax_pending = 1\n";
-    let proxy = sluice(&[slow.addr()], pool);
+    let admin = "[admin]\nbind = \"127.0.0.1:0\"\n";
+    let proxy = TestSluice::start(&config_with(&[slow.addr()], admin, "", pool));
     let url = proxy.url("/");
     let first = {
         let url = url.clone();
@@ -418,15 +419,22 @@ async fn a_pending_request_waits_for_a_slot() {
         let url = url.clone();
         tokio::spawn(async move { get(&url).await.status })
     };
-    // The waiting one holds the only pending place: a third is refused at once.
-    let mut third = StatusCode::OK;
-    for _ in 0..100 {
-        third = get(&url).await.status;
-        if third == StatusCode::SERVICE_UNAVAILABLE {
-            break;
-        }
+    // Once the second holds the only pending place (seen in the metrics, so that a loaded
+    // machine cannot let the third overtake it), a third is refused at once.
+    let pending = format!("http://{}/metrics", proxy.admin.unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !get(&pending)
+        .await
+        .text()
+        .contains("sluice_pool_pending_requests{pool=\"app\"} 1\n")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(third, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&url).await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(first.await.unwrap(), StatusCode::OK);
     assert_eq!(
         waiting.await.unwrap(),
