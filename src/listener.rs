@@ -218,7 +218,11 @@ impl AsyncRead for WatchedIo {
             // these itself, bare, and silently repair others).
             if let Some(reject) = scanner.next_refused() {
                 if this.state.inflight.load(Ordering::Relaxed) == 0 && !this.unflushed {
-                    this.refusal = refusal(reject);
+                    let (status, answer) = refusal(reject);
+                    if let Some(counters) = this.state.listener_counters() {
+                        counters.refused.add(0, status);
+                    }
+                    this.refusal = answer;
                     match this.stream.try_write(&this.refusal) {
                         Ok(n) => drop(this.refusal.drain(..n)),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -278,8 +282,8 @@ impl AsyncWrite for WatchedIo {
     }
 }
 
-/// The bytes of sluice's answer to a refused request head.
-fn refusal(reject: framing::Reject) -> Vec<u8> {
+/// The status and bytes of sluice's answer to a refused request head.
+fn refusal(reject: framing::Reject) -> (u16, Vec<u8>) {
     let e = crate::proxy::error::ProxyError::from(reject);
     let status = e.status();
     let body = e.body();
@@ -289,15 +293,15 @@ fn refusal(reject: framing::Reject) -> Vec<u8> {
         cause = body.trim_end(),
         "refused a request head"
     );
-    format!(
+    let answer = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n\
          x-request-id: {}\r\nconnection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len(),
         id.to_str().unwrap_or(""),
-    )
-    .into_bytes()
+    );
+    (status.as_u16(), answer.into_bytes())
 }
 
 /// A listener's settings in the form its connections use, built once per config. A reload

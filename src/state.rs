@@ -187,10 +187,9 @@ impl Shared {
         all.entry(id).or_default().clone()
     }
 
-    /// The counters of the listeners in the current snapshot, with their names; those of removed
+    /// The counters of `snapshot`'s listeners, in its order, with their names; those of removed
     /// listeners are forgotten once their last connection has closed.
-    pub fn listeners_counted(&self) -> Vec<(Arc<str>, Arc<ListenerCounters>)> {
-        let snapshot = self.snapshot();
+    pub fn listeners_counted(&self, snapshot: &Snapshot) -> Vec<(Arc<str>, Arc<ListenerCounters>)> {
         let mut all = self
             .listener_counters
             .lock()

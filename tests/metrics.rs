@@ -89,6 +89,13 @@ async fn requests_are_counted_per_listener_pool_backend_and_code() {
     for _ in 0..3 {
         assert_eq!(get(&format!("http://{web}/dead")).await.status, 502);
     }
+    // An ambiguous head, refused before it became a request: counted with pool "".
+    let refused = raw(
+        web,
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        Duration::from_secs(5),
+    );
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     // A body in: counted as received bytes.
     let post = http::Request::post(format!("http://{internal}/api/upload"))
         .body(full(vec![b'x'; 1000]))
@@ -111,12 +118,13 @@ async fn requests_are_counted_per_listener_pool_backend_and_code() {
         3.0
     );
     assert_eq!(requests("web", "", "", "404"), 2.0);
+    assert_eq!(requests("web", "", "", "400"), 1.0);
     assert_eq!(requests("web", "dead", "", "502"), 3.0);
     let request_lines = text
         .lines()
         .filter(|l| l.starts_with("sluice_requests_total{"))
         .count();
-    assert!(request_lines <= 6, "no other series: {text}");
+    assert!(request_lines <= 7, "no other series: {text}");
 
     // Durations per listener and pool; attempts and failures per backend.
     let count = |listener: &str, pool: &str| {
@@ -174,8 +182,8 @@ async fn requests_are_counted_per_listener_pool_backend_and_code() {
             &text,
             "sluice_downstream_connections_total{listener=\"web\"}"
         ),
-        11.0,
-        "one connection per request from `get`"
+        12.0,
+        "one connection per request from `get`, and the refused one"
     );
     assert_eq!(
         value(

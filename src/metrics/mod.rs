@@ -206,6 +206,9 @@ pub struct ListenerCounters {
     /// Request body bytes received and response body bytes sent.
     pub received_bytes: AtomicU64,
     pub sent_bytes: AtomicU64,
+    /// Request heads refused before they became requests (ambiguous framing, by status; listener
+    /// key 0): counted in `sluice_requests_total` with `pool=""`.
+    pub refused: CodeCounts,
 }
 
 /// RAII: one open downstream connection of a listener.

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::{process, CodeCounts, Failure, HistogramValues, ListenerCounters, BUCKETS};
+use super::{process, Failure, HistogramValues, ListenerCounters, BUCKETS};
 use crate::state::{Shared, Snapshot};
 use crate::upstream::Backend;
 
@@ -29,18 +29,24 @@ pub fn render(shared: &Shared) -> String {
 
     family(out, "sluice_requests_total", "counter", "Requests answered, by listener, pool, backend and the status sent to the client (backend=\"\": sluice's own answer; 499: the client left before any answer).");
     for &(pool, backend) in &backends {
-        codes(
-            out,
-            &snapshot,
-            pool,
-            &backend.address,
-            &backend.metrics.codes,
-        );
+        let values = backend.metrics.codes.values();
+        codes(out, &snapshot, pool, &backend.address, values);
     }
-    for listener in &snapshot.listeners {
+    let listeners = shared.listeners_counted(&snapshot);
+    for (listener, (_, counters)) in snapshot.listeners.iter().zip(&listeners) {
         for (route, metrics) in listener.routes.iter().enumerate() {
-            let pool = snapshot.route_pool_name(route);
-            codes(out, &snapshot, pool, "", &metrics.local);
+            let mut values = metrics.local.values();
+            if route + 1 == listener.routes.len() {
+                // Heads refused before they became requests count with those that reached no
+                // pool: one series per code.
+                for (_, code, count) in counters.refused.values() {
+                    match values.iter_mut().find(|v| v.1 == code) {
+                        Some(v) => v.2 += count,
+                        None => values.push((listener.id, code, count)),
+                    }
+                }
+            }
+            codes(out, &snapshot, snapshot.route_pool_name(route), "", values);
         }
     }
 
@@ -194,7 +200,6 @@ pub fn render(shared: &Shared) -> String {
         );
     }
 
-    let listeners = shared.listeners_counted();
     let per_listener: [Each<ListenerCounters>; 4] = [
         Each {
             name: "sluice_downstream_connections",
@@ -326,10 +331,16 @@ fn escape(out: &mut String, value: &str) {
     }
 }
 
-/// `sluice_requests_total` samples of one table: each (listener id, code) of a listener still in
+/// `sluice_requests_total` samples from (listener id, code, count) values: those of listeners still in
 /// the snapshot.
-fn codes(out: &mut String, snapshot: &Snapshot, pool: &str, backend: &str, counts: &CodeCounts) {
-    for (listener, code, count) in counts.values() {
+fn codes(
+    out: &mut String,
+    snapshot: &Snapshot,
+    pool: &str,
+    backend: &str,
+    values: Vec<(usize, u16, u64)>,
+) {
+    for (listener, code, count) in values {
         let Some(listener) = snapshot.listener_index(listener) else {
             continue;
         };
