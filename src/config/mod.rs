@@ -18,11 +18,22 @@ use std::time::Duration;
 pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, ConfigErrors};
 
+/// A hash of a config file's content, to tell whether it changed.
+pub fn content_hash(content: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(content);
+    hasher.finish()
+}
+
 /// A complete, validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where the configuration came from (a path, or a name like `<demo>`), for messages.
     pub source: PathBuf,
+    /// `content_hash` of the file's text, when it was loaded from one: the file watcher
+    /// compares the file with what was loaded, not with what it finds when it starts.
+    pub source_hash: Option<u64>,
     pub server: Server,
     /// `None` when the `[admin]` table is absent: the admin API is disabled.
     pub admin: Option<Admin>,
@@ -388,7 +399,9 @@ impl Config {
                 format!("cannot read config file: {e}"),
             ))
         })?;
-        Self::parse(&text, path)
+        let mut config = Self::parse(&text, path)?;
+        config.source_hash = Some(content_hash(text.as_bytes()));
+        Ok(config)
     }
 
     /// Parses and validates TOML text; `source` names it in messages.

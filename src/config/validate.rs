@@ -141,6 +141,7 @@ impl Checker<'_> {
         }
         Config {
             source: self.source.to_path_buf(),
+            source_hash: None,
             server,
             admin: admin.map(|(admin, _)| admin),
             log,

@@ -177,6 +177,7 @@ async fn watch_file(
     }
     let options = WatchOptions {
         poll_interval: snapshot.config.server.watch_poll_interval,
+        loaded: snapshot.config.source_hash,
         ..WatchOptions::default()
     };
     Some(watch(path, options, shutdown.clone()).await)

@@ -8,8 +8,6 @@
 //! nothing. Where the OS reports nothing at all (some bind mounts, network file systems), the
 //! same hash comparison runs every `poll_interval`.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::Hasher;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +38,10 @@ pub struct WatchOptions {
     /// Whether to use the OS's file notifications (inotify, FSEvents, kqueue, ...). When they
     /// cannot be set up, a warning is logged and only polling remains. Default `true`.
     pub notify: bool,
+    /// `config::content_hash` of the text the running config was loaded from: a file that
+    /// differs from it when the watcher starts (changed during start-up) is signalled at once.
+    /// `None`: the content found at start is the baseline.
+    pub loaded: Option<u64>,
 }
 
 impl Default for WatchOptions {
@@ -48,6 +50,7 @@ impl Default for WatchOptions {
             poll_interval: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
             notify: true,
+            loaded: None,
         }
     }
 }
@@ -55,13 +58,13 @@ impl Default for WatchOptions {
 /// Watches the file at `path` until `shutdown` is cancelled or the receiver is dropped.
 ///
 /// The receiver yields `()` once per burst of changes that left the file with content other than
-/// the content last signalled (at first: the content when this returns), and `None` once the
-/// watcher has ended. At most one signal waits in the channel: while a reload is still running,
+/// the content last signalled (at first: `options.loaded`, or else the content when this
+/// returns), and `None` once the watcher has ended. At most one signal waits in the channel: while a reload is still running,
 /// further changes fold into that one signal.
 ///
 /// This is `async` so that the watcher is in place when it returns: a change made after that is
-/// signalled. Start it *before* loading the config the first time, so that a change between the
-/// load and the watch cannot be missed (at worst it costs one reload of unchanged content).
+/// signalled. A change between loading the config and starting the watcher is signalled at once
+/// when `options.loaded` holds the loaded content's hash.
 ///
 /// The watcher runs as a task on the caller's runtime (a current-thread runtime will do); file
 /// reads and notification set-up run on the blocking pool.
@@ -106,8 +109,8 @@ pub async fn watch(
         debounce = ?options.debounce,
         "watching config file"
     );
-    let watch = Watch {
-        signalled: content.as_ref().ok().copied(),
+    let mut watch = Watch {
+        signalled: options.loaded.or(content.as_ref().ok().copied()),
         readable: content.is_ok(),
         path,
         options,
@@ -115,6 +118,11 @@ pub async fn watch(
         poke,
         tx,
     };
+    if let Ok(now) = content {
+        if watch.signalled != Some(now) {
+            watch.signal(Some(now));
+        }
+    }
     tokio::spawn(watch.run(shutdown));
     rx
 }
@@ -350,10 +358,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 
 /// Hash of the file's content (blocking). Config files are small: read whole.
 fn read_hash(path: &Path) -> io::Result<u64> {
-    let content = std::fs::read(path)?;
-    let mut hasher = DefaultHasher::new();
-    hasher.write(&content);
-    Ok(hasher.finish())
+    Ok(crate::config::content_hash(&std::fs::read(path)?))
 }
 
 /// The polling timer, `None` when polling is off. Its first tick is one interval away: the

@@ -126,7 +126,6 @@ fn a_burst_of_writes_is_one_reload_and_a_rename_is_another() {
 /// file with what was loaded, not with what it finds when it starts. The test makes the change
 /// in that window deterministically, between `Config::load` and the server's start.
 #[test]
-#[ignore = "known gap: the watcher takes its baseline when it starts, not from the text loaded (docs/reload.md)"]
 fn a_change_during_start_up_is_reloaded() {
     let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
     let file = ConfigFile::watched(&watched(a.addr, 1, "first"));
