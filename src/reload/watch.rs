@@ -425,6 +425,7 @@ mod tests {
             poll_interval: Duration::ZERO,
             debounce: DEBOUNCE,
             notify: true,
+            loaded: None,
         }
     }
 
@@ -629,6 +630,7 @@ mod tests {
             poll_interval: Duration::from_millis(50),
             debounce: DEBOUNCE,
             notify: false,
+            loaded: None,
         };
         let mut rx = start(config.clone(), options, CancellationToken::new()).await;
 
