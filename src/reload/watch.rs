@@ -642,6 +642,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_that_differs_from_what_was_loaded_is_signalled_at_once() {
+        let dir = TempDir::new("loaded");
+        let config = dir.join("sluice.toml");
+        std::fs::write(&config, "a = 2\n").unwrap();
+        for (loaded, changed) in [("a = 1\n", true), ("a = 2\n", false)] {
+            let options = WatchOptions {
+                loaded: Some(crate::config::content_hash(loaded.as_bytes())),
+                ..notify_only()
+            };
+            let mut rx = start(config.clone(), options, CancellationToken::new()).await;
+            if changed {
+                expect_signal(&mut rx).await;
+            }
+            expect_quiet(&mut rx).await;
+        }
+    }
+
+    #[tokio::test]
     async fn shutdown_ends_the_watcher() {
         let dir = TempDir::new("shutdown");
         let config = dir.join("sluice.toml");
