@@ -153,6 +153,8 @@ pub struct Shared {
     pub connections: Arc<Semaphore>,
     /// Reload outcomes, for the metrics.
     pub reloads: ReloadCounts,
+    /// The last reload's outcome, for the status page; `None` until the first reload.
+    last_reload: Mutex<Option<ReloadOutcome>>,
     /// Backends a reload or a deregistration removed that still had requests in flight, with
     /// their pool's name: the admin API lists them as draining until they finish.
     pub draining: Mutex<Vec<(Arc<str>, Arc<Backend>)>>,
@@ -166,6 +168,27 @@ pub struct ReloadCounts {
     pub error: AtomicU64,
 }
 
+/// How a reload (file change, `SIGHUP` or `POST /api/reload`) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    pub at: std::time::SystemTime,
+    /// What asked for it: `SIGHUP`, `admin API`, `file change`.
+    pub trigger: &'static str,
+    /// The generation serving afterwards: the new one, or on error the one that stayed.
+    pub generation: u64,
+    /// `Ok`: what changed, in one line; `Err`: why the file was refused.
+    pub result: Result<String, ReloadFailure>,
+}
+
+/// Why a reload changed nothing, in short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadFailure {
+    /// Errors found in the file (1 for a failure that is not about the file, like a bind).
+    pub errors: usize,
+    /// The first of them in one line: `file:line:column: message`.
+    pub first: String,
+}
+
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Shared {
         let max = snapshot.config.server.max_connections;
@@ -173,6 +196,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             connections: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
             reloads: ReloadCounts::default(),
+            last_reload: Mutex::default(),
             draining: Mutex::default(),
             listener_counters: Mutex::default(),
         }
@@ -203,6 +227,18 @@ impl Shared {
             .iter()
             .map(|l| (l.name.clone(), all.entry(l.id).or_default().clone()))
             .collect()
+    }
+
+    /// Keeps `outcome` as the last reload's.
+    pub fn set_last_reload(&self, outcome: ReloadOutcome) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Swaps in `snapshot`: requests that already loaded the old one finish on it.

@@ -1,10 +1,12 @@
 //! The admin API on `admin.bind`: `GET /healthz`, `GET /api/pools` (`pools.rs`),
-//! `GET /api/config`, `POST /api/reload`, `GET /metrics` (`crate::metrics`), and the
-//! bearer-token check that guards every endpoint but `/healthz`. Endpoints that change
+//! `GET /api/config`, `POST /api/reload`, `GET /metrics` (`crate::metrics`), the status page
+//! `GET /` with its `GET /api/status` (`status.rs`), and the bearer-token check that guards
+//! every endpoint but `/healthz` and the status page's HTML (which holds no data). Endpoints that change
 //! anything take POST (or DELETE) only; other methods get 405 with an `Allow` header.
 
 mod pools;
 mod reload;
+mod status;
 mod timestamp;
 
 use std::convert::Infallible;
@@ -101,6 +103,11 @@ async fn handle(
     if req.method() == Method::GET && path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
     }
+    if req.method() == Method::GET && path == "/" {
+        // Without the token: the page is a static shell, and a browser cannot add a header
+        // to a typed-in URL. Its data comes from `/api/status`, which needs the token.
+        return status_page();
+    }
     if let Some(token) = &settings.token {
         if !authorized(&req, token) {
             let mut response = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token\n");
@@ -126,7 +133,16 @@ async fn handle(
             reload::answer(result, shared.snapshot().generation)
         }
         "/metrics" if method == Method::GET => metrics(shared),
-        "/api/pools" | "/api/config" | "/metrics" | "/healthz" => not_allowed("GET"),
+        "/api/status" if method == Method::GET => {
+            let mut response = json(StatusCode::OK, status::json(shared));
+            response
+                .headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+        "/api/pools" | "/api/config" | "/metrics" | "/healthz" | "/" | "/api/status" => {
+            not_allowed("GET")
+        }
         "/api/reload" => not_allowed("POST"),
         _ => text(StatusCode::NOT_FOUND, "no such admin endpoint\n"),
     }
@@ -215,6 +231,36 @@ fn metrics(shared: &Shared) -> Response<Full<Bytes>> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /`: the status page. Its policy lets it run its own inline script and style and talk
+/// to this admin listener only, so nothing on it can load from or send to anywhere else.
+fn status_page() -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(status::PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // The token may be in the page's URL (`/?token=`): never send it on as a referrer.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
     );
     response
 }

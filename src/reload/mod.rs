@@ -37,7 +37,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::health::active::Checkers;
 use crate::listener::{ListenerSettings, SharedSettings};
 use crate::server::{bind_listener, WorkerCommand};
-use crate::state::{Shared, Snapshot};
+use crate::state::{ReloadFailure, ReloadOutcome, Shared, Snapshot};
 use diff::ConfigDiff;
 use registrations::Registrations;
 
@@ -121,6 +121,30 @@ pub enum ReloadError {
     Bind(io::Error),
     #[error("the control thread has stopped")]
     Stopped,
+}
+
+impl ReloadError {
+    /// How many errors, and the first in one line, for the status page.
+    pub fn failure(&self) -> ReloadFailure {
+        let first = match self {
+            ReloadError::Invalid(errors) => {
+                errors.iter().next().map(|e| match (e.line(), e.column()) {
+                    (Some(line), Some(column)) => {
+                        format!("{}:{line}:{column}: {}", e.path().display(), e.message())
+                    }
+                    _ => format!("{}: {}", e.path().display(), e.message()),
+                })
+            }
+            _ => None,
+        };
+        ReloadFailure {
+            errors: match self {
+                ReloadError::Invalid(errors) => errors.len(),
+                _ => 1,
+            },
+            first: first.unwrap_or_else(|| self.to_string()),
+        }
+    }
 }
 
 /// What a successful reload did.
@@ -221,6 +245,15 @@ impl Reloader {
                 );
             }
         }
+        shared.set_last_reload(ReloadOutcome {
+            at: std::time::SystemTime::now(),
+            trigger,
+            generation,
+            result: match &result {
+                Ok(report) => Ok(report.changes.summary()),
+                Err(e) => Err(e.failure()),
+            },
+        });
         result
     }
 
