@@ -21,7 +21,8 @@ per stdin line, one answer per stdout line:
                                             nothing overflows at 390 px (cards) or 1200 px, and
                                             no console message at WARNING or SEVERE so far
     GONE                  -> OK             sluice has stopped: within 6 s the page says it is
-                                            not reachable
+                                            not reachable, and the console holds only the
+                                            browser's own notes of the failed requests
 
 Any failure prints `FAIL reason` and what the page showed, and exits 1. A missing Selenium or
 browser exits 2 with the reason.
@@ -273,6 +274,10 @@ def main():
                 wait_for("the not-reachable notice", 6, lambda: driver.execute_script(
                     "const b = document.getElementById('banner');"
                     "return !b.hidden && b.textContent.includes('not reachable')"), driver)
+                # The browser notes each failed request itself; the page adds nothing of its own.
+                logs = severe_logs(driver, allow=lambda e: e["source"] == "network" and "/api/status" in e["message"])
+                if logs:
+                    fail(f"console messages while sluice is down: {logs}", driver)
                 say("OK")
                 return
             else:
