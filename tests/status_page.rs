@@ -342,8 +342,7 @@ impl Browser {
     }
 
     fn fail(&mut self, why: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.end();
         panic!(
             "{why}\n--- the script said:\n{}\n--- its stderr:\n{}",
             self.transcript.join("\n"),
@@ -368,9 +367,10 @@ impl Browser {
     }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // Closing stdin ends the script (and its browser) cleanly; a stuck one is killed.
+impl Browser {
+    /// Closing stdin ends the script, which closes its browser, within moments even while it
+    /// waits for the page; one that does not is killed (its browser may then be left behind).
+    fn end(&mut self) {
         drop(self.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -381,6 +381,12 @@ impl Drop for Browser {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -520,8 +526,9 @@ base_ejection = "1m"
     let ejected = browser.expect_json("SEEN", Duration::from_secs(10));
     assert_eq!(ejected["errors"], "100%", "{ejected}");
 
-    // Latency from the histogram deltas: the slow backend's 40 ms lands in (25 ms, 50 ms].
-    browser.send(&format!("LATENCY {} 25 60", slow.addr));
+    // Latency from the histogram deltas: the slow backend's 40 ms lands in (25 ms, 50 ms] (or
+    // above, on a loaded machine); the fast one's well under a millisecond.
+    browser.send(&format!("LATENCY {} 25 150", slow.addr));
     let latency = browser.expect_json("LATENCY", Duration::from_secs(10));
     assert_ne!(latency["rps"], "\u{2014}", "{latency}");
     browser.send(&format!("LATENCY {} 0 20", fast.addr));

@@ -30,7 +30,9 @@ browser exits 2 with the reason.
 
 import json
 import os
+import queue
 import sys
+import threading
 import time
 
 CHROMIUM = "/usr/bin/chromium"
@@ -76,11 +78,26 @@ def start_browser():
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
+# Commands from the test, read on a thread of their own so that a test that gives up (closes
+# stdin) ends the script, and its browser, even while it is waiting for the page.
+commands = queue.Queue()
+stdin_closed = threading.Event()
+
+
+def read_commands():
+    for line in sys.stdin:
+        commands.put(line)
+    stdin_closed.set()
+    commands.put(None)
+
+
 def wait_for(what, timeout, check, driver):
     """Polls `check` (returning a true value when done) until `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     last = None
     while True:
+        if stdin_closed.is_set():
+            fail(f"the test gave up while waiting for {what}", driver)
         last = check()
         if last:
             return last
@@ -226,6 +243,7 @@ def main():
         sys.exit(2)
     url, addresses = args[0], args[1:]
 
+    threading.Thread(target=read_commands, daemon=True).start()
     driver = start_browser()
     try:
         if token is not None:
@@ -236,7 +254,7 @@ def main():
                  lambda: all(shows(driver, a, "healthy") for a in addresses), driver)
         say("READY")
 
-        for line in sys.stdin:
+        while (line := commands.get()) is not None:
             words = line.split()
             if not words:
                 continue
