@@ -204,8 +204,8 @@ fn the_last_reload_is_reported_with_its_trigger_and_first_error() {
         admin_request(admin, "POST", "/api/reload", None).status(),
         400
     );
-    let status = status(admin, None);
-    let last = &status["last_reload"];
+    let refused = status(admin, None);
+    let last = &refused["last_reload"];
     assert_eq!(last["ok"], false, "{last:#}");
     assert_eq!(last["generation"], 2, "the old config keeps serving");
     assert_eq!(last["errors"], 1);
@@ -215,8 +215,26 @@ fn the_last_reload_is_reported_with_its_trigger_and_first_error() {
         message.contains(&format!("sluice.toml:{line}:13: ")) && message.contains("round-robin"),
         "{message}"
     );
-    assert_eq!(status["reloads"], serde_json::json!({"ok": 1, "error": 1}));
-    assert_eq!(status["generation"], 2);
+    assert_eq!(refused["reloads"], serde_json::json!({"ok": 1, "error": 1}));
+    assert_eq!(refused["generation"], 2);
+
+    // A failure that is not the file's: a new listener's address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    file.write(&format!(
+        "{text}\n[[listener]]\nname = \"second\"\nbind = \"{busy}\"\n"
+    ));
+    assert_eq!(
+        admin_request(admin, "POST", "/api/reload", None).status(),
+        400
+    );
+    let last = &status(admin, None)["last_reload"];
+    assert_eq!(
+        (&last["ok"], &last["errors"]),
+        (&false.into(), &1.into()),
+        "{last:#}"
+    );
+    assert!(!last["message"].as_str().unwrap().is_empty(), "{last:#}");
 }
 
 // ---- in a real browser ----

@@ -124,25 +124,28 @@ pub enum ReloadError {
 }
 
 impl ReloadError {
-    /// How many errors, and the first in one line, for the status page.
+    /// How many errors, and the first in one line (`file:line:column: message`), for the
+    /// status page.
     pub fn failure(&self) -> ReloadFailure {
-        let first = match self {
-            ReloadError::Invalid(errors) => {
-                errors.iter().next().map(|e| match (e.line(), e.column()) {
-                    (Some(line), Some(column)) => {
-                        format!("{}:{line}:{column}: {}", e.path().display(), e.message())
-                    }
-                    _ => format!("{}: {}", e.path().display(), e.message()),
-                })
-            }
-            _ => None,
+        let ReloadError::Invalid(errors) = self else {
+            return ReloadFailure {
+                errors: 1,
+                first: self.to_string(),
+            };
         };
-        ReloadFailure {
-            errors: match self {
-                ReloadError::Invalid(errors) => errors.len(),
-                _ => 1,
+        let first = errors.iter().next().map_or_else(
+            || self.to_string(),
+            |e| {
+                let at = match (e.line(), e.column()) {
+                    (Some(line), Some(column)) => format!(":{line}:{column}"),
+                    _ => String::new(),
+                };
+                format!("{}{at}: {}", e.path().display(), e.message())
             },
-            first: first.unwrap_or_else(|| self.to_string()),
+        );
+        ReloadFailure {
+            errors: errors.len(),
+            first,
         }
     }
 }
