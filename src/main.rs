@@ -8,6 +8,7 @@ use clap::Parser;
 use sluice::cli::{Cli, Command, LogFormatArg};
 use sluice::config::{Config, LogFormat};
 use sluice::server::{self, RunOptions, Server};
+use sluice::telemetry::LogControl;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
@@ -63,8 +64,8 @@ fn run(
         None => config.log.format,
     };
     let level = log_level.unwrap_or_else(|| config.log.level.clone());
-    let _log = sluice::telemetry::init(&level, format)?;
-    serve(config, workers, |_| ())
+    let log = sluice::telemetry::init(&level, format)?;
+    serve(config, workers, log.control(), |_| ())
 }
 
 /// Binds, calls `ready` with the bound server (to print where it listens), and serves until a
@@ -72,6 +73,7 @@ fn run(
 fn serve(
     config: Config,
     workers: Option<usize>,
+    log: LogControl,
     ready: impl FnOnce(&Server),
 ) -> anyhow::Result<()> {
     let source = config.source.display().to_string();
@@ -79,6 +81,7 @@ fn serve(
         config,
         RunOptions {
             workers,
+            log: Some(log),
             ..RunOptions::default()
         },
     )
@@ -98,9 +101,9 @@ fn serve(
 }
 
 fn demo(bind: std::net::SocketAddr, admin: std::net::SocketAddr) -> anyhow::Result<()> {
-    let _log = sluice::telemetry::init("info", LogFormat::Text)?;
+    let log = sluice::telemetry::init("info", LogFormat::Text)?;
     let config = sluice::demo::start(bind, admin)?;
-    serve(config, None, |server| {
+    serve(config, None, log.control(), |server| {
         let bind = server.listener_addrs()[0];
         let admin = server.admin_addr().unwrap_or(admin);
         println!("{}", sluice::demo::instructions(bind, admin));

@@ -29,6 +29,7 @@ use crate::reload::control::{self, Commands, ControlHandle, Trigger};
 use crate::reload::registrations::Registrations;
 use crate::reload::{Reloader, ReloaderParts, RunningListener};
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::LogControl;
 
 /// How workers share the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,9 @@ pub struct RunOptions {
     /// Overrides `server.workers` (`--workers`).
     pub workers: Option<usize>,
     pub runtime: RuntimeKind,
+    /// The installed logger's filter (`telemetry::init`), for the admin API and reloads to
+    /// change; without it `PUT /api/log-level` answers 503.
+    pub log: Option<LogControl>,
 }
 
 impl Default for RunOptions {
@@ -61,6 +65,7 @@ impl Default for RunOptions {
         RunOptions {
             workers: None,
             runtime: RuntimeKind::from_env(),
+            log: None,
         }
     }
 }
@@ -140,10 +145,12 @@ impl Server {
         let clients = if per_core { workers } else { 1 };
         let layered = registrations.layer(&config);
         let snapshot = Snapshot::build(Arc::new(layered), clients, 1);
+        let mut shared = Shared::new(snapshot);
+        shared.log = options.log;
         Ok(Server {
             file: config,
             registrations,
-            shared: Arc::new(Shared::new(snapshot)),
+            shared: Arc::new(shared),
             workers,
             runtime: options.runtime,
             listeners,

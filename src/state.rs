@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::config::{self, Cidr, Config};
 use crate::metrics::{ListenerCounters, RouteMetrics};
 use crate::proxy::route::Router;
+use crate::telemetry::LogControl;
 use crate::upstream::{Backend, Pool};
 
 /// What the request path needs to know about a listener.
@@ -160,6 +161,9 @@ pub struct Shared {
     pub draining: Mutex<Vec<(Arc<str>, Arc<Backend>)>>,
     /// Each listener's counters by listener id, for the listener's whole life.
     listener_counters: Mutex<HashMap<usize, Arc<ListenerCounters>>>,
+    /// The running log filter's handle, for `PUT /api/log-level` and reloads; `None` when
+    /// sluice runs without a reloadable logger (embedded, most tests).
+    pub log: Option<LogControl>,
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +203,7 @@ impl Shared {
             last_reload: Mutex::default(),
             draining: Mutex::default(),
             listener_counters: Mutex::default(),
+            log: None,
         }
     }
 

@@ -9,6 +9,7 @@ mod cidr;
 mod error;
 mod file;
 mod json;
+mod log_filter;
 mod validate;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, ConfigErrors};
+pub use log_filter::{log_filter, LogFilterError, LOG_FILTER_NOTE};
 
 /// A hash of a config file's content, to tell whether it changed.
 pub fn content_hash(content: &[u8]) -> u64 {

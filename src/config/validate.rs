@@ -26,6 +26,7 @@ use toml::Spanned;
 
 use super::error::did_you_mean;
 use super::file::{self, DurationText, Later};
+use super::log_filter::{log_filter, LOG_FILTER_NOTE};
 use super::{Admin, Config, ConfigError, ConfigErrors, Log, LogFormat, Server};
 use values::{parse_duration, ValueError};
 
@@ -48,7 +49,6 @@ const ALGORITHMS: [&str; 8] = [
 ];
 const PROTOCOLS: [&str; 3] = ["http1", "h2", "auto"];
 const LOG_FORMATS: [&str; 2] = ["text", "json"];
-const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 /// Parses and checks `text`, the contents of `source`, returning every error found.
 pub(super) fn validate(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
@@ -249,34 +249,11 @@ impl Checker<'_> {
     }
 
     fn check_log_level(&mut self, level: &Spanned<String>) {
-        let note = "expected a level (trace, debug, info, warn, error, off) \
-                    or tracing directives like `sluice=debug,warn`";
-        let text = level.get_ref().trim();
-        if text.is_empty() {
-            self.push(
-                self.error(level.span(), "log level is empty")
-                    .with_note(note),
-            );
-            return;
-        }
-        // A lone word that is not a level is a valid filter (every event of that target), so
-        // tracing would accept `infoo`; a near miss of a level name is almost surely a typo.
-        let is_word = text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        let is_level = LOG_LEVELS.contains(&text.to_ascii_lowercase().as_str());
-        if is_word && !is_level {
-            if let Some(suggestion) = did_you_mean(text, LOG_LEVELS) {
-                let error = self
-                    .error(level.span(), format!("unknown log level `{text}`"))
-                    .with_note(note)
-                    .with_suggestion(Some(suggestion));
-                self.push(error);
-                return;
-            }
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(text) {
+        if let Err(e) = log_filter(level.get_ref()) {
             let error = self
-                .error(level.span(), format!("invalid log filter `{text}`: {e}"))
-                .with_note(note);
+                .error(level.span(), e.to_string())
+                .with_note(LOG_FILTER_NOTE)
+                .with_suggestion(e.suggestion());
             self.push(error);
         }
     }

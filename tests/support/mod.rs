@@ -189,6 +189,7 @@ impl TestSluice {
             RunOptions {
                 workers: Some(workers),
                 runtime,
+                ..RunOptions::default()
             },
         )
         .unwrap();
