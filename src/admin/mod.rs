@@ -5,6 +5,7 @@
 //! Endpoints that change anything take POST (or DELETE) only; other methods get 405 with an
 //! `Allow` header.
 
+mod log_level;
 mod pools;
 mod reload;
 mod status;
@@ -117,6 +118,9 @@ async fn handle(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return response;
         }
+    }
+    if path == "/api/log-level" {
+        return log_level::answer(shared, req).await;
     }
     let method = req.method().clone();
     if let Some(rest) = path.strip_prefix("/api/pools/") {

@@ -160,6 +160,9 @@ pub struct ReloadReport {
     pub listening: Vec<Listening>,
     /// Settings that changed in the file but only take effect at the next start.
     pub restart_required: Vec<&'static str>,
+    /// The log filter now in force, when the reload changed `log.level` (it applies at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,7 +267,7 @@ impl Reloader {
     /// bind failure changes nothing), then the snapshot, then everything that follows it.
     fn swap(&mut self, config: Config, trigger: &'static str) -> Result<ReloadReport, ReloadError> {
         let old = self.parts.shared.snapshot();
-        let restart_required = restart_required(&old.config, &config);
+        let mut restart_required = restart_required(&old.config, &config);
         let plan = self.plan_listeners(&config)?;
         let ids: Vec<usize> = plan.iter().map(|p| p.id).collect();
         let snapshot = Arc::new(Snapshot::next(
@@ -276,6 +279,10 @@ impl Reloader {
         ));
         let changes = ConfigDiff::between(&old.config, &snapshot.config);
         self.parts.shared.store(snapshot.clone());
+        let log_level = self.apply_log_level(&old.config, &snapshot.config);
+        if log_level.is_none() && old.config.log.level != snapshot.config.log.level {
+            restart_required.push("log.level");
+        }
 
         // Listeners, now that the snapshot knows every new id.
         let mut running = Vec::with_capacity(plan.len());
@@ -337,7 +344,25 @@ impl Reloader {
                 })
                 .collect(),
             restart_required,
+            log_level,
         })
+    }
+
+    /// A changed `log.level` applies at once (it was checked with the rest of the file); an
+    /// unchanged one leaves the running filter alone, so a level set through the admin API
+    /// stays until the file says otherwise. The filter now in force, when it changed.
+    fn apply_log_level(&self, old: &Config, new: &Config) -> Option<String> {
+        if old.log.level == new.log.level {
+            return None;
+        }
+        let control = self.parts.shared.log.as_ref()?;
+        match control.set(&new.log.level) {
+            Ok(change) => Some(change.level),
+            Err(e) => {
+                tracing::warn!(error = %e, level = %new.log.level, "log.level not applied");
+                None
+            }
+        }
     }
 
     /// For each listener of `config`: the running listener it continues (same name and
@@ -455,8 +480,8 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     if admin(old) != admin(new) {
         changed.push("admin");
     }
-    if old.log.level != new.log.level || old.log.format != new.log.format {
-        changed.push("log");
+    if old.log.format != new.log.format {
+        changed.push("log.format");
     }
     changed
 }
