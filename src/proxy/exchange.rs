@@ -5,6 +5,8 @@
 //! in-flight counts and writes the access-log line, so every path through the proxy, including
 //! early errors and cancelled requests, is counted and logged exactly once.
 
+use std::fmt;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::time::Duration;
 use http::{HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
+use super::headers::trace::TraceId;
 use crate::listener::ActiveRequest;
 use crate::metrics::CLIENT_CLOSED;
 use crate::state::Snapshot;
@@ -44,10 +47,65 @@ pub struct AccessRecord {
     pub host: Option<HeaderValue>,
     pub path: String,
     pub request_id: HeaderValue,
+    /// The W3C trace id the backend saw (or would have: a valid incoming one is known before
+    /// any check, so local answers carry it too).
+    pub trace_id: Option<TraceId>,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
     pub pool: Option<Arc<str>>,
     pub upstream: Option<Duration>,
+    /// Attempts sent to another backend after the first.
+    pub retries: u32,
+    /// The status each attempt's backend answered with.
+    pub upstream_status: UpstreamStatus,
     pub bytes_in: Option<Arc<AtomicU64>>,
     pub aborted: bool,
+}
+
+/// The statuses backends answered a request's attempts with, in order, kept inline: printed
+/// like nginx's `$upstream_status` (`503, 200`, `-` for an attempt that got no response), or
+/// empty when no backend answered at all.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UpstreamStatus {
+    /// 0 for an attempt without a response.
+    statuses: [u16; UpstreamStatus::KEPT],
+    attempts: u8,
+}
+
+impl UpstreamStatus {
+    /// `retry.attempts` is at most 10, so every attempt fits.
+    const KEPT: usize = 11;
+
+    /// Notes one attempt: the status its backend answered with, or `None`.
+    pub fn push(&mut self, status: Option<u16>) {
+        if let Some(slot) = self.statuses.get_mut(usize::from(self.attempts)) {
+            *slot = status.unwrap_or(0);
+            self.attempts += 1;
+        }
+    }
+
+    fn attempts(&self) -> &[u16] {
+        &self.statuses[..usize::from(self.attempts)]
+    }
+}
+
+impl fmt::Display for UpstreamStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let attempts = self.attempts();
+        if attempts.iter().all(|&s| s == 0) {
+            return Ok(());
+        }
+        for (i, &status) in attempts.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match status {
+                0 => f.write_str("-")?,
+                status => write!(f, "{status}")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Exchange {
@@ -150,6 +208,8 @@ impl Drop for Exchange {
         self.record(status, total);
         let Some(log) = self.log.take() else { return };
         let backend = self.backend.as_ref().map(|b| &*b.backend().address);
+        // Written as plain strings (quoted in text, strings in JSON) without allocating.
+        let (mut trace_buf, mut status_buf) = ([0u8; 32], [0u8; 64]);
         tracing::info!(
             target: "access",
             listener = &*log.listener,
@@ -165,7 +225,54 @@ impl Drop for Exchange {
             bytes_in = log.bytes_in.as_ref().map_or(0, |b| b.load(Ordering::Relaxed)),
             bytes_out = self.bytes_out,
             request_id = log.request_id.to_str().unwrap_or(""),
+            trace_id = log.trace_id.map_or("", |id| in_buffer(id, &mut trace_buf)),
+            retries = log.retries,
+            upstream_status = in_buffer(log.upstream_status, &mut status_buf),
+            user_agent = text(&log.user_agent),
+            referer = text(&log.referer),
             aborted = log.aborted,
         );
+    }
+}
+
+/// A header's text for the log; empty when absent or not visible ASCII.
+fn text(value: &Option<HeaderValue>) -> &str {
+    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// `value` printed into `buf` (cut short if it does not fit).
+fn in_buffer(value: impl fmt::Display, buf: &mut [u8]) -> &str {
+    let mut cursor = std::io::Cursor::new(&mut *buf);
+    let _ = write!(cursor, "{value}");
+    let end = cursor.position() as usize;
+    std::str::from_utf8(&buf[..end]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(attempts: &[Option<u16>]) -> String {
+        let mut statuses = UpstreamStatus::default();
+        for &a in attempts {
+            statuses.push(a);
+        }
+        let mut buf = [0u8; 64];
+        in_buffer(statuses, &mut buf).to_string()
+    }
+
+    #[test]
+    fn upstream_status_lists_every_attempt_like_nginx() {
+        assert_eq!(shown(&[]), "");
+        assert_eq!(shown(&[Some(200)]), "200");
+        assert_eq!(shown(&[Some(503), Some(200)]), "503, 200");
+        assert_eq!(shown(&[None, Some(404)]), "-, 404");
+        // No backend answered at all: nothing to show.
+        assert_eq!(shown(&[None]), "");
+        assert_eq!(shown(&[None, None]), "");
+        // The most attempts a pool allows (1 + 10 retries) all fit, in order.
+        let most = shown(&[Some(503); 11]);
+        assert_eq!(most, ["503"; 11].join(", "));
+        assert_eq!(shown(&[Some(502); 12]), most.replace("503", "502"));
     }
 }

@@ -1,4 +1,5 @@
-//! Header rules, pure: strict framing checks, hop-by-hop removal, forwarding headers, request ids.
+//! Header rules, pure: strict framing checks, hop-by-hop removal, forwarding headers, request ids;
+//! trace context in `trace`.
 //!
 //! hyper accepts several ambiguous HTTP/1 framings that a proxy must not forward (request
 //! smuggling), so `check_request` re-checks what hyper let through.
@@ -11,6 +12,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
 use super::error::ProxyError;
+
+pub mod trace;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -215,6 +218,7 @@ fn is_protected(name: &HeaderName) -> bool {
         || name == X_FORWARDED_PROTO
         || name == X_FORWARDED_HOST
         || name == X_REQUEST_ID
+        || name == trace::TRACEPARENT
 }
 
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1) and every header named in `Connection`,

@@ -28,8 +28,8 @@ use tokio::time::Instant;
 use self::body::{ResponseBody, UpstreamBody};
 use self::choose::{Shortage, Tried};
 use self::error::ProxyError;
-use self::exchange::{AccessRecord, Exchange};
-use self::headers::X_REQUEST_ID;
+use self::exchange::{AccessRecord, Exchange, UpstreamStatus};
+use self::headers::{trace, X_REQUEST_ID};
 use crate::balance::Pick;
 use crate::listener::ConnState;
 use crate::state::{ListenerState, Shared, Snapshot};
@@ -146,8 +146,13 @@ impl Started {
                 host: headers::request_host(req).and_then(|h| HeaderValue::from_str(h).ok()),
                 path: req.uri().path().to_owned(),
                 request_id: request_id.clone(),
+                trace_id: None,
+                user_agent: req.headers().get(header::USER_AGENT).cloned(),
+                referer: req.headers().get(header::REFERER).cloned(),
                 pool: None,
                 upstream: None,
+                retries: 0,
+                upstream_status: UpstreamStatus::default(),
                 bytes_in: None,
                 aborted: false,
             })
@@ -177,6 +182,10 @@ impl Started {
             .get(self.listener)
             .ok_or(ProxyError::ListenerGone)?;
         let exchange = &mut self.exchange;
+        let trace = trace::Incoming::of(req.headers());
+        if let (trace::Incoming::Valid(id), Some(log)) = (trace, exchange.log_mut()) {
+            log.trace_id = Some(id);
+        }
         let facts = headers::Facts::of(req.headers());
         check_limits(listener, &req, facts.head_bytes)?;
         headers::check_request_with(&req, &facts)?;
@@ -244,6 +253,10 @@ impl Started {
         parts
             .headers
             .insert(X_REQUEST_ID.clone(), self.request_id.clone());
+        let trace_id = trace::propagate(&mut parts.headers, trace);
+        if let Some(log) = exchange.log_mut() {
+            log.trace_id = Some(trace_id);
+        }
 
         let idempotent = forward::is_idempotent(&parts.method);
         let (body, again) = match &pool.retry {
@@ -310,6 +323,11 @@ impl Started {
     ) -> Response<ResponseBody> {
         loop {
             let result = upstream.finish(&self.snapshot).await;
+            if let Some(log) = self.exchange.log_mut() {
+                let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
+                log.upstream_status.push(status);
+                log.retries = out.retries;
+            }
             match self.retry(&mut out, &result) {
                 Some(next) => upstream = next,
                 None => return self.respond(result),

@@ -78,7 +78,7 @@ fn hop_by_hop_and_connection_named_headers_go() {
     for (k, v) in [
         (
             "connection",
-            "keep-alive, X-Secret, x-forwarded-for, host, x-request-id",
+            "keep-alive, X-Secret, x-forwarded-for, host, x-request-id, traceparent",
         ),
         ("connection", "close"),
         ("keep-alive", "timeout=5"),
@@ -90,6 +90,10 @@ fn hop_by_hop_and_connection_named_headers_go() {
         ("x-secret", "1"),
         ("x-forwarded-for", "1.2.3.4"),
         ("x-request-id", "abc"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
         ("host", "a"),
         ("x-kept", "yes"),
     ] {
@@ -102,6 +106,7 @@ fn hop_by_hop_and_connection_named_headers_go() {
         left,
         [
             "host",
+            "traceparent",
             "trailer",
             "x-forwarded-for",
             "x-kept",
