@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod gate;
+pub mod process;
 pub mod raw;
 pub mod reload;
 
@@ -184,15 +185,17 @@ impl TestSluice {
     }
 
     fn serve(config: Config, workers: usize, runtime: RuntimeKind) -> TestSluice {
-        let server = Server::bind(
-            config,
-            RunOptions {
-                workers: Some(workers),
-                runtime,
-                ..RunOptions::default()
-            },
-        )
-        .unwrap();
+        let options = RunOptions {
+            workers: Some(workers),
+            runtime,
+            ..RunOptions::default()
+        };
+        Self::start_options(config, options)
+    }
+
+    /// Starts from a loaded config with `options` (a `LogControl`, say).
+    pub fn start_options(config: Config, options: RunOptions) -> TestSluice {
+        let server = Server::bind(config, options).unwrap();
         let addrs = server.listener_addrs();
         let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
