@@ -163,7 +163,8 @@ impl LogControl {
             .map_err(|_| TelemetryError::LoggerGone)?;
         let previous = std::mem::replace(&mut *current, text.clone());
         drop(current);
-        tracing::info!(level = %text, %previous, "log filter changed");
+        // Not `level`: JSON lines already have a `level` key, the event's own.
+        tracing::info!(filter = %text, %previous, "log filter changed");
         Ok(LevelChange {
             level: text,
             previous,
