@@ -1,9 +1,9 @@
 //! The admin API on `admin.bind`: `GET /healthz`, `GET /api/pools` (`pools.rs`),
 //! `GET /api/config`, `POST /api/reload`, `GET /metrics` (`crate::metrics`), the status page
 //! `GET /` with its data `GET /api/status` (`status.rs`), and the bearer-token check that
-//! guards every endpoint but `/healthz` and the status page's HTML (which holds no data).
-//! Endpoints that change anything take POST (or DELETE) only; other methods get 405 with an
-//! `Allow` header.
+//! guards every endpoint but `/healthz` and the status page's HTML (which holds no data);
+//! `GET`/`PUT /api/log-level` in `log_level.rs`. Endpoints that change anything take POST (or
+//! DELETE, or PUT for the log level) only; other methods get 405 with an `Allow` header.
 
 mod log_level;
 mod pools;
