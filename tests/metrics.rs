@@ -200,6 +200,7 @@ async fn requests_are_counted_per_listener_pool_backend_and_code() {
         ) >= 6.0 + 5.0
     );
     assert_eq!(value(&text, "sluice_config_generation"), 1.0);
+    assert_eq!(value(&text, "sluice_log_lines_dropped_total"), 0.0);
     assert!(value(&text, "process_resident_memory_bytes") > 1e6);
     assert!(value(&text, "process_open_fds") > 3.0);
 

@@ -276,6 +276,18 @@ pub fn render(shared: &Shared) -> String {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1,
     );
+    family(
+        out,
+        "sluice_log_lines_dropped_total",
+        "counter",
+        "Log lines (access log included) dropped because the log output fell behind.",
+    );
+    sample(
+        out,
+        "sluice_log_lines_dropped_total",
+        &[],
+        crate::telemetry::dropped_lines(),
+    );
 
     process::render(out);
     std::mem::take(out)
