@@ -5,7 +5,7 @@
 
 mod pools;
 mod reload;
-mod timestamp;
+pub(crate) mod timestamp;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -13,6 +13,7 @@ mod pools;
 mod resilience;
 mod routes;
 mod summary;
+mod tls;
 #[cfg(test)]
 mod tests;
 pub(super) mod values;

@@ -23,6 +23,10 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("no route matches this host and path")]
     NoRoute,
+    /// HTTPS: the request names a host whose certificate is not the one the connection's SNI
+    /// chose (`tls::Session::serves`).
+    #[error("the request's host is not served on this TLS connection")]
+    Misdirected,
     #[error("no backend of the pool can take traffic")]
     NoBackend,
     #[error("every backend of the pool is at its connection limit")]
@@ -45,6 +49,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::NoBackend | ProxyError::Overloaded | ProxyError::ListenerGone => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -60,6 +65,7 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTooLarge => Origin::Client,
             ProxyError::NoRoute
+            | ProxyError::Misdirected
             | ProxyError::NoBackend
             | ProxyError::Overloaded
             | ProxyError::ListenerGone => Origin::Sluice,
@@ -84,6 +90,9 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTooLarge => "request body too large\n",
             ProxyError::NoRoute => "no route matches this host and path\n",
+            ProxyError::Misdirected => {
+                "misdirected request: this connection's certificate is not for this host\n"
+            }
             ProxyError::NoBackend => "no backend available\n",
             ProxyError::Overloaded => "overloaded: every backend is at its connection limit\n",
             ProxyError::Connect(_) => "bad gateway: could not connect to the backend\n",

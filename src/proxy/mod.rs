@@ -46,6 +46,8 @@ pub struct ConnContext {
     /// `X-Forwarded-For` value for this peer, made once per connection.
     pub peer_value: HeaderValue,
     pub conn: Arc<ConnState>,
+    /// The TLS handshake's outcome on an HTTPS listener; `None` on plain HTTP.
+    pub tls: Option<crate::tls::Session>,
 }
 
 /// The hyper service of one downstream connection.
@@ -187,6 +189,9 @@ impl Started {
             Some(h) => h.to_str().ok(),
             None => req.uri().authority().map(|a| a.as_str()),
         };
+        if ctx.tls.as_ref().is_some_and(|tls| !tls.serves(host)) {
+            return Err(ProxyError::Misdirected);
+        }
         let route = listener
             .router
             .find(host, req.uri().path())
@@ -238,7 +243,7 @@ impl Started {
             &mut parts.headers,
             &ctx.peer_value,
             trusted,
-            "http",
+            if ctx.tls.is_some() { "https" } else { "http" },
             host_value,
         );
         parts
