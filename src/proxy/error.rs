@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// chose (`tls::Session::serves`).
     #[error("the request's host is not served on this TLS connection")]
     Misdirected,
+    /// Not a failure: `redirect_https` answers plain HTTP with 308 to this location.
+    #[error("plain HTTP is redirected to https")]
+    HttpsRedirect(http::HeaderValue),
     #[error("no backend of the pool can take traffic")]
     NoBackend,
     #[error("every backend of the pool is at its connection limit")]
@@ -50,6 +53,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoBackend | ProxyError::Overloaded | ProxyError::ListenerGone => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -66,6 +70,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge => Origin::Client,
             ProxyError::NoRoute
             | ProxyError::Misdirected
+            | ProxyError::HttpsRedirect(_)
             | ProxyError::NoBackend
             | ProxyError::Overloaded
             | ProxyError::ListenerGone => Origin::Sluice,
@@ -90,6 +95,7 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTooLarge => "request body too large\n",
             ProxyError::NoRoute => "no route matches this host and path\n",
+            ProxyError::HttpsRedirect(_) => "use https\n",
             ProxyError::Misdirected => {
                 "misdirected request: this connection's certificate is not for this host\n"
             }

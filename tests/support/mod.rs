@@ -6,6 +6,7 @@ pub mod admin;
 pub mod gate;
 pub mod raw;
 pub mod reload;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
