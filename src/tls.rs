@@ -5,10 +5,17 @@
 //! `aws-lc-rs`). Defaults: TLS 1.2 and 1.3 only, rustls' default cipher suites (all AEAD with
 //! forward secrecy), the server's order of preference.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -16,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::ListenerTls;
+use crate::config::{ListenerTls, PoolTls};
 
 /// The one crypto provider sluice uses.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -199,6 +206,158 @@ impl AsyncWrite for Downstream {
         match self.get_mut() {
             Downstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Downstream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The name a backend's certificate must carry when the pool sets no `server_name`: the host
+/// of its address as written (`app-2.internal:8080` -> `app-2.internal`), an IP address if it
+/// is one; the resolved IP if the host is not a valid name.
+pub fn backend_name(address: &str, resolved: SocketAddr) -> ServerName<'static> {
+    let host = strip_port(address);
+    ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::IpAddress(resolved.ip().into()))
+}
+
+/// TLS to a pool's backends: the validated client configuration and the SNI names.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The pool's `server_name`; `None`: each backend's own (`names`).
+    fixed: Option<ServerName<'static>>,
+    /// Resolved address -> the backend's name, replaced by every snapshot build (the clients,
+    /// and so this, are carried across reloads).
+    names: Arc<arc_swap::ArcSwap<HashMap<SocketAddr, ServerName<'static>>>>,
+    /// The handshake must finish within the pool's connect timeout (counted on its own).
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.fixed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamTls {
+    pub fn new(tls: &PoolTls, timeout: Duration) -> UpstreamTls {
+        UpstreamTls {
+            connector: tokio_rustls::TlsConnector::from(tls.config.clone()),
+            fixed: tls.server_name.clone(),
+            names: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// The backends' names, from the pool's current backend list.
+    pub fn set_names(&self, backends: &[crate::config::Backend]) {
+        let names = backends
+            .iter()
+            .map(|b| (b.resolved, backend_name(&b.address, b.resolved)))
+            .collect();
+        self.names.store(Arc::new(names));
+    }
+
+    /// The TLS handshake over `tcp` to the backend at `addr`. A failure is logged here, with
+    /// rustls' reason (an untrusted certificate, a refused client certificate), since the
+    /// client error that reaches the request path only says "connect".
+    pub async fn handshake(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        name: Option<ServerName<'static>>,
+    ) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let name = name
+            .or_else(|| self.fixed.clone())
+            .or_else(|| self.names.load().get(&addr).cloned())
+            .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        let shown = name.to_str().into_owned();
+        match tokio::time::timeout(self.timeout, self.connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => {
+                tracing::warn!(backend = %addr, server_name = %shown, error = %e, "TLS handshake with the backend failed");
+                Err(e)
+            }
+            Err(_) => {
+                tracing::warn!(backend = %addr, server_name = %shown, "TLS handshake with the backend timed out");
+                Err(io::ErrorKind::TimedOut.into())
+            }
+        }
+    }
+}
+
+/// An upstream connection: plain TCP, or TLS over it.
+pub enum UpstreamIo {
+    Plain(TokioIo<TcpStream>),
+    Tls(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connection for UpstreamIo {
+    fn connected(&self) -> Connected {
+        match self {
+            UpstreamIo::Plain(s) => s.connected(),
+            // HTTP/1.1 only over TLS for now (ALPN offers `http/1.1`): HTTP/2 to backends is
+            // the later `protocol = "auto"` work.
+            UpstreamIo::Tls(s) => s.inner().get_ref().0.connected(),
         }
     }
 }
