@@ -66,7 +66,10 @@ impl CertResolver {
                     n.strip_prefix("*.")
                         .is_some_and(|p| p.eq_ignore_ascii_case(parent))
                 };
-                if let Some(i) = self.names.iter().position(|names| names.iter().any(wildcard))
+                if let Some(i) = self
+                    .names
+                    .iter()
+                    .position(|names| names.iter().any(wildcard))
                 {
                     return i;
                 }
@@ -410,7 +413,10 @@ mod tests {
         assert!(on_b.serves(Some("x.b.test")));
         assert!(on_b.serves(None));
         assert!(!on_b.serves(Some("a.test")));
-        assert!(!on_b.serves(Some("unknown.test")), "unknown names choose the default");
+        assert!(
+            !on_b.serves(Some("unknown.test")),
+            "unknown names choose the default"
+        );
         let default = Session {
             resolver,
             certificate: 0,

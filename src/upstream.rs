@@ -48,8 +48,9 @@ type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 impl tower_service::Service<http::Uri> for CountingConnector {
     type Response = UpstreamIo;
     type Error = ConnectError;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<UpstreamIo, ConnectError>> + Send>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<UpstreamIo, ConnectError>> + Send>,
+    >;
 
     fn poll_ready(
         &mut self,

@@ -68,7 +68,13 @@ async fn sni_chooses_the_certificate_by_exact_name_then_wildcard_else_the_first(
         assert_eq!(answer.body, "app");
     }
     // A name no certificate has gets the default one, which the client then refuses.
-    let refused = connect(sluice.addr(), client_config(&pki.ca, H1), "y.z.wild.test", true).await;
+    let refused = connect(
+        sluice.addr(),
+        client_config(&pki.ca, H1),
+        "y.z.wild.test",
+        true,
+    )
+    .await;
     assert!(refused.is_err(), "a wildcard covers exactly one label");
 }
 
@@ -127,13 +133,19 @@ fn a_silent_client_or_half_a_client_hello_is_cut_off_at_the_handshake_timeout() 
     // Opens a socket and sends nothing.
     let silent = std::net::TcpStream::connect(sluice.addr()).unwrap();
     let took = closed_within(silent, Duration::from_secs(5)).expect("a silent client is closed");
-    assert!(took >= Duration::from_millis(300), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed too early: {took:?}"
+    );
     // The start of a ClientHello record that never completes.
     let mut half = std::net::TcpStream::connect(sluice.addr()).unwrap();
     half.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
         .unwrap();
     let took = closed_within(half, Duration::from_secs(5)).expect("half a ClientHello is closed");
-    assert!(took >= Duration::from_millis(300), "closed too early: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed too early: {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -204,7 +216,9 @@ backends = [{{ address = "{}" }}]
             .contains("\r\nlocation: https://a.test/a/b?x=1\r\n"),
         "{plain}"
     );
-    assert!(!plain.to_ascii_lowercase().contains("strict-transport-security"));
+    assert!(!plain
+        .to_ascii_lowercase()
+        .contains("strict-transport-security"));
     let stream = connect(sluice.addrs[1], client_config(&pki.ca, H1), "a.test", true)
         .await
         .unwrap();
@@ -214,7 +228,10 @@ backends = [{{ address = "{}" }}]
         answer.headers["strict-transport-security"],
         "max-age=31536000; includeSubDomains"
     );
-    assert!(backend.seen().len() == 1, "the redirect did not reach the backend");
+    assert!(
+        backend.seen().len() == 1,
+        "the redirect did not reach the backend"
+    );
 }
 
 /// The config errors of `text`, as `(line, column, message)`.
@@ -234,7 +251,9 @@ fn errors_of(text: &str) -> Vec<(usize, usize, String)> {
 
 /// Line and column (1-based) of the first `needle` in `text`.
 fn position(text: &str, needle: &str) -> (usize, usize) {
-    let at = text.find(needle).unwrap_or_else(|| panic!("{needle} in {text}"));
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle} in {text}"));
     let line = text[..at].matches('\n').count() + 1;
     let column = at - text[..at].rfind('\n').map_or(0, |n| n + 1) + 1;
     (line, column)
@@ -321,12 +340,13 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_only() {
     let backend = TestBackend::start("app");
     let first = pki.issue("first", &["a.test"]);
     let second = pki.issue("second", &["a.test", "new.test"]);
-    let text =
-        |cert: &Issued| config_with(&[backend.addr], ADMIN, &tls_table(&[cert]), "");
+    let text = |cert: &Issued| config_with(&[backend.addr], ADMIN, &tls_table(&[cert]), "");
     let sluice = Reloadable::start(&text(&first));
     let config = || client_config(&pki.ca, H1);
 
-    let before = connect(sluice.addr(), config(), "a.test", true).await.unwrap();
+    let before = connect(sluice.addr(), config(), "a.test", true)
+        .await
+        .unwrap();
     assert_eq!(peer_names(&before), vec!["a.test"]);
     let (answer, mut established) = get_over(before, "a.test", "/").await;
     assert_eq!(answer.status, 200);
@@ -334,7 +354,9 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_only() {
     let reload = sluice.reload_ok(&text(&second));
     assert_eq!(reload.changes("listeners", "changed"), vec!["web"]);
 
-    let after = connect(sluice.addr(), config(), "a.test", true).await.unwrap();
+    let after = connect(sluice.addr(), config(), "a.test", true)
+        .await
+        .unwrap();
     assert_eq!(peer_names(&after), vec!["a.test", "new.test"]);
     let (answer, _) = get_over(after, "a.test", "/").await;
     assert_eq!(answer.status, 200);
@@ -345,7 +367,9 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_only() {
     // A certificate rewritten in place (same paths) is a change too.
     let renewed = pki.issue("first", &["a.test", "renewed.test"]);
     sluice.reload_ok(&text(&renewed));
-    let renewed = connect(sluice.addr(), config(), "a.test", true).await.unwrap();
+    let renewed = connect(sluice.addr(), config(), "a.test", true)
+        .await
+        .unwrap();
     assert_eq!(peer_names(&renewed), vec!["a.test", "renewed.test"]);
 
     // A bad certificate is refused and the running one stays.
@@ -358,7 +382,9 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_only() {
     );
     let refused = sluice.reload_with(&text(&expired));
     assert_eq!(refused.status, 400, "{:#}", refused.body);
-    let still = connect(sluice.addr(), config(), "a.test", true).await.unwrap();
+    let still = connect(sluice.addr(), config(), "a.test", true)
+        .await
+        .unwrap();
     assert_eq!(peer_names(&still), vec!["a.test", "renewed.test"]);
 }
 
@@ -449,4 +475,88 @@ async fn the_backend_address_host_is_the_default_server_name() {
     let got = support::get(&sluice.url("/")).await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.text(), "by-ip");
+}
+
+#[tokio::test]
+async fn health_checks_use_the_pools_tls() {
+    let pki = Pki::new("checks");
+    let elsewhere = Pki::new("checks-elsewhere");
+    let cert = pki.issue("backend", &["backend.internal"]);
+    let backend = TlsBackend::start("checked", &cert, None);
+    let checks = "\n[pool.app.health_check]\npath = \"/healthz\"\ninterval = \"500ms\"\ntimeout = \"500ms\"\nhealthy_threshold = 1\n";
+    let config = |ca: &Path| {
+        format!(
+            "{}{checks}",
+            upstream_config(
+                &backend,
+                &format!("server_name = \"backend.internal\"\nca = \"{}\"", path(ca))
+            )
+        )
+    };
+    // Trusted: the probe passes over TLS and traffic flows.
+    let sluice = TestSluice::start(&config(&pki.ca));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let got = support::get(&sluice.url("/")).await;
+        if got.status == 200 || Instant::now() > deadline {
+            break got.status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 200, "the backend became healthy through TLS probes");
+    assert!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "a probe and a request reached the backend"
+    );
+    drop(sluice);
+
+    // Untrusted: probes fail the handshake, the backend never becomes healthy.
+    let sluice = TestSluice::start(&config(&elsewhere.ca));
+    let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = support::get(&sluice.url("/")).await;
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "no probe got past the handshake"
+    );
+}
+
+#[test]
+fn check_reports_names_and_expiry_and_warns_within_14_days() {
+    let pki = Pki::new("report");
+    let now = time::OffsetDateTime::now_utc();
+    let lasting = pki.issue("lasting", &["a.test", "*.a.test"]);
+    let soon = pki.issue_valid(
+        "soon",
+        &["b.test"],
+        now - time::Duration::days(80),
+        now + time::Duration::days(5),
+    );
+    let backend: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let text = config_with(&[backend], "", &tls_table(&[&lasting, &soon]), "");
+    let summary = Config::parse(&text, Path::new("tls.toml"))
+        .unwrap()
+        .summary();
+    let line = |needle: &str| {
+        summary
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in\n{summary}"))
+            .to_string()
+    };
+    let first = line("lasting.pem");
+    assert!(
+        first.contains("(default)") && first.contains("a.test, *.a.test"),
+        "{first}"
+    );
+    assert!(first.contains("expires 20"), "{first}");
+    let warning = line("warning:");
+    assert!(
+        warning.contains("soon.pem") && warning.contains("expires in 4 days"),
+        "{warning}"
+    );
+    assert_eq!(summary.matches("warning:").count(), 1, "{summary}");
+    assert!(line("web").contains("https"), "{summary}");
 }

@@ -168,9 +168,8 @@ pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        LoadError::key(format!("cannot read key file `{}`: {e}", path.display()))
-    })?;
+    let pem = std::fs::read(path)
+        .map_err(|e| LoadError::key(format!("cannot read key file `{}`: {e}", path.display())))?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         LoadError::key(format!("no private key in `{}`: {e}", path.display())).note(
             "expected a PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block, unencrypted",

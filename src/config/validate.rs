@@ -13,9 +13,9 @@ mod pools;
 mod resilience;
 mod routes;
 mod summary;
-mod tls;
 #[cfg(test)]
 mod tests;
+mod tls;
 pub(super) mod values;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -307,8 +307,7 @@ pub async fn probe(backend: &Backend, settings: &HealthCheck, tls: Option<&PoolT
         .clone()
         .unwrap_or_else(|| crate::tls::backend_name(&backend.address, backend.addr));
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
-    let stream = match tokio::time::timeout_at(deadline, connector.connect(name, connected)).await
-    {
+    let stream = match tokio::time::timeout_at(deadline, connector.connect(name, connected)).await {
         Err(_) => return Outcome::fail("timeout"),
         Ok(Err(e)) => return Outcome::fail(format!("TLS handshake failed: {e}")),
         Ok(Ok(stream)) => stream,
