@@ -73,7 +73,7 @@ impl tower_service::Service<http::Uri> for CountingConnector {
             let tcp = stream.into_inner();
             let addr = tcp.peer_addr()?;
             let stream = tls.handshake(tcp, addr, None).await?;
-            Ok(UpstreamIo::Tls(TokioIo::new(stream)))
+            Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
         })
     }
 }
