@@ -144,8 +144,7 @@ fn invalid_files_are_refused_with_located_errors_and_change_nothing() {
             At::Line("# empty", Some("[]")),
             &["backends"],
         ),
-        // TLS is not implemented in this version: the keys are refused as such. Once it is,
-        // the certificate file that is not there must be what is refused.
+        // A certificate file that is not there.
         mistake(
             "missing certificate file",
             edit(
@@ -154,8 +153,8 @@ fn invalid_files_are_refused_with_located_errors_and_change_nothing() {
                 "idle_timeout = \"60s\"\n\n[listener.tls]\n\
                  certificates = [{ cert = \"missing.pem\", key = \"missing.key\" }]\n",
             ),
-            At::File,
-            &["tls"],
+            At::Line("certificates = [", Some("\"missing.pem\"")),
+            &["cannot read certificate file", "missing.pem"],
         ),
         mistake(
             "port already in use",

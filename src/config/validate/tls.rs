@@ -89,18 +89,8 @@ impl Checker<'_> {
                     failed = true;
                 }
             },
-            None => {
-                let native = rustls_native_certs::load_native_certs();
-                for cert in native.certs {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    let message = "no trust anchors: the system's certificate store is empty";
-                    let help = "install the `ca-certificates` package, or set `ca`";
-                    self.push(self.error(span.clone(), message).with_help(help));
-                    failed = true;
-                }
-            }
+            // The system's roots, below, once the rest is known to be valid.
+            None => {}
         }
         let identity = match (&tls.client_cert, &tls.client_key) {
             (None, None) => None,
@@ -130,6 +120,18 @@ impl Checker<'_> {
         };
         if failed {
             return None;
+        }
+        if ca.is_none() {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                let message = "no trust anchors: the system's certificate store is empty";
+                let help = "install the `ca-certificates` package, or set `ca`";
+                self.push(self.error(span, message).with_help(help));
+                return None;
+            }
         }
         let builder = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
