@@ -36,8 +36,6 @@ enum At {
     /// A piece of the offending line (the first line holding it), and the piece of that line
     /// the column must point at (`None`: any column).
     Line(&'static str, Option<&'static str>),
-    /// Some line of the file.
-    File,
     /// Not at the file: the mistake is in the world (a port taken), named in the message.
     Elsewhere,
 }
@@ -196,12 +194,6 @@ fn invalid_files_are_refused_with_located_errors_and_change_nothing() {
                 let offending = mistake.text.lines().nth(line - 1).unwrap();
                 assert!(text.contains(offending), "{kind}: {text}");
                 assert!(text.contains('^'), "{kind}: {text}");
-            }
-            At::File => {
-                assert_eq!(error["file"], path.as_str(), "{kind}: {error:#}");
-                let line = error["line"].as_u64().expect("a line") as usize;
-                let offending = mistake.text.lines().nth(line - 1).unwrap();
-                assert!(text.contains(offending), "{kind}: {text}");
             }
             At::Elsewhere => {}
         }

@@ -71,8 +71,9 @@ impl Checker<'_> {
             .ca
             .as_ref()
             .map(|ca| (resolve_path(self.source, ca.get_ref()), ca.span()));
-        match &ca {
-            Some((path, at)) => match tls::read_certs(path) {
+        // Without `ca`, the system's roots are loaded below, once the rest is known to be valid.
+        if let Some((path, at)) = &ca {
+            match tls::read_certs(path) {
                 Ok(certs) => {
                     for cert in certs {
                         if let Err(e) = roots.add(cert.clone()) {
@@ -88,9 +89,7 @@ impl Checker<'_> {
                     self.push(self.error(at.clone(), message));
                     failed = true;
                 }
-            },
-            // The system's roots, below, once the rest is known to be valid.
-            None => {}
+            }
         }
         let identity = match (&tls.client_cert, &tls.client_key) {
             (None, None) => None,
