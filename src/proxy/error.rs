@@ -42,6 +42,8 @@ pub enum ProxyError {
     Timeout,
     #[error("the listener was removed by a reload and is draining")]
     ListenerGone,
+    #[error("the request body stopped arriving")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -51,6 +53,7 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
@@ -67,7 +70,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::UriTooLong
             | ProxyError::HeadersTooLarge
-            | ProxyError::BodyTooLarge => Origin::Client,
+            | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout => Origin::Client,
             ProxyError::NoRoute
             | ProxyError::Misdirected
             | ProxyError::HttpsRedirect(_)
@@ -94,6 +98,7 @@ impl ProxyError {
             ProxyError::UriTooLong => "request target too long\n",
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTooLarge => "request body too large\n",
+            ProxyError::BodyTimeout => "request body not received in time\n",
             ProxyError::NoRoute => "no route matches this host and path\n",
             ProxyError::HttpsRedirect(_) => "use https\n",
             ProxyError::Misdirected => {

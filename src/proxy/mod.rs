@@ -482,6 +482,8 @@ fn upstream_body(
         allowed: listener.max_body_bytes.unwrap_or(u64::MAX),
         counter,
         conn: conn.clone(),
+        timeout: listener.request_body_timeout,
+        stall: None,
     }
 }
 

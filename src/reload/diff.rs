@@ -223,6 +223,8 @@ pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
         bind,
         header_read_timeout,
         idle_timeout,
+        request_body_timeout,
+        send_timeout,
         max_header_bytes,
         max_uri_bytes,
         trusted_proxies,
@@ -234,6 +236,8 @@ pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
     *bind == new.bind
         && *header_read_timeout == new.header_read_timeout
         && *idle_timeout == new.idle_timeout
+        && *request_body_timeout == new.request_body_timeout
+        && *send_timeout == new.send_timeout
         && *max_header_bytes == new.max_header_bytes
         && *max_uri_bytes == new.max_uri_bytes
         && *trusted_proxies == new.trusted_proxies
