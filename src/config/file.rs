@@ -163,6 +163,9 @@ pub(super) struct RouteFile {
     pub path_prefix: Option<Spanned<String>>,
     /// Pool name; required.
     pub pool: Spanned<String>,
+    /// Request bodies above this get 413 on this route; bytes, default: the listener's limit
+    /// (sluice addition). 0 = no limit on this route.
+    pub max_body_bytes: Option<u64>,
     /// Later: remove `path_prefix` before forwarding; default false.
     pub strip_prefix: Later,
     /// Later: weighted canary split across pools.

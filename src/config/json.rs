@@ -152,6 +152,9 @@ fn route(config: &Config, route: &Route) -> Value {
         .get(route.pool)
         .map_or("?", |p| p.name.as_str());
     out.insert("pool".into(), pool.into());
+    if let Some(limit) = route.max_body_bytes {
+        out.insert("max_body_bytes".into(), limit.unwrap_or(0).into());
+    }
     Value::Object(out)
 }
 

@@ -139,6 +139,9 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into `Config::pools`.
     pub pool: usize,
+    /// Overrides the listener's `max_body_bytes` on this route: `Some(None)` no limit,
+    /// `None` the listener's.
+    pub max_body_bytes: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -206,8 +206,12 @@ fn describe_route(config: &Config, route: &Route) -> String {
         .pools
         .get(route.pool)
         .map_or("?", |p| p.name.as_str());
+    let limit = match route.max_body_bytes {
+        None => String::new(),
+        Some(limit) => format!(" max_body_bytes={}", limit.unwrap_or(0)),
+    };
     format!(
-        "listener={listener} host={host} path={} -> pool={pool}",
+        "listener={listener} host={host} path={} -> pool={pool}{limit}",
         route.path_prefix
     )
 }
