@@ -106,6 +106,7 @@ mod tests {
             host,
             path_prefix: prefix.to_string(),
             pool,
+            max_body_bytes: None,
         }
     }
 
