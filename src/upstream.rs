@@ -185,6 +185,8 @@ pub struct Pool {
     /// Every backend is past its slow-start window.
     ramped: AtomicBool,
     pub timeouts: config::Timeouts,
+    /// HTTP/1.1 or HTTP/2 to the backends; the clients are built for it.
+    pub protocol: config::Protocol,
     /// Active checks (`None`: off).
     pub health_check: Option<config::HealthCheck>,
     /// Passive outlier detection (`None`: off).
@@ -219,11 +221,15 @@ impl Pool {
         let connections_opened =
             previous.map_or_else(Arc::default, |old| old.connections_opened.clone());
         let clients = match previous {
-            Some(old) if old.timeouts == cfg.timeouts && old.clients.len() == workers.max(1) => {
+            Some(old)
+                if old.timeouts == cfg.timeouts
+                    && old.protocol == cfg.protocol
+                    && old.clients.len() == workers.max(1) =>
+            {
                 old.clients.clone()
             }
             _ => (0..workers.max(1))
-                .map(|_| build_client(&cfg.timeouts, &connections_opened))
+                .map(|_| build_client(&cfg.timeouts, cfg.protocol, &connections_opened))
                 .collect(),
         };
         let waiters = previous.map_or_else(Arc::default, |old| old.waiters.clone());
@@ -260,6 +266,7 @@ impl Pool {
             slow_start: cfg.slow_start,
             ramped: AtomicBool::new(cfg.slow_start.is_zero()),
             timeouts: cfg.timeouts.clone(),
+            protocol: cfg.protocol,
             health_check: cfg.health_check.clone(),
             outliers: cfg
                 .outlier_detection
@@ -293,14 +300,24 @@ impl Pool {
     }
 }
 
-fn build_client(timeouts: &config::Timeouts, opened: &Arc<AtomicU64>) -> UpstreamClient {
+fn build_client(
+    timeouts: &config::Timeouts,
+    protocol: config::Protocol,
+    opened: &Arc<AtomicU64>,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(timeouts.connect));
     connector.set_keepalive(Some(Duration::from_secs(60)));
     // The URIs we build always carry an IP literal, so the connector never resolves names.
     connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    if protocol == config::Protocol::H2 {
+        // Prior knowledge: every connection speaks HTTP/2 from its first byte, and the client
+        // keeps one per backend, multiplexing this worker's requests over it as streams.
+        builder.http2_only(true).timer(TokioTimer::new());
+    }
+    builder
         // Without a timer the idle timeout below silently does nothing.
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(timeouts.idle)

@@ -137,7 +137,7 @@ pub(super) struct RouteFile {
 pub(super) struct PoolFile {
     /// Balancing algorithm; default "round_robin".
     pub algorithm: Option<Spanned<String>>,
-    /// Upstream protocol; default "http1".
+    /// Upstream protocol: "http1" or "h2" (cleartext HTTP/2, prior knowledge); default "http1".
     pub protocol: Option<Spanned<String>>,
     /// Required and non-empty.
     pub backends: Option<Spanned<Vec<BackendFile>>>,

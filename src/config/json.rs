@@ -132,6 +132,7 @@ fn route(config: &Config, route: &Route) -> Value {
 fn pool(pool: &Pool) -> Value {
     let protocol = match pool.protocol {
         Protocol::Http1 => "http1",
+        Protocol::H2 => "h2",
     };
     let all_unhealthy = match pool.all_unhealthy {
         AllUnhealthy::FailClosed => "fail_closed",

@@ -176,9 +176,14 @@ pub enum HashKey {
     Query(String),
 }
 
+/// How sluice speaks to a pool's backends (`protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// HTTP/1.1 with keep-alive: one request at a time per connection.
     Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (`h2`): every request of a worker to one
+    /// backend is a stream on one multiplexed connection. gRPC backends need it.
+    H2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

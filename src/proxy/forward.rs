@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::body::{BodyError, UpstreamBody};
 use super::error::ProxyError;
-use crate::config::RetryOn;
+use crate::config::{Protocol, RetryOn};
 use crate::health::outlier::Verdict;
 use crate::metrics;
 use crate::state::Snapshot;
@@ -44,7 +44,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the upstream request and hands it to the worker's client. Synchronous: the
-    /// exchange itself happens in `finish`.
+    /// exchange itself happens in `finish`. The response head must come within the pool's
+    /// request timeout (`limit` may bring that forward).
     pub fn start(
         pool_index: usize,
         worker: usize,
@@ -65,7 +66,10 @@ impl Upstream {
         uri.authority = Some(backend.authority.clone());
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        parts.version = Version::HTTP_11;
+        parts.version = match pool.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::H2 => Version::HTTP_2,
+        };
 
         // Copied up front, since the client consumes the request.
         let replay =
@@ -89,6 +93,14 @@ impl Upstream {
             sent: now,
             timed,
         }
+    }
+
+    /// Brings the response-head deadline forward to `limit` (a gRPC call's deadline), if earlier.
+    pub fn limit(mut self, limit: Option<Instant>) -> Upstream {
+        if let Some(limit) = limit {
+            self.deadline = self.deadline.min(limit);
+        }
+        self
     }
 
     /// Waits for the backend's response head within the pool's request timeout, retrying the

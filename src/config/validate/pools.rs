@@ -126,12 +126,17 @@ impl Checker<'_> {
     }
 
     fn protocol(&mut self, written: Option<&Spanned<String>>) -> Protocol {
-        if let Some(written) = written {
-            if written.get_ref() != "http1" {
-                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &["http1"]));
+        let Some(written) = written else {
+            return Protocol::Http1;
+        };
+        match written.get_ref().as_str() {
+            "http1" => Protocol::Http1,
+            "h2" => Protocol::H2,
+            _ => {
+                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &["http1", "h2"]));
+                Protocol::Http1
             }
         }
-        Protocol::Http1
     }
 
     /// A value outside the implemented ones: "not implemented yet" for a name the format

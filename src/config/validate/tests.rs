@@ -76,8 +76,8 @@ fn each_mistake_is_located_and_explained() {
             2, 13, "unknown algorithm `round-robin`", Some("did you mean `round_robin`?"),
         ),
         (
-            "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
-            2, 12, "protocol `h2` is not implemented in this version yet; available: http1", None,
+            "[pool.b]\nprotocol = \"auto\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+            2, 12, "protocol `auto` is not implemented in this version yet; available: http1, h2", None,
         ),
         (
             "[pool.b]\nprotocol = \"http2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
