@@ -1,0 +1,351 @@
+//! gRPC through sluice (`protocol = "h2"`), with tonic at both ends: unary, server-streaming
+//! and bidirectional calls with their trailers, error statuses from the backend, and the gRPC
+//! statuses sluice answers itself (a dead backend, a call's deadline).
+//!
+//! The backends are tonic services served by hyper (tonic's codegen only, no tonic transport):
+//! `grpc.health.v1.Health` from tonic-health (Check is unary, Watch server-streaming), and a
+//! bidirectional echo, `/test.Echo/Chat`, written here with tonic's server `Grpc`.
+
+mod support;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use support::{config_with, TestSluice};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, Streaming};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest as Msg;
+use tonic_health::server::HealthReporter;
+use tonic_prost::ProstCodec;
+use tower_service::Service;
+
+const CHAT: &str = "/test.Echo/Chat";
+
+/// Bidirectional echo: each message comes back with the backend's name prefixed; a message
+/// `fail` ends the call with NOT_FOUND instead; metadata `x-slow` delays the response head.
+#[derive(Clone)]
+struct Echo {
+    name: &'static str,
+}
+
+type MsgStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
+
+impl tonic::server::StreamingService<Msg> for Echo {
+    type Response = Msg;
+    type ResponseStream = MsgStream;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<MsgStream>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<Msg>>) -> Self::Future {
+        let name = self.name;
+        Box::pin(async move {
+            if request.metadata().contains_key("x-slow") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Ok(tonic::Response::new(echo(name, request.into_inner())))
+        })
+    }
+}
+
+fn echo(name: &'static str, mut incoming: Streaming<Msg>) -> MsgStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(msg) = incoming.next().await {
+            let reply = match msg {
+                Ok(m) if m.service == "fail" => Err(Status::not_found("told to fail")),
+                Ok(m) => Ok(Msg {
+                    service: format!("{name}:{}", m.service),
+                }),
+                Err(e) => Err(e),
+            };
+            let last = reply.is_err();
+            if tx.send(reply).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// A gRPC backend (health and echo) on its own thread.
+struct GrpcBackend {
+    addr: SocketAddr,
+    reporter: HealthReporter,
+    shutdown: CancellationToken,
+}
+
+impl GrpcBackend {
+    fn start(name: &'static str) -> GrpcBackend {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(socket).unwrap();
+                loop {
+                    let (stream, _) = tokio::select! {
+                        r = listener.accept() => match r { Ok(r) => r, Err(_) => continue },
+                        () = stop.cancelled() => break,
+                    };
+                    let health = health.clone();
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let mut health = health.clone();
+                        async move {
+                            let response = if req.uri().path() == CHAT {
+                                let mut grpc =
+                                    tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
+                                grpc.streaming(Echo { name }, req).await
+                            } else {
+                                match health.call(req).await {
+                                    Ok(r) => r,
+                                    Err(never) => match never {},
+                                }
+                            };
+                            Ok::<Response<tonic::body::Body>, Infallible>(response)
+                        }
+                    });
+                    tokio::spawn(async move {
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        GrpcBackend {
+            addr,
+            reporter,
+            shutdown,
+        }
+    }
+}
+
+impl Drop for GrpcBackend {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+type GrpcChannel = Client<HttpConnector, tonic::body::Body>;
+
+/// An HTTP/2 (prior knowledge) client, as gRPC clients are.
+fn channel() -> GrpcChannel {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+fn origin(sluice: &TestSluice) -> Uri {
+    format!("http://{}", sluice.addr()).parse().unwrap()
+}
+
+fn sluice_for(backends: &[SocketAddr], pool: &str) -> TestSluice {
+    let pool = format!("protocol = \"h2\"\n{pool}");
+    TestSluice::start(&config_with(backends, "", "", &pool))
+}
+
+async fn check(client: &mut HealthClient<GrpcChannel>, service: &str) -> Result<i32, Status> {
+    let request = Msg {
+        service: service.into(),
+    };
+    client.check(request).await.map(|r| r.into_inner().status)
+}
+
+#[tokio::test]
+async fn unary_calls_and_their_error_statuses_pass_through() {
+    let backend = GrpcBackend::start("a");
+    let sluice = sluice_for(&[backend.addr], "");
+    let mut client = HealthClient::with_origin(channel(), origin(&sluice));
+
+    let status = check(&mut client, "").await.expect("check through sluice");
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    // The backend's NOT_FOUND, with its message, arrives as the backend sent it (tonic reads
+    // it from the trailers-only response or the trailers).
+    let err = check(&mut client, "no.such.Service").await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("not"), "{err:?}");
+}
+
+#[tokio::test]
+async fn server_streaming_delivers_each_update() {
+    let backend = GrpcBackend::start("a");
+    let sluice = sluice_for(&[backend.addr], "");
+    backend
+        .reporter
+        .set_service_status("app.Svc", tonic_health::ServingStatus::Serving)
+        .await;
+    let mut client = HealthClient::with_origin(channel(), origin(&sluice));
+    let mut updates = client
+        .watch(Msg {
+            service: "app.Svc".into(),
+        })
+        .await
+        .expect("watch through sluice")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("first update in time")
+        .expect("a first update")
+        .expect("an update, not an error");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    // A change on the backend reaches the client while the stream stays open.
+    backend
+        .reporter
+        .set_service_status("app.Svc", tonic_health::ServingStatus::NotServing)
+        .await;
+    let second = tokio::time::timeout(Duration::from_secs(5), updates.next())
+        .await
+        .expect("second update in time")
+        .expect("a second update")
+        .expect("an update, not an error");
+    assert_eq!(second.status, ServingStatus::NotServing as i32);
+}
+
+/// Opens `/test.Echo/Chat` through sluice; returns the sender of requests and the replies.
+async fn chat(
+    sluice: &TestSluice,
+    metadata: Option<(&'static str, &'static str)>,
+) -> Result<(tokio::sync::mpsc::Sender<Msg>, Streaming<Msg>), Status> {
+    let mut grpc = tonic::client::Grpc::with_origin(channel(), origin(sluice));
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some((k, v)) = metadata {
+        request.metadata_mut().insert(k, v.parse().unwrap());
+    }
+    request.set_timeout(Duration::from_millis(300));
+    let replies = grpc
+        .streaming(
+            request,
+            PathAndQuery::from_static(CHAT),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await?
+        .into_inner();
+    Ok((tx, replies))
+}
+
+fn msg(text: &str) -> Msg {
+    Msg {
+        service: text.into(),
+    }
+}
+
+#[tokio::test]
+async fn bidirectional_streams_interleave_and_end_with_the_backends_status() {
+    let backend = GrpcBackend::start("a");
+    let sluice = sluice_for(&[backend.addr], "");
+    let (tx, mut replies) = chat(&sluice, None).await.expect("call opened");
+    // One message, its answer, the next: the streams run both ways at once, nothing is
+    // buffered until the end of the request.
+    for text in ["one", "two", "three"] {
+        tx.send(msg(text)).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), replies.next())
+            .await
+            .expect("reply in time")
+            .expect("a reply")
+            .expect("a message");
+        assert_eq!(reply.service, format!("a:{text}"));
+    }
+    // The backend ends the call with an error status: it arrives in the trailers.
+    tx.send(msg("fail")).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .expect("status in time")
+        .expect("an item");
+    let status = end.expect_err("the call failed");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(status.message(), "told to fail");
+
+    // A call that ends well ends with OK in the trailers: the stream simply ends.
+    let (tx, mut replies) = chat(&sluice, None).await.expect("call opened");
+    tx.send(msg("last")).await.unwrap();
+    drop(tx);
+    let reply = replies.next().await.expect("a reply").expect("a message");
+    assert_eq!(reply.service, "a:last");
+    assert!(replies.next().await.is_none(), "ended with OK");
+    let trailers = replies.trailers().await.expect("trailers read");
+    assert!(trailers.is_some(), "the backend's trailers arrived");
+}
+
+#[tokio::test]
+async fn a_dead_backend_is_unavailable_to_grpc_clients() {
+    let dead = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let sluice = sluice_for(&[dead], "");
+    let mut client = HealthClient::with_origin(channel(), origin(&sluice));
+    let err = check(&mut client, "").await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("could not connect"), "{err:?}");
+}
+
+#[tokio::test]
+async fn grpc_timeout_caps_the_wait_for_the_backend() {
+    let backend = GrpcBackend::start("a");
+    // The pool would wait 30 s; the call's deadline (300 ms, set in `chat`) is what counts.
+    let sluice = sluice_for(&[backend.addr], "[pool.app.timeouts]\nrequest = \"30s\"\n");
+    let started = Instant::now();
+    let err = chat(&sluice, Some(("x-slow", "1"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("gateway timeout"), "sluice's answer: {err:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+}
+
+/// The answer sluice makes itself for a gRPC request, seen raw: HTTP 200, the status in the
+/// headers, and nothing else (trailers-only).
+#[tokio::test]
+async fn sluices_own_grpc_answers_are_trailers_only() {
+    let dead = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let sluice = sluice_for(&[dead], "");
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = Request::post(format!("http://{}/grpc.health.v1.Health/Check", sluice.addr()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert!(response.headers().contains_key("x-request-id"));
+    assert!(hyper::body::Body::is_end_stream(response.body()));
+    let body = response.into_body().collect().await.unwrap();
+    assert!(body.trailers().is_none());
+    assert!(body.to_bytes().is_empty());
+
+    // A request that is not gRPC still gets the plain HTTP answer.
+    let plain = support::get(&format!("http://{}/", sluice.addr())).await;
+    assert_eq!(plain.status, 502);
+}
