@@ -92,6 +92,18 @@ pub fn local_answer(
     response
 }
 
+/// Announces gRPC's trailers in a response to an HTTP/1.1 client: hyper writes a trailer field
+/// on an HTTP/1.1 connection only when the response's `Trailer` header names it (and the
+/// request said `TE: trailers`), and HTTP/2 backends never send `Trailer`.
+pub fn announce_trailers(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::TRAILER) {
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("grpc-status, grpc-message, grpc-status-details-bin"),
+        );
+    }
+}
+
 /// `grpc-message` encoding: printable ASCII except `%` as is, every other byte as `%XX`.
 fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

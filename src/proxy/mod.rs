@@ -406,6 +406,9 @@ impl Started {
         match result {
             Ok((mut response, upstream_time)) => {
                 headers::strip_hop_by_hop(response.headers_mut());
+                if self.grpc && self.version != Version::HTTP_2 {
+                    grpc::announce_trailers(response.headers_mut());
+                }
                 response
                     .headers_mut()
                     .insert(X_REQUEST_ID.clone(), self.request_id);
