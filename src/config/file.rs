@@ -194,6 +194,9 @@ pub(super) struct TimeoutsFile {
 pub(super) struct HealthCheckFile {
     /// HTTP GET of this path (and query), starting with `/`; omitted = a TCP connect check.
     pub path: Option<Spanned<String>>,
+    /// gRPC health check (`grpc.health.v1.Health/Check`) of this service ("" = the server);
+    /// `protocol = "h2"` pools only, not with `path`; omitted = HTTP or TCP check.
+    pub grpc_service: Option<Spanned<String>>,
     /// Between probes of one backend; duration, default "5s", greater than zero.
     pub interval: Option<Spanned<DurationText>>,
     /// A probe not finished within this fails; duration, default "2s", at most `interval`.

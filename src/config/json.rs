@@ -190,6 +190,9 @@ fn health_check(check: &HealthCheck) -> Value {
     if let Some(path) = &check.path {
         out.insert("path".into(), path.as_str().into());
     }
+    if let Some(service) = &check.grpc_service {
+        out.insert("grpc_service".into(), service.as_str().into());
+    }
     out.insert("interval".into(), duration(check.interval).into());
     out.insert("timeout".into(), duration(check.timeout).into());
     out.insert("healthy_threshold".into(), check.healthy_threshold.into());

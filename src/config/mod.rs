@@ -268,6 +268,9 @@ pub enum AllUnhealthy {
 pub struct HealthCheck {
     /// HTTP GET of this path (and query); `None`: a plain TCP connect check.
     pub path: Option<http::uri::PathAndQuery>,
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`) of this service name
+    /// (`""`: the whole server) instead, passing on `SERVING`; `h2` pools only, not with `path`.
+    pub grpc_service: Option<String>,
     /// Between probes of one backend (each jittered by up to ±10%); default 5s.
     pub interval: Duration,
     /// A probe not finished within this fails; default 2s.
@@ -284,6 +287,7 @@ impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
             path: None,
+            grpc_service: None,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             healthy_threshold: 2,

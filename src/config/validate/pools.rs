@@ -31,7 +31,7 @@ impl Checker<'_> {
         };
         self.later("tls", &pool.tls);
         let all_unhealthy = self.all_unhealthy(pool.all_unhealthy.as_ref());
-        let health_check = self.health_check(pool.health_check);
+        let health_check = self.health_check(pool.health_check, protocol);
         let outlier_detection = self.outlier_detection(pool.outlier_detection);
         let retry = self.retry(pool.retry);
         let limits = self.limits(pool.limits);
