@@ -349,3 +349,80 @@ async fn sluices_own_grpc_answers_are_trailers_only() {
     let plain = support::get(&format!("http://{}/", sluice.addr())).await;
     assert_eq!(plain.status, 502);
 }
+
+/// Sends one echo call and returns the name of the backend that answered it.
+async fn who_answers(sluice: &TestSluice) -> Result<String, Status> {
+    let (tx, mut replies) = chat(sluice, None).await?;
+    tx.send(msg("who")).await.unwrap();
+    drop(tx);
+    let reply = replies.next().await.expect("a reply")?;
+    Ok(reply.service.trim_end_matches(":who").to_string())
+}
+
+/// Polls `who_answers` until `check` holds for one answer, within `limit`.
+async fn until_answer(
+    sluice: &TestSluice,
+    limit: Duration,
+    check: impl Fn(&Result<String, Status>) -> bool,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if check(&who_answers(sluice).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
+    let a = GrpcBackend::start("a");
+    let b = GrpcBackend::start("b");
+    for (backend, status) in [
+        (&a, tonic_health::ServingStatus::Serving),
+        (&b, tonic_health::ServingStatus::NotServing),
+    ] {
+        backend.reporter.set_service_status("app.Svc", status).await;
+    }
+    let pool = "[pool.app.health_check]\ngrpc_service = \"app.Svc\"\ninterval = \"100ms\"\n\
+                timeout = \"100ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
+    let sluice = sluice_for(&[a.addr, b.addr], pool);
+
+    // Checked backends start unhealthy; `a` passes its first probe.
+    assert!(
+        until_answer(&sluice, Duration::from_secs(5), |r| r.is_ok()).await,
+        "a backend became healthy"
+    );
+    for _ in 0..20 {
+        let who = who_answers(&sluice).await.expect("answered");
+        assert_eq!(who, "a", "a NOT_SERVING backend took traffic");
+    }
+
+    // `b` reports SERVING: the next probe lets it in.
+    b.reporter
+        .set_service_status("app.Svc", tonic_health::ServingStatus::Serving)
+        .await;
+    assert!(
+        until_answer(&sluice, Duration::from_secs(5), |r| {
+            r.as_ref().is_ok_and(|who| who == "b")
+        })
+        .await,
+        "b back once SERVING"
+    );
+
+    // Both out: the pool has no backend, which a gRPC client sees as UNAVAILABLE.
+    for backend in [&a, &b] {
+        backend
+            .reporter
+            .set_service_status("app.Svc", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    assert!(
+        until_answer(&sluice, Duration::from_secs(5), |r| {
+            r.as_ref().is_err_and(|e| e.code() == Code::Unavailable)
+        })
+        .await,
+        "no backend: UNAVAILABLE"
+    );
+}
