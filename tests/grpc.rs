@@ -314,8 +314,15 @@ async fn grpc_timeout_caps_the_wait_for_the_backend() {
     let started = Instant::now();
     let err = chat(&sluice, Some(("x-slow", "1"))).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("gateway timeout"), "sluice's answer: {err:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        err.message().contains("gateway timeout"),
+        "sluice's answer: {err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// The answer sluice makes itself for a gRPC request, seen raw: HTTP 200, the status in the
@@ -330,11 +337,14 @@ async fn sluices_own_grpc_answers_are_trailers_only() {
     let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
-    let request = Request::post(format!("http://{}/grpc.health.v1.Health/Check", sluice.addr()))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-        .unwrap();
+    let request = Request::post(format!(
+        "http://{}/grpc.health.v1.Health/Check",
+        sluice.addr()
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+    .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/grpc");

@@ -44,9 +44,10 @@ async fn one_http2_client_connections_requests_spread_over_all_backends() {
 
     // Exactly one client connection, HTTP/2 prior knowledge.
     let tcp = tokio::net::TcpStream::connect(sluice.addr()).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let url = sluice.url("/spread");
     let send = |mut sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>| {
@@ -65,7 +66,9 @@ async fn one_http2_client_connections_requests_spread_over_all_backends() {
     for _ in 0..3 {
         send(sender.clone()).await;
     }
-    let tasks: Vec<_> = (0..197).map(|_| tokio::spawn(send(sender.clone()))).collect();
+    let tasks: Vec<_> = (0..197)
+        .map(|_| tokio::spawn(send(sender.clone())))
+        .collect();
     for task in tasks {
         task.await.unwrap();
     }
@@ -75,7 +78,12 @@ async fn one_http2_client_connections_requests_spread_over_all_backends() {
         let seen = backend.seen();
         total += seen.len();
         // Round robin over three: every backend has its share.
-        assert!(seen.len() >= 50, "{} got {} of 200", backend.name, seen.len());
+        assert!(
+            seen.len() >= 50,
+            "{} got {} of 200",
+            backend.name,
+            seen.len()
+        );
         assert!(seen.iter().all(|s| s.version == Version::HTTP_2));
         // Multiplexed: all of a backend's requests (some concurrent) on one connection.
         assert_eq!(backend.connections_accepted(), 1, "{}", backend.name);
@@ -103,12 +111,21 @@ async fn an_http1_client_reaches_an_http2_backend() {
     let seen = &seen[0];
     assert_eq!(seen.version, Version::HTTP_2);
     assert_eq!(seen.uri.path_and_query().unwrap(), "/upload?x=1");
-    assert_eq!(seen.body, "hello world", "a body of unknown length, framed by HTTP/2");
+    assert_eq!(
+        seen.body, "hello world",
+        "a body of unknown length, framed by HTTP/2"
+    );
     // The client's Host is kept; nothing connection-specific crosses into HTTP/2.
     assert_eq!(seen.headers["host"], "app.example");
     assert_eq!(seen.headers["x-forwarded-host"], "app.example");
     assert_eq!(seen.headers["te"], "trailers");
-    for name in ["connection", "transfer-encoding", "keep-alive", "x-hop", "upgrade"] {
+    for name in [
+        "connection",
+        "transfer-encoding",
+        "keep-alive",
+        "x-hop",
+        "upgrade",
+    ] {
         assert!(!seen.headers.contains_key(name), "{name} sent over HTTP/2");
     }
 }
@@ -126,7 +143,10 @@ async fn an_http2_client_reaches_an_http1_backend() {
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), Version::HTTP_2);
-    assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), "a");
+    assert_eq!(
+        response.into_body().collect().await.unwrap().to_bytes(),
+        "a"
+    );
 
     let seen = &backend.seen()[0];
     assert_eq!(seen.version, Version::HTTP_11);
@@ -192,7 +212,10 @@ async fn grpc_trailers_reach_an_http1_client_that_accepts_them() {
     let response = support::client().request(request).await.unwrap();
     assert_eq!(response.version(), Version::HTTP_11);
     let collected = response.into_body().collect().await.unwrap();
-    let trailers = collected.trailers().expect("trailers over chunked HTTP/1.1").clone();
+    let trailers = collected
+        .trailers()
+        .expect("trailers over chunked HTTP/1.1")
+        .clone();
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "fine");
 }

@@ -176,19 +176,15 @@ mod tests {
         let cases: &[(&[u8], Option<u64>)] = &[
             (b"\0\0\0\0\x02\x08\x01", Some(1)),
             (b"\0\0\0\0\x02\x08\x02", Some(2)),
-            (b"\0\0\0\0\0", Some(0)),                             // default: UNKNOWN
-            (b"\0\0\0\0\x05\x12\x01x\x08\x01", Some(1)),          // an unknown field skipped
-            (b"\x01\0\0\0\x02\x08\x01", None),                    // compressed
-            (b"\0\0\0\0\x03\x08\x01", None),                      // length disagrees
-            (b"\0\0\0\0\x01\x08", None),                          // cut varint
+            (b"\0\0\0\0\0", Some(0)),                    // default: UNKNOWN
+            (b"\0\0\0\0\x05\x12\x01x\x08\x01", Some(1)), // an unknown field skipped
+            (b"\x01\0\0\0\x02\x08\x01", None),           // compressed
+            (b"\0\0\0\0\x03\x08\x01", None),             // length disagrees
+            (b"\0\0\0\0\x01\x08", None),                 // cut varint
             (b"\0\0", None),
         ];
         for &(bytes, want) in cases {
-            assert_eq!(
-                serving_status(Bytes::from_static(bytes)),
-                want,
-                "{bytes:?}"
-            );
+            assert_eq!(serving_status(Bytes::from_static(bytes)), want, "{bytes:?}");
         }
     }
 }

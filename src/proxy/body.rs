@@ -262,7 +262,9 @@ impl ResponseBody {
     /// trailers-only answers need exactly that).
     pub fn local(text: &'static str, exchange: Option<Exchange>) -> ResponseBody {
         ResponseBody {
-            content: Content::Local((!text.is_empty()).then(|| Bytes::from_static(text.as_bytes()))),
+            content: Content::Local(
+                (!text.is_empty()).then(|| Bytes::from_static(text.as_bytes())),
+            ),
             exchange,
         }
     }

@@ -81,7 +81,10 @@ pub fn local_answer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert(GRPC_STATUS.clone(), HeaderValue::from(u16::from(code(e) as u8)));
+    headers.insert(
+        GRPC_STATUS.clone(),
+        HeaderValue::from(u16::from(code(e) as u8)),
+    );
     if let Ok(message) = HeaderValue::from_str(&percent_encode(e.body().trim_end())) {
         headers.insert(GRPC_MESSAGE.clone(), message);
     }
@@ -145,12 +148,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(k, v)| {
-                (
-                    HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
             .collect()
     }
 

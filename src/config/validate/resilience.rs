@@ -64,15 +64,23 @@ impl Checker<'_> {
         let grpc_service = written.grpc_service.as_ref().map(|service| {
             if written.path.is_some() {
                 let error = self
-                    .error(service.span(), "health_check has both `path` and `grpc_service`")
+                    .error(
+                        service.span(),
+                        "health_check has both `path` and `grpc_service`",
+                    )
                     .with_note("a probe is either an HTTP GET of `path` or a gRPC health check")
                     .with_help("keep one of them");
                 self.push(error);
             } else if protocol != Protocol::H2 {
                 let error = self
-                    .error(service.span(), "gRPC health checks need `protocol = \"h2\"`")
+                    .error(
+                        service.span(),
+                        "gRPC health checks need `protocol = \"h2\"`",
+                    )
                     .with_note("gRPC runs over HTTP/2; this pool speaks HTTP/1.1 to its backends")
-                    .with_help("set `protocol = \"h2\"` on the pool, or use `path` for an HTTP check");
+                    .with_help(
+                        "set `protocol = \"h2\"` on the pool, or use `path` for an HTTP check",
+                    );
                 self.push(error);
             }
             service.get_ref().clone()
