@@ -227,18 +227,21 @@ async fn server_streaming_delivers_each_update() {
 }
 
 /// Opens `/test.Echo/Chat` through sluice; returns the sender of requests and the replies.
+/// `slow`: the backend delays its response head by 5 s, and the call has a 300 ms deadline.
 async fn chat(
     sluice: &TestSluice,
-    metadata: Option<(&'static str, &'static str)>,
+    slow: bool,
 ) -> Result<(tokio::sync::mpsc::Sender<Msg>, Streaming<Msg>), Status> {
     let mut grpc = tonic::client::Grpc::with_origin(channel(), origin(sluice));
     grpc.ready().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some((k, v)) = metadata {
-        request.metadata_mut().insert(k, v.parse().unwrap());
+    if slow {
+        request
+            .metadata_mut()
+            .insert("x-slow", "1".parse().unwrap());
+        request.set_timeout(Duration::from_millis(300));
     }
-    request.set_timeout(Duration::from_millis(300));
     let replies = grpc
         .streaming(
             request,
@@ -260,7 +263,7 @@ fn msg(text: &str) -> Msg {
 async fn bidirectional_streams_interleave_and_end_with_the_backends_status() {
     let backend = GrpcBackend::start("a");
     let sluice = sluice_for(&[backend.addr], "");
-    let (tx, mut replies) = chat(&sluice, None).await.expect("call opened");
+    let (tx, mut replies) = chat(&sluice, false).await.expect("call opened");
     // One message, its answer, the next: the streams run both ways at once, nothing is
     // buffered until the end of the request.
     for text in ["one", "two", "three"] {
@@ -283,7 +286,7 @@ async fn bidirectional_streams_interleave_and_end_with_the_backends_status() {
     assert_eq!(status.message(), "told to fail");
 
     // A call that ends well ends with OK in the trailers: the stream simply ends.
-    let (tx, mut replies) = chat(&sluice, None).await.expect("call opened");
+    let (tx, mut replies) = chat(&sluice, false).await.expect("call opened");
     tx.send(msg("last")).await.unwrap();
     drop(tx);
     let reply = replies.next().await.expect("a reply").expect("a message");
@@ -309,10 +312,10 @@ async fn a_dead_backend_is_unavailable_to_grpc_clients() {
 #[tokio::test]
 async fn grpc_timeout_caps_the_wait_for_the_backend() {
     let backend = GrpcBackend::start("a");
-    // The pool would wait 30 s; the call's deadline (300 ms, set in `chat`) is what counts.
+    // The pool would wait 30 s; the call's deadline (300 ms) is what counts.
     let sluice = sluice_for(&[backend.addr], "[pool.app.timeouts]\nrequest = \"30s\"\n");
     let started = Instant::now();
-    let err = chat(&sluice, Some(("x-slow", "1"))).await.unwrap_err();
+    let err = chat(&sluice, true).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(
         err.message().contains("gateway timeout"),
@@ -362,7 +365,7 @@ async fn sluices_own_grpc_answers_are_trailers_only() {
 
 /// Sends one echo call and returns the name of the backend that answered it.
 async fn who_answers(sluice: &TestSluice) -> Result<String, Status> {
-    let (tx, mut replies) = chat(sluice, None).await?;
+    let (tx, mut replies) = chat(sluice, false).await?;
     tx.send(msg("who")).await.unwrap();
     drop(tx);
     let reply = replies.next().await.expect("a reply")?;
@@ -395,13 +398,13 @@ async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
     ] {
         backend.reporter.set_service_status("app.Svc", status).await;
     }
-    let pool = "[pool.app.health_check]\ngrpc_service = \"app.Svc\"\ninterval = \"100ms\"\n\
-                timeout = \"100ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 1\n";
+    let pool = "[pool.app.health_check]\ngrpc_service = \"app.Svc\"\ninterval = \"500ms\"\n\
+                timeout = \"500ms\"\nhealthy_threshold = 1\nunhealthy_threshold = 2\n";
     let sluice = sluice_for(&[a.addr, b.addr], pool);
 
     // Checked backends start unhealthy; `a` passes its first probe.
     assert!(
-        until_answer(&sluice, Duration::from_secs(5), |r| r.is_ok()).await,
+        until_answer(&sluice, Duration::from_secs(10), |r| r.is_ok()).await,
         "a backend became healthy"
     );
     for _ in 0..20 {
@@ -414,7 +417,7 @@ async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
         .set_service_status("app.Svc", tonic_health::ServingStatus::Serving)
         .await;
     assert!(
-        until_answer(&sluice, Duration::from_secs(5), |r| {
+        until_answer(&sluice, Duration::from_secs(10), |r| {
             r.as_ref().is_ok_and(|who| who == "b")
         })
         .await,
@@ -429,7 +432,7 @@ async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
             .await;
     }
     assert!(
-        until_answer(&sluice, Duration::from_secs(5), |r| {
+        until_answer(&sluice, Duration::from_secs(10), |r| {
             r.as_ref().is_err_and(|e| e.code() == Code::Unavailable)
         })
         .await,
