@@ -439,3 +439,38 @@ async fn grpc_health_checks_take_a_not_serving_backend_out_and_back() {
         "no backend: UNAVAILABLE"
     );
 }
+
+/// Metrics count sluice's own gRPC answers by the HTTP status the failure would have had
+/// (docs/grpc.md), not by the 200 sent.
+#[tokio::test]
+async fn metrics_count_grpc_failures_by_their_would_be_status() {
+    let dead = {
+        let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    };
+    let toml = config_with(
+        &[dead],
+        "[admin]\nbind = \"127.0.0.1:0\"",
+        "",
+        "protocol = \"h2\"\n",
+    );
+    let sluice = TestSluice::start(&toml);
+    let mut client = HealthClient::with_origin(channel(), origin(&sluice));
+    for _ in 0..2 {
+        let err = check(&mut client, "").await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    }
+    let url = format!("http://{}/metrics", sluice.admin.unwrap());
+    let failed = "sluice_requests_total{listener=\"web\",pool=\"app\",backend=\"\",code=\"502\"} 2";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        text = support::get(&url).await.text();
+        if text.contains(failed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(text.contains(failed), "{text}");
+    assert!(!text.contains("code=\"200\""), "{text}");
+}
