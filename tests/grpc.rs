@@ -474,3 +474,23 @@ async fn metrics_count_grpc_failures_by_their_would_be_status() {
     assert!(text.contains(failed), "{text}");
     assert!(!text.contains("code=\"200\""), "{text}");
 }
+
+/// A call's own short deadline is the client's choice, not the backend's failure: it must not
+/// feed outlier detection (a client could otherwise eject every backend with `grpc-timeout: 1n`).
+#[tokio::test]
+async fn a_missed_grpc_deadline_does_not_eject_the_backend() {
+    let (a, b) = (GrpcBackend::start("a"), GrpcBackend::start("b"));
+    let pool =
+        "[pool.app.outlier_detection]\nconsecutive_failures = 1\nmax_ejected_percent = 100\n";
+    let sluice = sluice_for(&[a.addr, b.addr], pool);
+    for _ in 0..4 {
+        let err = chat(&sluice, true).await.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    }
+    // Both backends still take calls.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(who_answers(&sluice).await.expect("answered"));
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}

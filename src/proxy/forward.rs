@@ -33,6 +33,9 @@ pub struct Upstream {
     backend: usize,
     response: ResponseFuture,
     deadline: Instant,
+    /// The deadline is the client's (a gRPC call's), not the pool's: its passing says nothing
+    /// about the backend.
+    client_deadline: bool,
     /// The request head again, for a retry on a fresh connection; only for requests that can
     /// be sent twice (idempotent, no body).
     replay: Option<(Method, Uri, HeaderMap)>,
@@ -89,6 +92,7 @@ impl Upstream {
                 .client(worker)
                 .request(Request::from_parts(parts, body)),
             deadline: now + pool.timeouts.request,
+            client_deadline: false,
             replay,
             sent: now,
             timed,
@@ -97,8 +101,9 @@ impl Upstream {
 
     /// Brings the response-head deadline forward to `limit` (a gRPC call's deadline), if earlier.
     pub fn limit(mut self, limit: Option<Instant>) -> Upstream {
-        if let Some(limit) = limit {
-            self.deadline = self.deadline.min(limit);
+        if let Some(limit) = limit.filter(|&limit| limit < self.deadline) {
+            self.deadline = limit;
+            self.client_deadline = true;
         }
         self
     }
@@ -148,6 +153,8 @@ impl Upstream {
                     // Only the backend's own failures count against it, not a client's body.
                     let failure = match error {
                         ProxyError::Connect(_) => Some(metrics::Failure::Connect),
+                        // A client that allows 1 ms must not get backends ejected.
+                        ProxyError::Timeout if self.client_deadline => None,
                         ProxyError::Timeout => Some(metrics::Failure::Timeout),
                         ProxyError::Upstream(_) => Some(metrics::Failure::Response),
                         _ => None,

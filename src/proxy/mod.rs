@@ -363,6 +363,10 @@ impl Started {
         let pool = &self.snapshot.pools[out.pool];
         let policy = pool.retry.as_ref()?;
         let condition = forward::retry_condition(result)?;
+        if out.deadline.is_some_and(|d| Instant::now() >= d) {
+            // The client has stopped waiting.
+            return None;
+        }
         if out.retries >= policy.settings.attempts || !condition.allowed_by(&policy.settings.on) {
             return None;
         }
