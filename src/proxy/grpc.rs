@@ -51,6 +51,8 @@ pub fn code(e: &ProxyError) -> Code {
             Code::ResourceExhausted
         }
         ProxyError::BadRequest(_) => Code::Internal,
+        // Both ask the client to go elsewhere (a new connection, https): retryable.
+        ProxyError::Misdirected | ProxyError::HttpsRedirect(_) => Code::Unavailable,
         ProxyError::NoBackend
         | ProxyError::Overloaded
         | ProxyError::ListenerGone

@@ -29,7 +29,17 @@ impl Checker<'_> {
             },
             None => Duration::ZERO,
         };
-        self.later("tls", &pool.tls);
+        if let (Protocol::H2, Some(written), Some(_)) = (protocol, &pool.protocol, &pool.tls) {
+            let error = self
+                .error(
+                    written.span(),
+                    "protocol `h2` is cleartext HTTP/2; this pool has `tls`",
+                )
+                .with_note("HTTP/2 over TLS (ALPN) is the later `protocol = \"auto\"`")
+                .with_help("use `protocol = \"http1\"` with `tls`, or remove `tls`");
+            self.push(error);
+        }
+        let tls = pool.tls.and_then(|tls| self.pool_tls(tls));
         let all_unhealthy = self.all_unhealthy(pool.all_unhealthy.as_ref());
         let health_check = self.health_check(pool.health_check, protocol);
         let outlier_detection = self.outlier_detection(pool.outlier_detection);
@@ -54,6 +64,7 @@ impl Checker<'_> {
             outlier_detection,
             retry,
             limits,
+            tls,
         }
     }
 
