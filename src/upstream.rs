@@ -204,6 +204,8 @@ pub struct Pool {
     /// Every backend is past its slow-start window.
     ramped: AtomicBool,
     pub timeouts: config::Timeouts,
+    /// HTTP/1.1 or HTTP/2 to the backends; the clients are built for it.
+    pub protocol: config::Protocol,
     /// Active checks (`None`: off).
     pub health_check: Option<config::HealthCheck>,
     /// Passive outlier detection (`None`: off).
@@ -245,6 +247,7 @@ impl Pool {
             Some(old)
                 if old.timeouts == cfg.timeouts
                     && old.tls == cfg.tls
+                    && old.protocol == cfg.protocol
                     && old.clients.len() == workers.max(1) =>
             {
                 (old.clients.clone(), old.upstream_tls.clone())
@@ -255,7 +258,14 @@ impl Pool {
                     .as_ref()
                     .map(|tls| UpstreamTls::new(tls, cfg.timeouts.connect));
                 let clients = (0..workers.max(1))
-                    .map(|_| build_client(&cfg.timeouts, &connections_opened, tls.clone()))
+                    .map(|_| {
+                        build_client(
+                            &cfg.timeouts,
+                            cfg.protocol,
+                            &connections_opened,
+                            tls.clone(),
+                        )
+                    })
                     .collect();
                 (clients, tls)
             }
@@ -297,6 +307,7 @@ impl Pool {
             slow_start: cfg.slow_start,
             ramped: AtomicBool::new(cfg.slow_start.is_zero()),
             timeouts: cfg.timeouts.clone(),
+            protocol: cfg.protocol,
             health_check: cfg.health_check.clone(),
             outliers: cfg
                 .outlier_detection
@@ -334,6 +345,7 @@ impl Pool {
 
 fn build_client(
     timeouts: &config::Timeouts,
+    protocol: config::Protocol,
     opened: &Arc<AtomicU64>,
     tls: Option<UpstreamTls>,
 ) -> UpstreamClient {
@@ -344,7 +356,13 @@ fn build_client(
     // The URIs we build always carry an IP literal, so the connector never resolves names.
     // TLS pools use `https://` URIs: TCP here, the handshake in `CountingConnector`.
     connector.enforce_http(tls.is_none());
-    Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    if protocol == config::Protocol::H2 {
+        // Prior knowledge: every connection speaks HTTP/2 from its first byte, and the client
+        // keeps one per backend, multiplexing this worker's requests over it as streams.
+        builder.http2_only(true).timer(TokioTimer::new());
+    }
+    builder
         // Without a timer the idle timeout below silently does nothing.
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(timeouts.idle)

@@ -178,7 +178,7 @@ pub(super) struct RouteFile {
 pub(super) struct PoolFile {
     /// Balancing algorithm; default "round_robin".
     pub algorithm: Option<Spanned<String>>,
-    /// Upstream protocol; default "http1".
+    /// Upstream protocol: "http1" or "h2" (cleartext HTTP/2, prior knowledge); default "http1".
     pub protocol: Option<Spanned<String>>,
     /// Required and non-empty.
     pub backends: Option<Spanned<Vec<BackendFile>>>,
@@ -235,6 +235,9 @@ pub(super) struct TimeoutsFile {
 pub(super) struct HealthCheckFile {
     /// HTTP GET of this path (and query), starting with `/`; omitted = a TCP connect check.
     pub path: Option<Spanned<String>>,
+    /// gRPC health check (`grpc.health.v1.Health/Check`) of this service ("" = the server);
+    /// `protocol = "h2"` pools only, not with `path`; omitted = HTTP or TCP check.
+    pub grpc_service: Option<Spanned<String>>,
     /// Between probes of one backend; duration, default "5s", greater than zero.
     pub interval: Option<Spanned<DurationText>>,
     /// A probe not finished within this fails; duration, default "2s", at most `interval`.

@@ -161,6 +161,7 @@ fn route(config: &Config, route: &Route) -> Value {
 fn pool(pool: &Pool) -> Value {
     let protocol = match pool.protocol {
         Protocol::Http1 => "http1",
+        Protocol::H2 => "h2",
     };
     let all_unhealthy = match pool.all_unhealthy {
         AllUnhealthy::FailClosed => "fail_closed",
@@ -230,6 +231,9 @@ fn health_check(check: &HealthCheck) -> Value {
     let mut out = Map::new();
     if let Some(path) = &check.path {
         out.insert("path".into(), path.as_str().into());
+    }
+    if let Some(service) = &check.grpc_service {
+        out.insert("grpc_service".into(), service.as_str().into());
     }
     out.insert("interval".into(), duration(check.interval).into());
     out.insert("timeout".into(), duration(check.timeout).into());

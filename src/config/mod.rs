@@ -193,9 +193,14 @@ pub enum HashKey {
     Query(String),
 }
 
+/// How sluice speaks to a pool's backends (`protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
+    /// HTTP/1.1 with keep-alive: one request at a time per connection.
     Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (`h2`): every request of a worker to one
+    /// backend is a stream on one multiplexed connection. gRPC backends need it.
+    H2,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +288,9 @@ pub enum AllUnhealthy {
 pub struct HealthCheck {
     /// HTTP GET of this path (and query); `None`: a plain TCP connect check.
     pub path: Option<http::uri::PathAndQuery>,
+    /// The standard gRPC health check (`grpc.health.v1.Health/Check`) of this service name
+    /// (`""`: the whole server) instead, passing on `SERVING`; `h2` pools only, not with `path`.
+    pub grpc_service: Option<String>,
     /// Between probes of one backend (each jittered by up to ±10%); default 5s.
     pub interval: Duration,
     /// A probe not finished within this fails; default 2s.
@@ -299,6 +307,7 @@ impl Default for HealthCheck {
     fn default() -> Self {
         HealthCheck {
             path: None,
+            grpc_service: None,
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             healthy_threshold: 2,

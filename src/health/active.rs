@@ -4,7 +4,8 @@
 //! backend's `UNHEALTHY` bit.
 //!
 //! A probe is a plain TCP connect, or, with `path` set, an HTTP/1.1 GET on a fresh connection
-//! that passes when the status is in `expected_status`. Every probe is recorded on the backend
+//! that passes when the status is in `expected_status`, or, with `grpc_service` set, a gRPC
+//! health check (`grpc.rs`) that passes on `SERVING`. Every probe is recorded on the backend
 //! for the admin API; only flips are logged.
 //!
 //! `Checkers` owns the tasks of one snapshot's pools: a reload starts checkers for the new
@@ -267,14 +268,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn pass(detail: impl Into<String>) -> Outcome {
+    pub(super) fn pass(detail: impl Into<String>) -> Outcome {
         Outcome {
             passed: true,
             detail: detail.into(),
         }
     }
 
-    fn fail(detail: impl Into<String>) -> Outcome {
+    pub(super) fn fail(detail: impl Into<String>) -> Outcome {
         Outcome {
             passed: false,
             detail: detail.into(),
@@ -295,6 +296,10 @@ pub async fn probe(backend: &Backend, settings: &HealthCheck, tls: Option<&PoolT
         Ok(Err(e)) => return Outcome::fail(format!("connect error: {e}")),
         Ok(Ok(stream)) => stream,
     };
+    if let Some(service) = &settings.grpc_service {
+        // gRPC checks need `protocol = "h2"`, which is cleartext (validation sees to both).
+        return super::grpc::probe(connected, backend, service, deadline, USER_AGENT).await;
+    }
     let _ = connected.set_nodelay(true);
     let Some(tls) = tls else {
         return match &settings.path {

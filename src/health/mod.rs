@@ -7,6 +7,7 @@
 //! `DRAINING`. None of them reads a clock on the request path.
 
 pub mod active;
+pub mod grpc;
 pub mod outlier;
 
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};

@@ -297,9 +297,13 @@ impl ResponseBody {
         }
     }
 
+    /// A local answer's body; an empty `text` ends the stream with the head (gRPC's
+    /// trailers-only answers need exactly that).
     pub fn local(text: &'static str, exchange: Option<Exchange>) -> ResponseBody {
         ResponseBody {
-            content: Content::Local(Some(Bytes::from_static(text.as_bytes()))),
+            content: Content::Local(
+                (!text.is_empty()).then(|| Bytes::from_static(text.as_bytes())),
+            ),
             exchange,
         }
     }

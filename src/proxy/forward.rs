@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::body::{BodyError, UpstreamBody};
 use super::error::ProxyError;
-use crate::config::RetryOn;
+use crate::config::{Protocol, RetryOn};
 use crate::health::outlier::Verdict;
 use crate::metrics;
 use crate::state::Snapshot;
@@ -33,6 +33,9 @@ pub struct Upstream {
     backend: usize,
     response: ResponseFuture,
     deadline: Instant,
+    /// The deadline is the client's (a gRPC call's), not the pool's: its passing says nothing
+    /// about the backend.
+    client_deadline: bool,
     /// The request head again, for a retry on a fresh connection; only for requests that can
     /// be sent twice (idempotent, no body).
     replay: Option<(Method, Uri, HeaderMap)>,
@@ -44,7 +47,8 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the upstream request and hands it to the worker's client. Synchronous: the
-    /// exchange itself happens in `finish`.
+    /// exchange itself happens in `finish`. The response head must come within the pool's
+    /// request timeout (`limit` may bring that forward).
     pub fn start(
         pool_index: usize,
         worker: usize,
@@ -69,7 +73,10 @@ impl Upstream {
         uri.authority = Some(backend.authority.clone());
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        parts.version = Version::HTTP_11;
+        parts.version = match pool.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::H2 => Version::HTTP_2,
+        };
 
         // Copied up front, since the client consumes the request.
         let replay =
@@ -89,10 +96,20 @@ impl Upstream {
                 .client(worker)
                 .request(Request::from_parts(parts, body)),
             deadline: now + pool.timeouts.request,
+            client_deadline: false,
             replay,
             sent: now,
             timed,
         }
+    }
+
+    /// Brings the response-head deadline forward to `limit` (a gRPC call's deadline), if earlier.
+    pub fn limit(mut self, limit: Option<Instant>) -> Upstream {
+        if let Some(limit) = limit.filter(|&limit| limit < self.deadline) {
+            self.deadline = limit;
+            self.client_deadline = true;
+        }
+        self
     }
 
     /// Waits for the backend's response head within the pool's request timeout, retrying the
@@ -140,6 +157,8 @@ impl Upstream {
                     // Only the backend's own failures count against it, not a client's body.
                     let failure = match error {
                         ProxyError::Connect(_) => Some(metrics::Failure::Connect),
+                        // A client that allows 1 ms must not get backends ejected.
+                        ProxyError::Timeout if self.client_deadline => None,
                         ProxyError::Timeout => Some(metrics::Failure::Timeout),
                         ProxyError::Upstream(_) => Some(metrics::Failure::Response),
                         _ => None,

@@ -2,13 +2,15 @@
 //!
 //! `check -> route -> choose backend -> rewrite headers -> forward -> rewrite response`.
 //! Every local answer goes through `local_answer`, so all carry a plain-text cause and an
-//! `x-request-id`; every request, answered locally or not, is one `Exchange`.
+//! `x-request-id` (gRPC calls get theirs from `grpc::local_answer`, as a gRPC status); every
+//! request, answered locally or not, is one `Exchange`.
 
 pub mod body;
 mod choose;
 pub mod error;
 pub mod exchange;
 mod forward;
+pub mod grpc;
 pub mod hash_key;
 pub mod headers;
 pub mod route;
@@ -31,6 +33,7 @@ use self::error::ProxyError;
 use self::exchange::{AccessRecord, Exchange, UpstreamStatus};
 use self::headers::{trace, X_REQUEST_ID};
 use crate::balance::Pick;
+use crate::config::Protocol;
 use crate::listener::ConnState;
 use crate::state::{ListenerState, Shared, Snapshot};
 use crate::upstream::InFlight;
@@ -115,6 +118,8 @@ struct Outgoing {
     idempotent: bool,
     tried: Tried,
     retries: u32,
+    /// A gRPC call's deadline (`grpc-timeout`): no attempt waits for a response head past it.
+    deadline: Option<Instant>,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -123,6 +128,8 @@ struct Started {
     listener: usize,
     version: Version,
     request_id: HeaderValue,
+    /// A gRPC call: sluice's own answers are gRPC statuses.
+    grpc: bool,
     exchange: Exchange,
     /// `Strict-Transport-Security` for the answer (HTTPS connections with `hsts` set).
     hsts: Option<HeaderValue>,
@@ -170,6 +177,7 @@ impl Started {
             listener,
             version,
             request_id,
+            grpc: grpc::is_grpc(req.headers()),
             exchange: Exchange::new(active, &snapshot, listener, log),
             snapshot,
         }
@@ -255,8 +263,12 @@ impl Started {
         if hop_by_hop {
             headers::strip_present_hop_by_hop(&mut parts.headers);
         }
-        if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        if pool.protocol == Protocol::Http1
+            && !body.is_end_stream()
+            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        {
             // hyper's client sends no body at all for a GET of unknown length unless told.
+            // (HTTP/2 frames bodies itself and forbids the header.)
             parts.headers.insert(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
@@ -282,6 +294,10 @@ impl Started {
         }
 
         let idempotent = forward::is_idempotent(&parts.method);
+        let deadline = match self.grpc {
+            true => grpc::timeout(&parts.headers).map(|t| Instant::now() + t),
+            false => None,
+        };
         let (body, again) = match &pool.retry {
             Some(policy) if policy.settings.attempts > 0 => {
                 policy.deposit();
@@ -307,6 +323,7 @@ impl Started {
             idempotent,
             tried: Tried::default(),
             retries: 0,
+            deadline,
         })
     }
 
@@ -336,6 +353,7 @@ impl Started {
         let body = out.body.take().unwrap_or(UpstreamBody::Empty);
         let timed = self.exchange.log_mut().is_some();
         forward::Upstream::start(out.pool, out.worker, index, pool, parts, body, timed)
+            .limit(out.deadline)
     }
 
     /// Runs attempts until one gives the client's answer.
@@ -368,6 +386,10 @@ impl Started {
         let pool = &self.snapshot.pools[out.pool];
         let policy = pool.retry.as_ref()?;
         let condition = forward::retry_condition(result)?;
+        if out.deadline.is_some_and(|d| Instant::now() >= d) {
+            // The client has stopped waiting.
+            return None;
+        }
         if out.retries >= policy.settings.attempts || !condition.allowed_by(&policy.settings.on) {
             return None;
         }
@@ -411,6 +433,9 @@ impl Started {
         match result {
             Ok((mut response, upstream_time)) => {
                 headers::strip_hop_by_hop(response.headers_mut());
+                if self.grpc && self.version != Version::HTTP_2 {
+                    grpc::announce_trailers(response.headers_mut());
+                }
                 response
                     .headers_mut()
                     .insert(X_REQUEST_ID.clone(), self.request_id);
@@ -435,7 +460,10 @@ impl Started {
             let listener = listener.map_or("", |l| &*l.name);
             tracing::warn!(listener, error = %e, "upstream request failed");
         }
-        let mut response = local_answer(e, self.request_id, Some(self.exchange));
+        let mut response = match self.grpc {
+            true => grpc::local_answer(e, self.request_id, Some(self.exchange)),
+            false => local_answer(e, self.request_id, Some(self.exchange)),
+        };
         if let Some(hsts) = self.hsts {
             let headers = response.headers_mut();
             headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);

@@ -29,9 +29,19 @@ impl Checker<'_> {
             },
             None => Duration::ZERO,
         };
+        if let (Protocol::H2, Some(written), Some(_)) = (protocol, &pool.protocol, &pool.tls) {
+            let error = self
+                .error(
+                    written.span(),
+                    "protocol `h2` is cleartext HTTP/2; this pool has `tls`",
+                )
+                .with_note("HTTP/2 over TLS (ALPN) is the later `protocol = \"auto\"`")
+                .with_help("use `protocol = \"http1\"` with `tls`, or remove `tls`");
+            self.push(error);
+        }
         let tls = pool.tls.and_then(|tls| self.pool_tls(tls));
         let all_unhealthy = self.all_unhealthy(pool.all_unhealthy.as_ref());
-        let health_check = self.health_check(pool.health_check);
+        let health_check = self.health_check(pool.health_check, protocol);
         let outlier_detection = self.outlier_detection(pool.outlier_detection);
         let retry = self.retry(pool.retry);
         let limits = self.limits(pool.limits);
@@ -127,12 +137,17 @@ impl Checker<'_> {
     }
 
     fn protocol(&mut self, written: Option<&Spanned<String>>) -> Protocol {
-        if let Some(written) = written {
-            if written.get_ref() != "http1" {
-                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &["http1"]));
+        let Some(written) = written else {
+            return Protocol::Http1;
+        };
+        match written.get_ref().as_str() {
+            "http1" => Protocol::Http1,
+            "h2" => Protocol::H2,
+            _ => {
+                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &["http1", "h2"]));
+                Protocol::Http1
             }
         }
-        Protocol::Http1
     }
 
     /// A value outside the implemented ones: "not implemented yet" for a name the format

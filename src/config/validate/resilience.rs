@@ -16,7 +16,9 @@ use super::values::{
 use super::Checker;
 use crate::config::error::did_you_mean;
 use crate::config::file::{self, DurationText, TextOrNumber};
-use crate::config::{AllUnhealthy, HealthCheck, Limits, OutlierDetection, Retry, RetryOn};
+use crate::config::{
+    AllUnhealthy, HealthCheck, Limits, OutlierDetection, Protocol, Retry, RetryOn,
+};
 
 const ALL_UNHEALTHY: [&str; 2] = ["fail_closed", "fail_open"];
 const RETRY_CONDITIONS: [&str; 5] = ["connect_failure", "reset", "502", "503", "504"];
@@ -56,8 +58,33 @@ impl Checker<'_> {
     pub(super) fn health_check(
         &mut self,
         written: Option<file::HealthCheckFile>,
+        protocol: Protocol,
     ) -> Option<HealthCheck> {
         let written = written?;
+        let grpc_service = written.grpc_service.as_ref().map(|service| {
+            if written.path.is_some() {
+                let error = self
+                    .error(
+                        service.span(),
+                        "health_check has both `path` and `grpc_service`",
+                    )
+                    .with_note("a probe is either an HTTP GET of `path` or a gRPC health check")
+                    .with_help("keep one of them");
+                self.push(error);
+            } else if protocol != Protocol::H2 {
+                let error = self
+                    .error(
+                        service.span(),
+                        "gRPC health checks need `protocol = \"h2\"`",
+                    )
+                    .with_note("gRPC runs over HTTP/2; this pool speaks HTTP/1.1 to its backends")
+                    .with_help(
+                        "set `protocol = \"h2\"` on the pool, or use `path` for an HTTP check",
+                    );
+                self.push(error);
+            }
+            service.get_ref().clone()
+        });
         let defaults = HealthCheck::default();
         let path = written
             .path
@@ -106,6 +133,7 @@ impl Checker<'_> {
         };
         Some(HealthCheck {
             path,
+            grpc_service,
             interval: interval.unwrap_or(defaults.interval),
             timeout: timeout.unwrap_or(defaults.timeout),
             healthy_threshold,

@@ -76,8 +76,22 @@ fn each_mistake_is_located_and_explained() {
             2, 13, "unknown algorithm `round-robin`", Some("did you mean `round_robin`?"),
         ),
         (
-            "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
-            2, 12, "protocol `h2` is not implemented in this version yet; available: http1", None,
+            "[pool.b]\nprotocol = \"auto\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
+            2, 12, "protocol `auto` is not implemented in this version yet; available: http1, h2", None,
+        ),
+        (
+            "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.health_check]\ngrpc_service = \"\"\n",
+            4, 16, "gRPC health checks need `protocol = \"h2\"`",
+            Some("set `protocol = \"h2\"` on the pool, or use `path` for an HTTP check"),
+        ),
+        (
+            "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.health_check]\npath = \"/h\"\ngrpc_service = \"x\"\n",
+            6, 16, "health_check has both `path` and `grpc_service`", Some("keep one of them"),
+        ),
+        (
+            "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.tls]\n",
+            2, 12, "protocol `h2` is cleartext HTTP/2; this pool has `tls`",
+            Some("use `protocol = \"http1\"` with `tls`, or remove `tls`"),
         ),
         (
             "[pool.b]\nprotocol = \"http2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
@@ -541,6 +555,7 @@ fn full_file_gives_typed_values() {
         api.health_check,
         Some(HealthCheck {
             path: Some(http::uri::PathAndQuery::from_static("/healthz?deep=1")),
+            grpc_service: None,
             interval: Duration::from_secs(10),
             timeout: Duration::from_millis(1500),
             healthy_threshold: 1,
