@@ -23,7 +23,7 @@ use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::config::{ListenerTls, PoolTls};
+use crate::config::{ListenerTls, PoolTls, Protocol};
 
 /// The one crypto provider sluice uses.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -244,9 +244,18 @@ impl std::fmt::Debug for UpstreamTls {
 }
 
 impl UpstreamTls {
-    pub fn new(tls: &PoolTls, timeout: Duration) -> UpstreamTls {
+    /// With `protocol = "auto"` the handshake offers `h2` before `http/1.1` (health probes,
+    /// which speak HTTP/1.1, keep the pool's own configuration, offering only `http/1.1`).
+    pub fn new(tls: &PoolTls, timeout: Duration, protocol: Protocol) -> UpstreamTls {
+        let config = if protocol == Protocol::Auto {
+            let mut config = (*tls.config).clone();
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(config)
+        } else {
+            tls.config.clone()
+        };
         UpstreamTls {
-            connector: tokio_rustls::TlsConnector::from(tls.config.clone()),
+            connector: tokio_rustls::TlsConnector::from(config),
             fixed: tls.server_name.clone(),
             names: Arc::default(),
             timeout,
@@ -358,9 +367,17 @@ impl Connection for UpstreamIo {
     fn connected(&self) -> Connected {
         match self {
             UpstreamIo::Plain(s) => s.connected(),
-            // HTTP/1.1 only over TLS for now (ALPN offers `http/1.1`): HTTP/2 to backends is
-            // the later `protocol = "auto"` work.
-            UpstreamIo::Tls(s) => s.inner().get_ref().0.connected(),
+            // ALPN's choice: `h2` (offered with `protocol = "auto"` only) makes hyper-util speak
+            // HTTP/2 on this connection.
+            UpstreamIo::Tls(s) => {
+                let (tcp, session) = s.inner().get_ref();
+                let connected = tcp.connected();
+                if session.alpn_protocol() == Some(b"h2") {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
         }
     }
 }

@@ -256,7 +256,7 @@ impl Pool {
                 let tls = cfg
                     .tls
                     .as_ref()
-                    .map(|tls| UpstreamTls::new(tls, cfg.timeouts.connect));
+                    .map(|tls| UpstreamTls::new(tls, cfg.timeouts.connect, cfg.protocol));
                 let clients = (0..workers.max(1))
                     .map(|_| {
                         build_client(
@@ -357,10 +357,17 @@ fn build_client(
     // TLS pools use `https://` URIs: TCP here, the handshake in `CountingConnector`.
     connector.enforce_http(tls.is_none());
     let mut builder = Client::builder(TokioExecutor::new());
-    if protocol == config::Protocol::H2 {
+    match protocol {
         // Prior knowledge: every connection speaks HTTP/2 from its first byte, and the client
         // keeps one per backend, multiplexing this worker's requests over it as streams.
-        builder.http2_only(true).timer(TokioTimer::new());
+        config::Protocol::H2 => {
+            builder.http2_only(true).timer(TokioTimer::new());
+        }
+        // A connection whose ALPN chose `h2` becomes that backend's one multiplexed connection.
+        config::Protocol::Auto => {
+            builder.timer(TokioTimer::new());
+        }
+        config::Protocol::Http1 => {}
     }
     builder
         // Without a timer the idle timeout below silently does nothing.

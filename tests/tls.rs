@@ -560,3 +560,46 @@ fn check_reports_names_and_expiry_and_warns_within_14_days() {
     assert_eq!(summary.matches("warning:").count(), 1, "{summary}");
     assert!(line("web").contains("https"), "{summary}");
 }
+
+/// `protocol = "auto"`: HTTP/2 to a TLS backend whose ALPN offers it, HTTP/1.1 to one that
+/// offers only that; without `tls` the setting is refused.
+#[tokio::test]
+async fn protocol_auto_speaks_http2_when_alpn_chooses_it() {
+    let servers = Pki::new("servers");
+    let cert = servers.issue("backend", &["backend.internal"]);
+    let tls = format!(
+        "server_name = \"backend.internal\"\nca = \"{}\"",
+        path(&servers.ca)
+    );
+    for (alpn, want) in [
+        (&[&b"h2"[..], b"http/1.1"][..], "HTTP/2.0"),
+        (&[&b"http/1.1"[..]][..], "HTTP/1.1"),
+    ] {
+        let backend = TlsBackend::start_alpn("secure", &cert, None, alpn);
+        let toml = config_with(
+            &[backend.addr],
+            "",
+            "",
+            &format!("protocol = \"auto\"\n\n[pool.app.tls]\n{tls}\n"),
+        );
+        let sluice = TestSluice::start(&toml);
+        for _ in 0..3 {
+            let got = support::get(&sluice.url("/")).await;
+            assert_eq!(got.status, 200, "{}", got.text());
+            assert_eq!(got.header("x-seen-version"), Some(want), "{alpn:?}");
+        }
+    }
+
+    let refused = sluice::config::Config::parse(
+        &config_with(
+            &["127.0.0.1:1".parse().unwrap()],
+            "",
+            "",
+            "protocol = \"auto\"",
+        ),
+        std::path::Path::new("auto.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("needs TLS"), "{refused}");
+}

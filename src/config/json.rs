@@ -162,6 +162,7 @@ fn pool(pool: &Pool) -> Value {
     let protocol = match pool.protocol {
         Protocol::Http1 => "http1",
         Protocol::H2 => "h2",
+        Protocol::Auto => "auto",
     };
     let all_unhealthy = match pool.all_unhealthy {
         AllUnhealthy::FailClosed => "fail_closed",

@@ -201,6 +201,8 @@ pub enum Protocol {
     /// HTTP/2 over cleartext TCP with prior knowledge (`h2`): every request of a worker to one
     /// backend is a stream on one multiplexed connection. gRPC backends need it.
     H2,
+    /// Over TLS, HTTP/2 or HTTP/1.1 as each connection's ALPN negotiates (`auto`).
+    Auto,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -74,7 +74,8 @@ impl Upstream {
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
         parts.version = match pool.protocol {
-            Protocol::Http1 => Version::HTTP_11,
+            // `auto`: hyper-util sends it as HTTP/2 on a connection whose ALPN chose `h2`.
+            Protocol::Http1 | Protocol::Auto => Version::HTTP_11,
             Protocol::H2 => Version::HTTP_2,
         };
 

@@ -263,7 +263,8 @@ impl Started {
         if hop_by_hop {
             headers::strip_present_hop_by_hop(&mut parts.headers);
         }
-        if pool.protocol == Protocol::Http1
+        // (`auto`: the connection may turn out HTTP/1.1; on HTTP/2 hyper drops the header.)
+        if pool.protocol != Protocol::H2
             && !body.is_end_stream()
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
         {

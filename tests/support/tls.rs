@@ -234,6 +234,17 @@ pub struct TlsBackend {
 
 impl TlsBackend {
     pub fn start(name: &str, cert: &Issued, client_ca: Option<&Path>) -> TlsBackend {
+        Self::start_alpn(name, cert, client_ca, &[b"http/1.1"])
+    }
+
+    /// A backend offering `alpn` (it serves HTTP/1.1 and HTTP/2 alike, as ALPN chose) and
+    /// naming each request's HTTP version in `x-seen-version`.
+    pub fn start_alpn(
+        name: &str,
+        cert: &Issued,
+        client_ca: Option<&Path>,
+        alpn: &[&[u8]],
+    ) -> TlsBackend {
         let chain: Vec<_> = CertificateDer::pem_file_iter(&cert.cert)
             .unwrap()
             .map(|c| c.unwrap())
@@ -254,7 +265,7 @@ impl TlsBackend {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(chain, key).unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
@@ -289,14 +300,16 @@ impl TlsBackend {
                                 .get("x-forwarded-proto")
                                 .cloned()
                                 .unwrap_or(http::HeaderValue::from_static(""));
+                            let version = format!("{:?}", req.version());
                             let response = Response::builder()
+                                .header("x-seen-version", version)
                                 .header("x-sni", sni.as_str())
                                 .header("x-seen-proto", proto)
                                 .body(Full::new(Bytes::from(name.clone())))
                                 .unwrap();
                             async move { Ok::<_, Infallible>(response) }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(tls), svc)
                             .await;
                     });

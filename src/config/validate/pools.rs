@@ -35,8 +35,19 @@ impl Checker<'_> {
                     written.span(),
                     "protocol `h2` is cleartext HTTP/2; this pool has `tls`",
                 )
-                .with_note("HTTP/2 over TLS (ALPN) is the later `protocol = \"auto\"`")
-                .with_help("use `protocol = \"http1\"` with `tls`, or remove `tls`");
+                .with_note("HTTP/2 over TLS is negotiated by ALPN: `protocol = \"auto\"`")
+                .with_help(
+                    "use `protocol = \"auto\"` (or `\"http1\"`) with `tls`, or remove `tls`",
+                );
+            self.push(error);
+        }
+        if let (Protocol::Auto, Some(written), None) = (protocol, &pool.protocol, &pool.tls) {
+            let error = self
+                .error(
+                    written.span(),
+                    "protocol `auto` negotiates HTTP/2 by ALPN, which needs TLS; this pool has no `tls`",
+                )
+                .with_help("add a `[pool.NAME.tls]` table, or use `protocol = \"h2\"` for cleartext HTTP/2 with prior knowledge");
             self.push(error);
         }
         let tls = pool.tls.and_then(|tls| self.pool_tls(tls));
@@ -143,8 +154,9 @@ impl Checker<'_> {
         match written.get_ref().as_str() {
             "http1" => Protocol::Http1,
             "h2" => Protocol::H2,
+            "auto" => Protocol::Auto,
             _ => {
-                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &["http1", "h2"]));
+                self.push(self.choice_error(written, "protocol", &PROTOCOLS, &PROTOCOLS));
                 Protocol::Http1
             }
         }
