@@ -77,7 +77,7 @@ fn each_mistake_is_located_and_explained() {
         ),
         (
             "[pool.b]\nprotocol = \"auto\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
-            2, 12, "protocol `auto` is not implemented in this version yet; available: http1, h2", None,
+            2, 12, "protocol `auto` negotiates HTTP/2 by ALPN, which needs TLS; this pool has no `tls`", Some("add a `[pool.NAME.tls]` table, or use `protocol = \"h2\"` for cleartext HTTP/2 with prior knowledge"),
         ),
         (
             "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.health_check]\ngrpc_service = \"\"\n",
