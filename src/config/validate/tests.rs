@@ -91,7 +91,7 @@ fn each_mistake_is_located_and_explained() {
         (
             "[pool.b]\nprotocol = \"h2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.tls]\n",
             2, 12, "protocol `h2` is cleartext HTTP/2; this pool has `tls`",
-            Some("use `protocol = \"http1\"` with `tls`, or remove `tls`"),
+            Some("use `protocol = \"auto\"` (or `\"http1\"`) with `tls`, or remove `tls`"),
         ),
         (
             "[pool.b]\nprotocol = \"http2\"\nbackends = [{ address = \"127.0.0.1:1\" }]\n",
