@@ -46,6 +46,8 @@ pub struct ConnState {
     framing: Mutex<Scanner>,
     /// Counts the connection as open on its listener while it lives.
     gauge: Option<ConnectionGauge>,
+    /// A WebSocket tunnel opened: what the client sends now is frames, not HTTP.
+    tunnel: AtomicBool,
 }
 
 impl ConnState {
@@ -59,6 +61,7 @@ impl ConnState {
             idle_since: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
             framing: Mutex::new(Scanner::new(limits)),
+            tunnel: AtomicBool::new(false),
         }
     }
 
@@ -75,6 +78,11 @@ impl ConnState {
             .unwrap_or(Err(framing::Reject::Ambiguous(
                 "request framing could not be verified\n",
             )))
+    }
+
+    /// The connection becomes a tunnel (`proxy::upgrade`): its bytes bypass the framing scanner.
+    pub fn open_tunnel(&self) {
+        self.tunnel.store(true, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -206,6 +214,9 @@ impl AsyncRead for WatchedIo {
         let this = self.get_mut();
         if this.answered {
             return Poll::Ready(Ok(()));
+        }
+        if this.state.tunnel.load(Ordering::Relaxed) {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
@@ -393,6 +404,7 @@ impl Acceptor {
                 peer,
                 peer_value: headers::peer_value(peer.ip()),
                 conn: state.clone(),
+                tunnel: Arc::default(),
             };
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
@@ -458,6 +470,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let peer = ctx.peer;
+    let (tunnel, shared) = (ctx.tunnel.clone(), ctx.shared.clone());
     let io = TokioIo::new(WatchedIo {
         stream,
         state: state.clone(),
@@ -465,7 +478,7 @@ async fn serve(
         unflushed: false,
         refusal: Vec::new(),
     });
-    let conn = builder.serve_connection(io, Proxy(Arc::new(ctx)));
+    let conn = builder.serve_connection_with_upgrades(io, Proxy(Arc::new(ctx)));
     let mut conn = pin!(conn);
     let mut stopping = pin!(shutdown.cancelled());
     let stop = Arc::new(StopSignal::default());
@@ -520,6 +533,10 @@ async fn serve(
     .await;
     if let Some(e) = outcome {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    // hyper handed the socket over after a 101: the tunnel lives on in this task.
+    if let Some(tunnel) = tunnel.take() {
+        tunnel.run(timeouts.idle, &shutdown, &shared).await;
     }
 }
 

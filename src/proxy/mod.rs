@@ -12,6 +12,7 @@ mod forward;
 pub mod hash_key;
 pub mod headers;
 pub mod route;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,6 +47,8 @@ pub struct ConnContext {
     /// `X-Forwarded-For` value for this peer, made once per connection.
     pub peer_value: HeaderValue,
     pub conn: Arc<ConnState>,
+    /// A WebSocket tunnel the connection's request opened, for the connection's task to run.
+    pub tunnel: Arc<upgrade::Slot>,
 }
 
 /// The hyper service of one downstream connection.
@@ -113,6 +116,8 @@ struct Outgoing {
     idempotent: bool,
     tried: Tried,
     retries: u32,
+    /// A WebSocket upgrade request: never retried; a 101 opens the tunnel.
+    upgrade: Option<upgrade::Pending>,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -170,7 +175,7 @@ impl Started {
     fn prepare(
         &mut self,
         ctx: &ConnContext,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Outgoing, ProxyError> {
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
@@ -207,6 +212,7 @@ impl Started {
             log.pool = Some(pool.name.clone());
         }
 
+        let upgrade = upgrade::Pending::of(&mut req, &ctx.tunnel);
         let pick = Pick {
             key: pool
                 .hash_key
@@ -231,6 +237,9 @@ impl Started {
         let body = upstream_body(listener, body, exchange, &ctx.conn);
         if hop_by_hop {
             headers::strip_present_hop_by_hop(&mut parts.headers);
+        }
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore(&mut parts.headers);
         }
         if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
             // hyper's client sends no body at all for a GET of unknown length unless told.
@@ -260,7 +269,7 @@ impl Started {
 
         let idempotent = forward::is_idempotent(&parts.method);
         let (body, again) = match &pool.retry {
-            Some(policy) if policy.settings.attempts > 0 => {
+            Some(policy) if policy.settings.attempts > 0 && upgrade.is_none() => {
                 policy.deposit();
                 let replayable = body.replayable();
                 let first = replayable.replay();
@@ -284,6 +293,7 @@ impl Started {
             idempotent,
             tried: Tried::default(),
             retries: 0,
+            upgrade,
         })
     }
 
@@ -330,7 +340,12 @@ impl Started {
             }
             match self.retry(&mut out, &result) {
                 Some(next) => upstream = next,
-                None => return self.respond(result),
+                None => {
+                    return match out.upgrade.take() {
+                        Some(pending) => upgrade::respond(self, result, pending),
+                        None => self.respond(result),
+                    }
+                }
             }
         }
     }
