@@ -325,6 +325,7 @@ async fn an_open_tunnel_outlives_a_reload_and_counts_as_in_flight() {
 
     ws.close(None).await.unwrap();
     closed_within(&mut ws, Duration::from_secs(5)).await;
+    drop(ws);
     // The tunnel ended: it is counted once, with status 101, and no longer in flight.
     assert!(
         eventually(Duration::from_secs(5), || {
