@@ -59,7 +59,8 @@ impl EchoBackend {
                             record.lock().unwrap().push(req.headers().clone());
                             Ok(resp)
                         };
-                        let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                        let Ok(mut ws) =
+                            tokio_tungstenite::accept_hdr_async(stream, callback).await
                         else {
                             return;
                         };
@@ -163,9 +164,20 @@ async fn the_backend_sees_the_upgrade_headers() {
     let seen = backend.seen();
     assert_eq!(seen.len(), 1);
     let headers = &seen[0];
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    assert!(get("connection").eq_ignore_ascii_case("upgrade"), "{headers:?}");
-    assert!(get("upgrade").eq_ignore_ascii_case("websocket"), "{headers:?}");
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    assert!(
+        get("connection").eq_ignore_ascii_case("upgrade"),
+        "{headers:?}"
+    );
+    assert!(
+        get("upgrade").eq_ignore_ascii_case("websocket"),
+        "{headers:?}"
+    );
     assert_eq!(get("sec-websocket-version"), "13");
     assert!(!get("sec-websocket-key").is_empty(), "{headers:?}");
     assert_eq!(get("x-forwarded-for"), "127.0.0.1");
@@ -242,6 +254,31 @@ async fn a_refused_upgrade_is_answered_normally_and_opens_no_tunnel() {
 }
 
 #[tokio::test]
+async fn other_upgrades_are_stripped_and_not_tunnelled() {
+    let plain = TestBackend::start("plain");
+    let sluice = TestSluice::start(&upgrade_config(plain.addr, "", ""));
+    let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+    let request = "GET /x HTTP/1.1\r\nhost: example.test\r\nconnection: upgrade\r\n\
+                   upgrade: foo/2\r\n\r\n";
+    let answer = exchange_raw(&mut stream, request).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let seen = plain.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].headers.contains_key("upgrade"), "{seen:?}");
+    assert!(!seen[0].headers.contains_key("connection"), "{seen:?}");
+    // A WebSocket upgrade over HTTP/1.0 is not one either.
+    let request = "GET /y HTTP/1.0\r\nhost: example.test\r\nconnection: upgrade\r\n\
+                   upgrade: websocket\r\n\r\n";
+    let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
+    let answer = exchange_raw(&mut stream, request).await;
+    assert!(
+        answer.starts_with("HTTP/1.0 200 OK\r\n") || answer.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{answer}"
+    );
+    assert!(!plain.seen()[1].headers.contains_key("upgrade"));
+}
+
+#[tokio::test]
 async fn a_backend_answering_400_gets_its_answer_through() {
     // A raw backend that refuses every upgrade with a 400.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -266,7 +303,10 @@ async fn a_backend_answering_400_gets_its_answer_through() {
     let sluice = TestSluice::start(&upgrade_config(addr, "", ""));
     let mut stream = TcpStream::connect(sluice.addr()).await.unwrap();
     let answer = exchange_raw(&mut stream, UPGRADE_REQUEST).await;
-    assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
     assert!(answer.ends_with("no ws\r\n"), "{answer}");
 }
 
@@ -278,15 +318,19 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
     let mut ws = connect(sluice.addr()).await;
     // Traffic keeps it open past the timeout.
     let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1500) {
+    loop {
         echo(&mut ws, Message::text("still here")).await;
+        if start.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The last byte went through just now.
     let quiet = Instant::now();
     let closed = closed_within(&mut ws, Duration::from_secs(5)).await;
     let idle = closed - quiet;
     assert!(
-        idle >= Duration::from_millis(600),
+        idle >= Duration::from_millis(650),
         "closed after only {idle:?} of silence"
     );
     drop(sluice);

@@ -93,7 +93,10 @@ impl Pending {
 
 /// `value` lists `websocket` as its only protocol (RFC 6455 section 4.1).
 fn is_websocket(value: &HeaderValue) -> bool {
-    value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket")
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
 }
 
 /// Some `name` header lists `token` (comma-separated, case-insensitive).
@@ -371,7 +374,10 @@ mod tests {
         let cases: &[(&[(&str, &str)], bool)] = &[
             (&[("connection", "Upgrade")], true),
             (&[("connection", "keep-alive, Upgrade")], true),
-            (&[("connection", "keep-alive"), ("connection", "upgrade")], true),
+            (
+                &[("connection", "keep-alive"), ("connection", "upgrade")],
+                true,
+            ),
             (&[("connection", "upgraded")], false),
             (&[("connection", "keep-alive")], false),
             (&[], false),
@@ -439,5 +445,37 @@ mod tests {
             took >= Duration::from_secs(16) && took < Duration::from_secs(17),
             "{took:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_a_tunnel_only_after_the_grace_period() {
+        use tokio::io::AsyncReadExt;
+        let activity = Activity::new();
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (backend, mut backend_peer) = tokio::io::duplex(64);
+        let (mut client, mut backend) = (
+            Counted::new(client, &activity),
+            Counted::new(backend, &activity),
+        );
+        let token = CancellationToken::new();
+        let grace = Duration::from_secs(5);
+        let start = Instant::now();
+        let traffic = async {
+            token.cancel();
+            // Bytes still flow during the grace period.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            backend_peer.write_all(b"late").await.unwrap();
+            let mut buf = [0u8; 4];
+            client_peer.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"late");
+            (client_peer, backend_peer)
+        };
+        let idle = Duration::from_secs(3600);
+        let (end, _peers) = tokio::join!(
+            pump(&mut client, &mut backend, &activity, idle, &token, || grace),
+            traffic
+        );
+        assert_eq!(end, End::Shutdown);
+        assert_eq!(start.elapsed(), grace);
     }
 }
