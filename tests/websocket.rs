@@ -55,6 +55,8 @@ impl EchoBackend {
                     };
                     let record = record.clone();
                     tokio::spawn(async move {
+                        // tungstenite's callback type, as it is.
+                        #[allow(clippy::result_large_err)]
                         let callback = |req: &Request, resp: Response| {
                             record.lock().unwrap().push(req.headers().clone());
                             Ok(resp)
@@ -65,10 +67,9 @@ impl EchoBackend {
                             return;
                         };
                         while let Some(Ok(message)) = ws.next().await {
-                            if message.is_text() || message.is_binary() {
-                                if ws.send(message).await.is_err() {
-                                    return;
-                                }
+                            let data = message.is_text() || message.is_binary();
+                            if data && ws.send(message).await.is_err() {
+                                return;
                             }
                         }
                     });
@@ -124,13 +125,10 @@ async fn echo(ws: &mut Client, message: Message) {
 /// Waits for the tunnel to be closed under the client: the stream ends or fails. Returns when.
 async fn closed_within(ws: &mut Client, bound: Duration) -> Instant {
     let deadline = tokio::time::Instant::now() + bound;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => panic!("the tunnel was still open after {bound:?}"),
-            Ok(None | Some(Err(_))) => return Instant::now(),
-            Ok(Some(Ok(Message::Close(_)))) => return Instant::now(),
-            Ok(Some(Ok(other))) => panic!("unexpected frame {other:?}"),
-        }
+    match tokio::time::timeout_at(deadline, ws.next()).await {
+        Err(_) => panic!("the tunnel was still open after {bound:?}"),
+        Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => Instant::now(),
+        Ok(Some(Ok(other))) => panic!("unexpected frame {other:?}"),
     }
 }
 
