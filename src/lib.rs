@@ -30,4 +30,5 @@ pub mod reload;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -28,6 +28,7 @@ use crate::framing::{self, Scanner};
 use crate::metrics::{ConnectionGauge, ListenerCounters};
 use crate::proxy::{headers, ConnContext, Proxy};
 use crate::state::Shared;
+use crate::tls::{Downstream, Session};
 
 const NONE: u64 = u64::MAX;
 
@@ -169,9 +170,10 @@ struct Timeouts {
     idle: Duration,
 }
 
-/// The socket, reporting reads to the connection's `ConnState`.
+/// The socket (decrypted, on an HTTPS listener), reporting reads to the connection's
+/// `ConnState`: the framing scanner sees the HTTP bytes, never TLS records.
 struct WatchedIo {
-    stream: TcpStream,
+    stream: Downstream,
     state: Arc<ConnState>,
     /// sluice answered a refused head itself; hyper sees the end of the stream.
     answered: bool,
@@ -323,12 +325,19 @@ pub struct ListenerSettings {
     builder: Arc<auto::Builder<TokioExecutor>>,
     timeouts: Timeouts,
     limits: framing::Limits,
+    /// HTTPS: the rustls configuration new handshakes use (a reload swaps it with the rest;
+    /// established connections keep theirs) and its certificate chooser.
+    tls: Option<(tokio_rustls::TlsAcceptor, Arc<crate::tls::CertResolver>)>,
 }
 
 impl ListenerSettings {
     pub fn new(settings: config::Listener) -> ListenerSettings {
         ListenerSettings {
             builder: Arc::new(http_builder(&settings)),
+            tls: settings.tls.as_ref().map(|tls| {
+                let (config, resolver) = crate::tls::server_config(tls);
+                (tokio_rustls::TlsAcceptor::from(config), resolver)
+            }),
             timeouts: Timeouts {
                 header_read: settings.header_read_timeout,
                 idle: settings.idle_timeout,
@@ -396,18 +405,26 @@ impl Acceptor {
             }
             let settings = self.settings.load_full();
             let gauge = ConnectionGauge::new(counters.clone());
-            let state = Arc::new(ConnState::new(settings.limits, Some(gauge)));
-            let ctx = ConnContext {
-                shared: self.shared.clone(),
-                listener: self.id,
-                worker: self.worker,
-                peer,
-                peer_value: headers::peer_value(peer.ip()),
-                conn: state.clone(),
-                tunnel: Arc::default(),
-            };
+            let shared = self.shared.clone();
+            let (id, worker) = (self.id, self.worker);
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
+                // The handshake runs in the connection's own task, never in the accept loop.
+                let Some((stream, tls)) = handshake(&settings, stream, peer, &shutdown).await
+                else {
+                    return;
+                };
+                let state = Arc::new(ConnState::new(settings.limits, Some(gauge)));
+                let ctx = ConnContext {
+                    shared,
+                    listener: id,
+                    worker,
+                    peer,
+                    peer_value: headers::peer_value(peer.ip()),
+                    conn: state.clone(),
+                    tls,
+                    tunnel: Arc::default(),
+                };
                 serve(
                     &settings.builder,
                     stream,
@@ -421,6 +438,41 @@ impl Acceptor {
             });
         }
     }
+}
+
+/// On an HTTPS listener, the TLS handshake, which must finish within the listener's
+/// `header_read_timeout` (a client that sends nothing, or half a ClientHello, is cut off then);
+/// on a plain one, the socket as it is. `None`: the connection is closed.
+async fn handshake(
+    settings: &ListenerSettings,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<(Downstream, Option<Session>)> {
+    let Some((acceptor, resolver)) = &settings.tls else {
+        return Some((Downstream::Plain(stream), None));
+    };
+    let accepting = tokio::time::timeout(settings.timeouts.header_read, acceptor.accept(stream));
+    let tls = tokio::select! {
+        done = accepting => match done {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake not finished in time");
+                return None;
+            }
+        },
+        () = shutdown.cancelled() => return None,
+    };
+    let sni = tls.get_ref().1.server_name();
+    let session = Session {
+        certificate: resolver.choose(sni),
+        resolver: resolver.clone(),
+    };
+    Some((Downstream::Tls(Box::new(tls)), Some(session)))
 }
 
 async fn accept_error(listener: &str, e: io::Error) {
@@ -463,7 +515,7 @@ fn http_builder(settings: &config::Listener) -> auto::Builder<TokioExecutor> {
 
 async fn serve(
     builder: &auto::Builder<TokioExecutor>,
-    stream: TcpStream,
+    stream: Downstream,
     state: Arc<ConnState>,
     ctx: ConnContext,
     timeouts: Timeouts,
@@ -714,7 +766,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let io = WatchedIo {
-            stream: server,
+            stream: Downstream::Plain(server),
             state: Arc::new(ConnState::new(framing::Limits::NONE, None)),
             answered: false,
             unflushed: false,

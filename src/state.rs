@@ -27,6 +27,10 @@ pub struct ListenerState {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// Plain HTTP requests are answered 308 to https.
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` for answers on HTTPS connections.
+    pub hsts: Option<http::HeaderValue>,
     /// This listener's requests to each pool, indexed like `Snapshot::pools`, then one for
     /// requests that reached no pool; empty when metrics are off.
     pub routes: Box<[Arc<RouteMetrics>]>,
@@ -78,6 +82,8 @@ impl Snapshot {
                     max_header_bytes: l.max_header_bytes,
                     max_uri_bytes: l.max_uri_bytes,
                     max_body_bytes: l.max_body_bytes,
+                    redirect_https: l.redirect_https,
+                    hsts: l.hsts.clone(),
                     routes: if metrics {
                         route_metrics(&config, id, previous)
                     } else {

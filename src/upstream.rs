@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use http::uri::Authority;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::balance::{BackendSpec, Backends, Balancer, Ewma};
 use crate::config;
@@ -21,40 +21,59 @@ use crate::health::outlier::Outliers;
 use crate::health::Health;
 use crate::metrics::BackendMetrics;
 use crate::proxy::body::UpstreamBody;
+use crate::tls::{UpstreamIo, UpstreamTls};
 
 /// The HTTP client one worker uses to reach every backend of one pool.
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
-/// hyper-util's connector, counting the connections it opens: requests minus connections
-/// opened is how many reused a pooled one.
-#[derive(Debug, Clone)]
+/// hyper-util's connector, counting the connections it opens (requests minus connections
+/// opened is how many reused a pooled one), and adding TLS for pools with `[pool.NAME.tls]`.
+#[derive(Clone)]
 pub struct CountingConnector {
     inner: HttpConnector,
     opened: Arc<AtomicU64>,
+    tls: Option<UpstreamTls>,
 }
 
+impl std::fmt::Debug for CountingConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CountingConnector")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
 impl tower_service::Service<http::Uri> for CountingConnector {
-    type Response = <HttpConnector as tower_service::Service<http::Uri>>::Response;
-    type Error = <HttpConnector as tower_service::Service<http::Uri>>::Error;
+    type Response = UpstreamIo;
+    type Error = ConnectError;
     type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+        Box<dyn std::future::Future<Output = Result<UpstreamIo, ConnectError>> + Send>,
     >;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     /// Boxed: connections are opened rarely next to the requests that reuse them.
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
         let opened = self.opened.clone();
+        let tls = self.tls.clone();
         Box::pin(async move {
             let stream = connecting.await?;
             opened.fetch_add(1, Ordering::Relaxed);
-            Ok(stream)
+            let Some(tls) = tls else {
+                return Ok(UpstreamIo::Plain(stream));
+            };
+            let tcp = stream.into_inner();
+            let addr = tcp.peer_addr()?;
+            let stream = tls.handshake(tcp, addr, None).await?;
+            Ok(UpstreamIo::Tls(Box::new(TokioIo::new(stream))))
         })
     }
 }
@@ -202,6 +221,10 @@ pub struct Pool {
     clients: Box<[UpstreamClient]>,
     /// Upstream connections its clients have opened, kept across reloads.
     pub connections_opened: Arc<AtomicU64>,
+    /// `[pool.NAME.tls]`: requests go to `https://` URIs; health checks use it too.
+    pub tls: Option<config::PoolTls>,
+    /// What the clients' connectors use for TLS (shared with them).
+    upstream_tls: Option<UpstreamTls>,
 }
 
 impl Pool {
@@ -218,14 +241,28 @@ impl Pool {
     pub fn build(cfg: &config::Pool, workers: usize, previous: Option<&Pool>) -> Pool {
         let connections_opened =
             previous.map_or_else(Arc::default, |old| old.connections_opened.clone());
-        let clients = match previous {
-            Some(old) if old.timeouts == cfg.timeouts && old.clients.len() == workers.max(1) => {
-                old.clients.clone()
+        let (clients, upstream_tls) = match previous {
+            Some(old)
+                if old.timeouts == cfg.timeouts
+                    && old.tls == cfg.tls
+                    && old.clients.len() == workers.max(1) =>
+            {
+                (old.clients.clone(), old.upstream_tls.clone())
             }
-            _ => (0..workers.max(1))
-                .map(|_| build_client(&cfg.timeouts, &connections_opened))
-                .collect(),
+            _ => {
+                let tls = cfg
+                    .tls
+                    .as_ref()
+                    .map(|tls| UpstreamTls::new(tls, cfg.timeouts.connect));
+                let clients = (0..workers.max(1))
+                    .map(|_| build_client(&cfg.timeouts, &connections_opened, tls.clone()))
+                    .collect();
+                (clients, tls)
+            }
         };
+        if let Some(tls) = &upstream_tls {
+            tls.set_names(&cfg.backends);
+        }
         let waiters = previous.map_or_else(Arc::default, |old| old.waiters.clone());
         let checked = cfg.health_check.is_some();
         let backends: Vec<Arc<Backend>> = cfg
@@ -276,6 +313,8 @@ impl Pool {
             }),
             clients,
             connections_opened,
+            tls: cfg.tls.clone(),
+            upstream_tls,
         }
     }
 
@@ -293,13 +332,18 @@ impl Pool {
     }
 }
 
-fn build_client(timeouts: &config::Timeouts, opened: &Arc<AtomicU64>) -> UpstreamClient {
+fn build_client(
+    timeouts: &config::Timeouts,
+    opened: &Arc<AtomicU64>,
+    tls: Option<UpstreamTls>,
+) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(timeouts.connect));
     connector.set_keepalive(Some(Duration::from_secs(60)));
     // The URIs we build always carry an IP literal, so the connector never resolves names.
-    connector.enforce_http(true);
+    // TLS pools use `https://` URIs: TCP here, the handshake in `CountingConnector`.
+    connector.enforce_http(tls.is_none());
     Client::builder(TokioExecutor::new())
         // Without a timer the idle timeout below silently does nothing.
         .pool_timer(TokioTimer::new())
@@ -311,6 +355,7 @@ fn build_client(timeouts: &config::Timeouts, opened: &Arc<AtomicU64>) -> Upstrea
         .build(CountingConnector {
             inner: connector,
             opened: opened.clone(),
+            tls,
         })
 }
 

@@ -9,7 +9,7 @@ mod log_level;
 mod pools;
 mod reload;
 mod status;
-mod timestamp;
+pub(crate) mod timestamp;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -105,12 +105,44 @@ pub(super) struct ListenerFile {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Larger request bodies get 413; bytes, default 0 = no limit.
     pub max_body_bytes: Option<u64>,
-    /// Later: HTTPS certificates.
-    pub tls: Later,
-    /// Later: answer plain HTTP with 308 to https; default false.
-    pub redirect_https: Later,
-    /// Later: `Strict-Transport-Security` value.
-    pub hsts: Later,
+    /// `[listener.tls]`: HTTPS; omitted = plain HTTP.
+    pub tls: Option<Spanned<ListenerTlsFile>>,
+    /// Answer plain HTTP with 308 to the https URL; default false.
+    pub redirect_https: Option<Spanned<bool>>,
+    /// `Strict-Transport-Security` value on HTTPS answers; default none.
+    pub hsts: Option<Spanned<String>>,
+}
+
+/// `[listener.tls]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListenerTlsFile {
+    /// Chosen by SNI; the first is the default; required, at least one.
+    pub certificates: Spanned<Vec<CertificateFile>>,
+}
+
+/// `{ cert = "...", key = "..." }` in `listener.tls.certificates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertificateFile {
+    /// PEM chain, leaf first; path relative to the config file's directory.
+    pub cert: Spanned<String>,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1), unencrypted.
+    pub key: Spanned<String>,
+}
+
+/// `[pool.NAME.tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PoolTlsFile {
+    /// SNI and the name verified; default: each backend address's host.
+    pub server_name: Option<Spanned<String>>,
+    /// PEM trust anchors; default: the system's roots.
+    pub ca: Option<Spanned<String>>,
+    /// PEM client certificate chain for mutual TLS, with `client_key`.
+    pub client_cert: Option<Spanned<String>>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<Spanned<String>>,
 }
 
 /// One `[[route]]`.
@@ -150,8 +182,8 @@ pub(super) struct PoolFile {
     pub slow_start: Option<Spanned<DurationText>>,
     /// `fail_closed` or `fail_open`; default "fail_closed".
     pub all_unhealthy: Option<Spanned<String>>,
-    /// Later: HTTPS to the backends.
-    pub tls: Later,
+    /// `[pool.NAME.tls]`: HTTPS to the backends; omitted = plain HTTP.
+    pub tls: Option<Spanned<PoolTlsFile>>,
     /// `[pool.NAME.health_check]`: active checks; omitted = off.
     pub health_check: Option<HealthCheckFile>,
     /// `[pool.NAME.outlier_detection]`: passive ejection on live-traffic failures; omitted = off.

@@ -92,7 +92,7 @@ fn listener(listener: &Listener) -> Value {
         .iter()
         .map(ToString::to_string)
         .collect();
-    json!({
+    let mut out = json!({
         "name": listener.name,
         "bind": listener.bind.to_string(),
         "header_read_timeout": duration(listener.header_read_timeout),
@@ -102,7 +102,31 @@ fn listener(listener: &Listener) -> Value {
         "trusted_proxies": trusted,
         // The file's spelling of "no limit".
         "max_body_bytes": listener.max_body_bytes.unwrap_or(0),
-    })
+    });
+    // TLS keys only when set, so plain listeners read as before. Key files are named, never
+    // their content.
+    if let Some(tls) = &listener.tls {
+        let certificates: Vec<Value> = tls
+            .certificates
+            .iter()
+            .map(|c| {
+                json!({
+                    "cert": c.cert_path.display().to_string(),
+                    "key": c.key_path.display().to_string(),
+                    "names": c.names,
+                    "not_after": crate::admin::timestamp::rfc3339(c.not_after),
+                })
+            })
+            .collect();
+        out["tls"] = json!({ "certificates": certificates });
+    }
+    if listener.redirect_https {
+        out["redirect_https"] = true.into();
+    }
+    if let Some(hsts) = listener.hsts.as_ref().and_then(|h| h.to_str().ok()) {
+        out["hsts"] = hsts.into();
+    }
+    out
 }
 
 fn route(config: &Config, route: &Route) -> Value {
@@ -163,6 +187,19 @@ fn pool(pool: &Pool) -> Value {
         out.insert("retry".into(), self::retry(retry));
     }
     out.insert("limits".into(), limits(&pool.limits));
+    if let Some(tls) = &pool.tls {
+        let mut t = Map::new();
+        if let Some(name) = &tls.server_name {
+            t.insert("server_name".into(), name.to_str().into_owned().into());
+        }
+        let ca = tls.ca.as_ref().map(|p| p.display().to_string());
+        t.insert("ca".into(), ca.unwrap_or_else(|| "system".into()).into());
+        if let Some((cert, key)) = &tls.client_cert {
+            t.insert("client_cert".into(), cert.display().to_string().into());
+            t.insert("client_key".into(), key.display().to_string().into());
+        }
+        out.insert("tls".into(), Value::Object(t));
+    }
     Value::Object(out)
 }
 

@@ -10,6 +10,7 @@ mod error;
 mod file;
 mod json;
 mod log_filter;
+mod tls;
 mod validate;
 
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use std::time::Duration;
 pub use cidr::{Cidr, CidrError};
 pub use error::{ConfigError, ConfigErrors};
 pub use log_filter::{log_filter, LogFilterError, LOG_FILTER_NOTE};
+pub use tls::{show_time, Certificate, ListenerTls, PoolTls};
 
 /// A hash of a config file's content, to tell whether it changed.
 pub fn content_hash(content: &[u8]) -> u64 {
@@ -103,6 +105,12 @@ pub struct Listener {
     pub trusted_proxies: Vec<Cidr>,
     /// Request bodies above this get 413; `None` = no limit.
     pub max_body_bytes: Option<u64>,
+    /// HTTPS; `None`: plain HTTP. The TLS handshake must finish within `header_read_timeout`.
+    pub tls: Option<ListenerTls>,
+    /// Plain HTTP requests are answered 308 to the https URL (never on an HTTPS listener).
+    pub redirect_https: bool,
+    /// `Strict-Transport-Security` on every answer of an HTTPS listener.
+    pub hsts: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +229,8 @@ pub struct Pool {
     pub retry: Option<Retry>,
     /// Circuit breaking; always on, with defaults when the table is omitted.
     pub limits: Limits,
+    /// HTTPS to the backends; `None`: plain HTTP.
+    pub tls: Option<PoolTls>,
 }
 
 impl Pool {
@@ -244,6 +254,7 @@ impl Pool {
             outlier_detection: None,
             retry: None,
             limits: Limits::default(),
+            tls: None,
         }
     }
 }

@@ -15,6 +15,7 @@ mod routes;
 mod summary;
 #[cfg(test)]
 mod tests;
+mod tls;
 pub(super) mod values;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

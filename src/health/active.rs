@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use super::CheckRecord;
 use crate::balance::rng;
-use crate::config::{HealthCheck, OutlierDetection};
+use crate::config::{HealthCheck, OutlierDetection, PoolTls};
 use crate::health::outlier::Outliers;
 use crate::state::Snapshot;
 use crate::upstream::{Backend, Pool};
@@ -53,6 +53,7 @@ pub struct Checkers {
 struct Running {
     backend: Arc<Backend>,
     settings: HealthCheck,
+    tls: Option<PoolTls>,
     outliers: Option<OutlierDetection>,
     cancel: CancellationToken,
 }
@@ -97,6 +98,7 @@ impl Checkers {
                 if let Some(running) = self.running.remove(&key) {
                     if Arc::ptr_eq(&running.backend, backend)
                         && running.settings == *settings
+                        && running.tls == pool.tls
                         && running.outliers.as_ref() == outliers.as_ref()
                     {
                         next.insert(key, running);
@@ -111,6 +113,7 @@ impl Checkers {
                     pool: pool.name.clone(),
                     backend: backend.clone(),
                     settings: settings.clone(),
+                    tls: pool.tls.clone(),
                     outliers: pool.outliers.clone(),
                 };
                 self.tasks.spawn(checker.run(cancel.clone()));
@@ -119,6 +122,7 @@ impl Checkers {
                     Running {
                         backend: backend.clone(),
                         settings: settings.clone(),
+                        tls: pool.tls.clone(),
                         outliers: outliers.clone(),
                         cancel,
                     },
@@ -163,6 +167,8 @@ struct Checker {
     pool: Arc<str>,
     backend: Arc<Backend>,
     settings: HealthCheck,
+    /// The pool's `[pool.NAME.tls]`: probes use the same TLS as traffic.
+    tls: Option<PoolTls>,
     /// The pool's outlier detection, which a passing probe may end an ejection for.
     outliers: Option<Arc<Outliers>>,
 }
@@ -185,7 +191,7 @@ impl Checker {
             // probed less often than a fast one.
             let started = Instant::now();
             let outcome = tokio::select! {
-                outcome = probe(self.backend(), &self.settings) => outcome,
+                outcome = probe(self.backend(), &self.settings, self.tls.as_ref()) => outcome,
                 () = cancel.cancelled() => return,
             };
             self.apply(&mut threshold, outcome);
@@ -276,8 +282,9 @@ impl Outcome {
     }
 }
 
-/// Probes `backend` once, within `settings.timeout`.
-pub async fn probe(backend: &Backend, settings: &HealthCheck) -> Outcome {
+/// Probes `backend` once, within `settings.timeout`; over TLS (a handshake, then the GET) when
+/// the pool has `tls`.
+pub async fn probe(backend: &Backend, settings: &HealthCheck, tls: Option<&PoolTls>) -> Outcome {
     let deadline = Instant::now() + settings.timeout;
     let connected = match tokio::time::timeout_at(deadline, TcpStream::connect(backend.addr)).await
     {
@@ -288,21 +295,40 @@ pub async fn probe(backend: &Backend, settings: &HealthCheck) -> Outcome {
         Ok(Err(e)) => return Outcome::fail(format!("connect error: {e}")),
         Ok(Ok(stream)) => stream,
     };
+    let _ = connected.set_nodelay(true);
+    let Some(tls) = tls else {
+        return match &settings.path {
+            None => Outcome::pass("connected"),
+            Some(path) => http_probe(connected, backend, path, settings, deadline).await,
+        };
+    };
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| crate::tls::backend_name(&backend.address, backend.addr));
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let stream = match tokio::time::timeout_at(deadline, connector.connect(name, connected)).await {
+        Err(_) => return Outcome::fail("timeout"),
+        Ok(Err(e)) => return Outcome::fail(format!("TLS handshake failed: {e}")),
+        Ok(Ok(stream)) => stream,
+    };
     match &settings.path {
-        None => Outcome::pass("connected"),
-        Some(path) => http_probe(connected, backend, path, settings, deadline).await,
+        None => Outcome::pass("TLS handshake done"),
+        Some(path) => http_probe(stream, backend, path, settings, deadline).await,
     }
 }
 
 /// GET `path` on `stream`; the verdict comes from the response head.
-async fn http_probe(
-    stream: TcpStream,
+async fn http_probe<S>(
+    stream: S,
     backend: &Backend,
     path: &http::uri::PathAndQuery,
     settings: &HealthCheck,
     deadline: Instant,
-) -> Outcome {
-    let _ = stream.set_nodelay(true);
+) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let host = HeaderValue::from_str(&backend.address)
         .or_else(|_| HeaderValue::from_str(backend.authority.as_str()));
     let request = host.map_err(http::Error::from).and_then(|host| {

@@ -23,6 +23,13 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("no route matches this host and path")]
     NoRoute,
+    /// HTTPS: the request names a host whose certificate is not the one the connection's SNI
+    /// chose (`tls::Session::serves`).
+    #[error("the request's host is not served on this TLS connection")]
+    Misdirected,
+    /// Not a failure: `redirect_https` answers plain HTTP with 308 to this location.
+    #[error("plain HTTP is redirected to https")]
+    HttpsRedirect(http::HeaderValue),
     #[error("no backend of the pool can take traffic")]
     NoBackend,
     #[error("every backend of the pool is at its connection limit")]
@@ -47,6 +54,8 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
             ProxyError::NoBackend | ProxyError::Overloaded | ProxyError::ListenerGone => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -64,6 +73,8 @@ impl ProxyError {
             | ProxyError::HeadersTooLarge
             | ProxyError::BodyTooLarge => Origin::Client,
             ProxyError::NoRoute
+            | ProxyError::Misdirected
+            | ProxyError::HttpsRedirect(_)
             | ProxyError::NoBackend
             | ProxyError::Overloaded
             | ProxyError::ListenerGone => Origin::Sluice,
@@ -89,6 +100,10 @@ impl ProxyError {
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTooLarge => "request body too large\n",
             ProxyError::NoRoute => "no route matches this host and path\n",
+            ProxyError::HttpsRedirect(_) => "use https\n",
+            ProxyError::Misdirected => {
+                "misdirected request: this connection's certificate is not for this host\n"
+            }
             ProxyError::NoBackend => "no backend available\n",
             ProxyError::Overloaded => "overloaded: every backend is at its connection limit\n",
             ProxyError::Connect(_) => "bad gateway: could not connect to the backend\n",

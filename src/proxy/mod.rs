@@ -47,6 +47,8 @@ pub struct ConnContext {
     /// `X-Forwarded-For` value for this peer, made once per connection.
     pub peer_value: HeaderValue,
     pub conn: Arc<ConnState>,
+    /// The TLS handshake's outcome on an HTTPS listener; `None` on plain HTTP.
+    pub tls: Option<crate::tls::Session>,
     /// A WebSocket tunnel the connection's request opened, for the connection's task to run.
     pub tunnel: Arc<upgrade::Slot>,
 }
@@ -127,6 +129,8 @@ struct Started {
     version: Version,
     request_id: HeaderValue,
     exchange: Exchange,
+    /// `Strict-Transport-Security` for the answer (HTTPS connections with `hsts` set).
+    hsts: Option<HeaderValue>,
 }
 
 impl Started {
@@ -162,7 +166,12 @@ impl Started {
                 aborted: false,
             })
         });
+        let hsts = ctx.tls.as_ref().and_then(|_| {
+            let l = snapshot.listeners.get(listener)?;
+            l.hsts.clone()
+        });
         Started {
+            hsts,
             listener,
             version,
             request_id,
@@ -194,6 +203,9 @@ impl Started {
         let facts = headers::Facts::of(req.headers());
         check_limits(listener, &req, facts.head_bytes)?;
         headers::check_request_with(&req, &facts)?;
+        if listener.redirect_https && ctx.tls.is_none() {
+            return Err(redirect_https(&req));
+        }
         let hop_by_hop = facts.hop_by_hop;
         let host_header = facts.host.cloned();
 
@@ -201,6 +213,9 @@ impl Started {
             Some(h) => h.to_str().ok(),
             None => req.uri().authority().map(|a| a.as_str()),
         };
+        if ctx.tls.as_ref().is_some_and(|tls| !tls.serves(host)) {
+            return Err(ProxyError::Misdirected);
+        }
         let route = listener
             .router
             .find(host, req.uri().path())
@@ -256,7 +271,7 @@ impl Started {
             &mut parts.headers,
             &ctx.peer_value,
             trusted,
-            "http",
+            if ctx.tls.is_some() { "https" } else { "http" },
             host_value,
         );
         parts
@@ -406,6 +421,10 @@ impl Started {
                 response
                     .headers_mut()
                     .insert(X_REQUEST_ID.clone(), self.request_id);
+                if let Some(hsts) = self.hsts {
+                    let headers = response.headers_mut();
+                    headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                }
                 self.exchange.set_status(response.status());
                 if let Some(log) = self.exchange.log_mut() {
                     log.upstream = upstream_time;
@@ -424,6 +443,10 @@ impl Started {
             tracing::warn!(listener, error = %e, "upstream request failed");
         }
         let mut response = local_answer(e, self.request_id, Some(self.exchange));
+        if let Some(hsts) = self.hsts {
+            let headers = response.headers_mut();
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
         if self.version == Version::HTTP_2 {
             // Connection-specific headers are malformed in HTTP/2.
             response.headers_mut().remove(header::CONNECTION);
@@ -500,5 +523,27 @@ pub fn local_answer(
     if e.closes_connection() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    if let ProxyError::HttpsRedirect(location) = e {
+        headers.insert(header::LOCATION, location.clone());
+    }
     response
+}
+
+/// `redirect_https`: 308 to `https://HOST/path?query`, HOST from `Host` (or `:authority`)
+/// without its port, so the redirect goes to the default HTTPS port 443.
+fn redirect_https<B>(req: &Request<B>) -> ProxyError {
+    let Some(host) = headers::request_host(req) else {
+        return ProxyError::BadRequest("no Host to redirect to https\n");
+    };
+    let host = crate::tls::strip_port(host);
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    match HeaderValue::from_str(&format!("https://{host}{path}")) {
+        Ok(location) => ProxyError::HttpsRedirect(location),
+        Err(_) => ProxyError::BadRequest("invalid Host\n"),
+    }
 }

@@ -227,6 +227,9 @@ pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
         max_uri_bytes,
         trusted_proxies,
         max_body_bytes,
+        tls,
+        redirect_https,
+        hsts,
     } = old;
     *bind == new.bind
         && *header_read_timeout == new.header_read_timeout
@@ -235,6 +238,10 @@ pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
         && *max_uri_bytes == new.max_uri_bytes
         && *trusted_proxies == new.trusted_proxies
         && *max_body_bytes == new.max_body_bytes
+        // A certificate rewritten in place is a change too (compared by content).
+        && *tls == new.tls
+        && *redirect_https == new.redirect_https
+        && *hsts == new.hsts
 }
 
 /// Every pool-level setting except the backend list, which `backends` reports.
@@ -252,6 +259,7 @@ fn same_pool_settings(old: &&Pool, new: &&Pool) -> bool {
         outlier_detection,
         retry,
         limits,
+        tls,
     } = old;
     let crate::config::Timeouts {
         connect,
@@ -270,6 +278,7 @@ fn same_pool_settings(old: &&Pool, new: &&Pool) -> bool {
         && *outlier_detection == new.outlier_detection
         && *retry == new.retry
         && *limits == new.limits
+        && *tls == new.tls
 }
 
 fn same_backend(old: &&Backend, new: &&Backend) -> bool {

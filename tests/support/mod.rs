@@ -7,6 +7,7 @@ pub mod gate;
 pub mod process;
 pub mod raw;
 pub mod reload;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;

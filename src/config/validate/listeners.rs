@@ -103,13 +103,30 @@ impl Checker<'_> {
                 }
             })
             .collect();
-        for (key, value) in [
-            ("tls", &l.tls),
-            ("redirect_https", &l.redirect_https),
-            ("hsts", &l.hsts),
-        ] {
-            self.later(key, value);
-        }
+        let tls = l.tls.and_then(|tls| self.listener_tls(tls));
+        let redirect_https = match &l.redirect_https {
+            Some(on) if *on.get_ref() && tls.is_some() => {
+                let message = "redirect_https on an HTTPS listener would redirect to itself";
+                let help = "set it on the plain HTTP listener that should send clients to https";
+                self.push(self.error(on.span(), message).with_help(help));
+                false
+            }
+            Some(on) => *on.get_ref(),
+            None => false,
+        };
+        let hsts = match &l.hsts {
+            Some(value) => match http::HeaderValue::from_str(value.get_ref().trim()) {
+                Ok(v) if value.get_ref().trim().starts_with("max-age=") => Some(v),
+                _ => {
+                    let message = format!("invalid hsts value `{}`", value.get_ref());
+                    let note = "expected a Strict-Transport-Security value like \
+                                `max-age=31536000` or `max-age=31536000; includeSubDomains`";
+                    self.push(self.error(value.span(), message).with_note(note));
+                    None
+                }
+            },
+            None => None,
+        };
         let listener = Listener {
             name: l.name.get_ref().clone(),
             bind: bind.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
@@ -119,6 +136,9 @@ impl Checker<'_> {
             max_uri_bytes,
             trusted_proxies,
             max_body_bytes: l.max_body_bytes.filter(|&n| n > 0),
+            tls,
+            redirect_https,
+            hsts,
         };
         let spans = ListenerSpans {
             name: l.name.span(),

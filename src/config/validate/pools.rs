@@ -29,7 +29,7 @@ impl Checker<'_> {
             },
             None => Duration::ZERO,
         };
-        self.later("tls", &pool.tls);
+        let tls = pool.tls.and_then(|tls| self.pool_tls(tls));
         let all_unhealthy = self.all_unhealthy(pool.all_unhealthy.as_ref());
         let health_check = self.health_check(pool.health_check);
         let outlier_detection = self.outlier_detection(pool.outlier_detection);
@@ -54,6 +54,7 @@ impl Checker<'_> {
             outlier_detection,
             retry,
             limits,
+            tls,
         }
     }
 

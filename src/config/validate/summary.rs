@@ -2,9 +2,10 @@
 //! that sluice understood the file the way its writer meant, not a dump of every setting.
 
 use std::fmt::Write;
+use std::time::{Duration, SystemTime};
 
 use super::values::show_duration;
-use crate::config::{AllUnhealthy, Config, HostMatch, Limits, Pool};
+use crate::config::{show_time, AllUnhealthy, Config, HostMatch, Limits, Pool};
 
 pub(in crate::config) fn summary(config: &Config) -> String {
     let mut out = format!("{} is valid\n", config.source.display());
@@ -32,11 +33,18 @@ pub(in crate::config) fn summary(config: &Config) -> String {
     };
 
     out.push_str("listeners:\n");
-    let rows = config
-        .listeners
-        .iter()
-        .map(|l| vec![l.name.clone(), l.bind.to_string()]);
+    let rows = config.listeners.iter().map(|l| {
+        let mut row = vec![l.name.clone(), l.bind.to_string()];
+        if l.tls.is_some() {
+            row.push("https".to_string());
+        } else if l.redirect_https {
+            row.push("redirects to https".to_string());
+        }
+        row
+    });
     table(&mut out, rows);
+
+    certificates(&mut out, config, std::time::SystemTime::now());
 
     out.push_str("routes:\n");
     let rows = config.routes.iter().map(|r| {
@@ -90,6 +98,51 @@ pub(in crate::config) fn summary(config: &Config) -> String {
     out
 }
 
+/// Within this of its expiry a certificate is warned about.
+const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Each HTTPS listener's certificates: names and expiry, with a warning for those expiring
+/// within 14 days of `now`.
+fn certificates(out: &mut String, config: &Config, now: SystemTime) {
+    let mut rows = Vec::new();
+    let mut warnings = Vec::new();
+    for l in &config.listeners {
+        let Some(tls) = &l.tls else { continue };
+        for (i, c) in tls.certificates.iter().enumerate() {
+            let names = if c.names.is_empty() {
+                "(no DNS names)".to_string()
+            } else {
+                c.names.join(", ")
+            };
+            let default = if i == 0 { " (default)" } else { "" };
+            rows.push(vec![
+                l.name.clone(),
+                format!("{}{default}", c.cert_path.display()),
+                names,
+                format!("expires {}", show_time(c.not_after)),
+            ]);
+            let left = c.not_after.duration_since(now).unwrap_or_default();
+            if left < EXPIRY_WARNING {
+                warnings.push(format!(
+                    "warning: the certificate in `{}` (listener {}) expires in {} days, on {}",
+                    c.cert_path.display(),
+                    l.name,
+                    left.as_secs() / 86_400,
+                    show_time(c.not_after)
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return;
+    }
+    out.push_str("certificates:\n");
+    table(out, rows.into_iter());
+    for warning in warnings {
+        let _ = writeln!(out, "  {warning}");
+    }
+}
+
 /// What a pool does beyond balancing, briefly: only what is on or differs from the default.
 fn resilience(pool: &Pool) -> Vec<String> {
     let mut out = Vec::new();
@@ -102,6 +155,18 @@ fn resilience(pool: &Pool) -> Vec<String> {
             "health_check {probe} every {}",
             show_duration(check.interval)
         ));
+    }
+    if let Some(tls) = &pool.tls {
+        let ca = tls
+            .ca
+            .as_ref()
+            .map_or("system roots".to_string(), |p| p.display().to_string());
+        let mtls = if tls.client_cert.is_some() {
+            ", client certificate"
+        } else {
+            ""
+        };
+        out.push(format!("tls (trusting {ca}{mtls})"));
     }
     if pool.outlier_detection.is_some() {
         out.push("outlier_detection".to_string());

@@ -84,17 +84,22 @@ fn each_mistake_is_located_and_explained() {
             2, 12, "unknown protocol `http2`", Some("did you mean `http1`?"),
         ),
         (
-            "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.tls]\nserver_name = \"api.internal\"\n",
-            3, 1, "`tls` is part of sluice's config format but is not implemented in this version yet",
-            Some("remove `tls` for now; docs/configuration.md lists what is implemented"),
+            "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.tls]\nca = \"/nonexistent/ca.pem\"\n",
+            4, 6, "cannot read certificate file `/nonexistent/ca.pem`: No such file or directory (os error 2)",
+            None,
+        ),
+        (
+            "[pool.b]\nbackends = [{ address = \"127.0.0.1:1\" }]\n[pool.b.tls]\nclient_key = \"k.pem\"\n",
+            4, 14, "`client_cert` and `client_key` go together",
+            Some("set both for mutual TLS, or neither"),
         ),
         (
             "[[route]]\npool = \"app\"\npath_prefix = \"/x\"\nstrip_prefix = true\n",
             4, 16, "`strip_prefix` is part of sluice's config format but is not implemented in this version yet", Some("remove `strip_prefix` for now; docs/configuration.md lists what is implemented"),
         ),
         (
-            "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:8081\"\nredirect_https = true\n",
-            4, 18, "`redirect_https` is part of sluice's config format but is not implemented in this version yet", Some("remove `redirect_https` for now; docs/configuration.md lists what is implemented"),
+            "[[listener]]\nname = \"b\"\nbind = \"127.0.0.1:8081\"\nhsts = \"forever\"\n",
+            4, 8, "invalid hsts value `forever`", None,
         ),
         // Routes.
         (

@@ -247,7 +247,7 @@ async fn probe_of(answer: &'static [u8], path: Option<&str>) -> (Outcome, Vec<St
         addr,
         settings(path, Duration::from_secs(5), Duration::from_millis(500)),
     );
-    let outcome = probe(&pool.backends[0], pool.health_check.as_ref().unwrap()).await;
+    let outcome = probe(&pool.backends[0], pool.health_check.as_ref().unwrap(), None).await;
     let heads = heads.lock().unwrap().clone();
     (outcome, heads)
 }
@@ -343,7 +343,7 @@ async fn tcp_probe_passes_on_connect_and_fails_on_refusal() {
         addr,
         settings(None, Duration::from_secs(5), Duration::from_secs(1)),
     );
-    let outcome = probe(&pool.backends[0], pool.health_check.as_ref().unwrap()).await;
+    let outcome = probe(&pool.backends[0], pool.health_check.as_ref().unwrap(), None).await;
     assert_eq!(outcome, Outcome::fail("connection refused"));
 }
 
@@ -363,13 +363,14 @@ async fn an_unhealthy_backend_flips_after_the_threshold_and_records_every_probe(
         pool: pool.name.clone(),
         backend: pool.backends[0].clone(),
         settings: pool.health_check.clone().unwrap(),
+        tls: None,
         outliers: pool.outliers.clone(),
     };
     let mut threshold = Threshold::new(false, 2, 3);
     checker.apply(&mut threshold, Outcome::pass("status 200"));
     assert_eq!(backend.health.state(), State::Healthy);
     for n in 1..=3 {
-        let outcome = probe(backend, &checker.settings).await;
+        let outcome = probe(backend, &checker.settings, None).await;
         assert_eq!(outcome, Outcome::fail("status 503"));
         checker.apply(&mut threshold, outcome);
         let want = if n < 3 {
@@ -409,6 +410,7 @@ fn a_passing_probe_returns_an_ejected_backend_that_served_its_time() {
         pool: pool.name.clone(),
         backend: pool.backends[0].clone(),
         settings: HealthCheck::default(),
+        tls: None,
         outliers: pool.outliers.clone(),
     };
     let health = &pool.backends[0].health;
