@@ -4,7 +4,8 @@
 //! tunnel is closed after the listener's `idle_timeout`; an open tunnel outlives a reload, counts
 //! as a request in flight, and is closed at shutdown once the grace period is over.
 //!
-//! Readiness is polled with deadlines, never slept for.
+//! Readiness is polled with deadlines, never slept for. The same tunnel works behind an HTTPS
+//! listener (`wss://`).
 
 mod support;
 
@@ -112,7 +113,10 @@ async fn connect(addr: SocketAddr) -> Client {
 }
 
 /// Sends `message` and expects it back within a bound.
-async fn echo(ws: &mut Client, message: Message) {
+async fn echo<S>(ws: &mut WebSocketStream<S>, message: Message)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     ws.send(message.clone()).await.expect("sent");
     let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await
@@ -404,4 +408,36 @@ async fn shutdown_closes_an_open_tunnel_after_the_grace_period() {
     );
     let stopped = sluice.stop();
     assert!(stopped < Duration::from_secs(3), "{stopped:?}");
+}
+
+#[tokio::test]
+async fn wss_through_an_https_listener() {
+    use support::tls::{client_config, connect as tls_connect, Pki};
+    let pki = Pki::new("wss");
+    let site = pki.issue("site", &["ws.test"]);
+    let backend = EchoBackend::start();
+    let listener = format!(
+        "\n[listener.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+        site.cert.display(),
+        site.key.display()
+    );
+    let sluice = TestSluice::start(&upgrade_config(backend.addr, "", &listener));
+    // Browsers open WebSockets over HTTP/1.1 (sluice does not offer extended CONNECT on h2).
+    let stream = tls_connect(
+        sluice.addr(),
+        client_config(&pki.ca, &[b"http/1.1"]),
+        "ws.test",
+        true,
+    )
+    .await
+    .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("wss://ws.test/chat", stream)
+        .await
+        .expect("the handshake succeeded");
+    assert_eq!(response.status(), 101);
+    echo(&mut ws, Message::text("over TLS")).await;
+    echo(&mut ws, Message::binary(vec![42u8; 70_000])).await;
+    let seen = backend.seen();
+    assert_eq!(seen[0]["x-forwarded-proto"], "https");
+    assert_eq!(seen[0]["upgrade"], "websocket");
 }
