@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use support::reload::{admin_request, metrics, Reloadable, ADMIN};
+use support::tls::Pki;
 use support::{config_with, eventually, TestBackend, TestSluice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -36,6 +37,11 @@ struct EchoBackend {
 
 impl EchoBackend {
     fn start() -> EchoBackend {
+        Self::start_with(None)
+    }
+
+    /// With `tls`, every connection is TLS first (`wss` to the backend).
+    fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> EchoBackend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -54,24 +60,15 @@ impl EchoBackend {
                         accepted = listener.accept() => accepted.unwrap().0,
                         () = stop.cancelled() => return,
                     };
-                    let record = record.clone();
+                    let (record, tls) = (record.clone(), tls.clone());
                     tokio::spawn(async move {
-                        // tungstenite's callback type, as it is.
-                        #[allow(clippy::result_large_err)]
-                        let callback = |req: &Request, resp: Response| {
-                            record.lock().unwrap().push(req.headers().clone());
-                            Ok(resp)
-                        };
-                        let Ok(mut ws) =
-                            tokio_tungstenite::accept_hdr_async(stream, callback).await
-                        else {
-                            return;
-                        };
-                        while let Some(Ok(message)) = ws.next().await {
-                            let data = message.is_text() || message.is_binary();
-                            if data && ws.send(message).await.is_err() {
-                                return;
+                        match tls {
+                            Some(tls) => {
+                                if let Ok(stream) = tls.accept(stream).await {
+                                    echo_session(stream, record).await;
+                                }
                             }
+                            None => echo_session(stream, record).await,
                         }
                     });
                 }
@@ -86,6 +83,29 @@ impl EchoBackend {
 
     fn seen(&self) -> Vec<HeaderMap> {
         self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One WebSocket connection of the echo backend: records the upgrade request's headers, then
+/// sends every text and binary message back.
+async fn echo_session<S>(stream: S, record: Arc<Mutex<Vec<HeaderMap>>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    // tungstenite's callback type, as it is.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        record.lock().unwrap().push(req.headers().clone());
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    while let Some(Ok(message)) = ws.next().await {
+        let data = message.is_text() || message.is_binary();
+        if data && ws.send(message).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -412,7 +432,7 @@ async fn shutdown_closes_an_open_tunnel_after_the_grace_period() {
 
 #[tokio::test]
 async fn wss_through_an_https_listener() {
-    use support::tls::{client_config, connect as tls_connect, Pki};
+    use support::tls::{client_config, connect as tls_connect};
     let pki = Pki::new("wss");
     let site = pki.issue("site", &["ws.test"]);
     let backend = EchoBackend::start();
@@ -440,4 +460,33 @@ async fn wss_through_an_https_listener() {
     let seen = backend.seen();
     assert_eq!(seen[0]["x-forwarded-proto"], "https");
     assert_eq!(seen[0]["upgrade"], "websocket");
+}
+
+#[tokio::test]
+async fn a_tunnel_to_a_tls_backend() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = Pki::new("wss-backend");
+    let cert = pki.issue("backend", &["backend.internal"]);
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(support::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let backend = EchoBackend::start_with(Some(Arc::new(config).into()));
+    let pool = format!(
+        "\n[pool.app.tls]\nserver_name = \"backend.internal\"\nca = \"{}\"\n",
+        pki.ca.display()
+    );
+    let sluice = TestSluice::start(&config_with(&[backend.addr], "", "", &pool));
+    let mut ws = connect(sluice.addr()).await;
+    echo(&mut ws, Message::text("to a TLS backend")).await;
+    echo(&mut ws, Message::binary(vec![9u8; 100_000])).await;
+    assert_eq!(backend.seen().len(), 1);
 }
