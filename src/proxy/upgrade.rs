@@ -400,18 +400,24 @@ mod tests {
         assert!(!is_websocket(&HeaderValue::from_static("")));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn counted_io_notes_reads_and_their_time() {
         use tokio::io::AsyncReadExt;
         let activity = Activity::new();
         let (a, mut b) = tokio::io::duplex(64);
         let mut counted = Counted::new(a, &activity);
+        tokio::time::advance(Duration::from_secs(3)).await;
         b.write_all(b"hello").await.unwrap();
         let mut buf = [0u8; 16];
         let n = counted.read(&mut buf).await.unwrap();
         assert_eq!(n, 5);
         assert_eq!(counted.read, 5);
-        assert!(activity.last() >= activity.epoch);
+        assert_eq!(activity.last(), activity.epoch + Duration::from_secs(3));
+        // Writes are not reads: they neither count nor move the clock.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        counted.write_all(b"back").await.unwrap();
+        assert_eq!(counted.read, 5);
+        assert_eq!(activity.last(), activity.epoch + Duration::from_secs(3));
     }
 
     #[tokio::test(start_paused = true)]
