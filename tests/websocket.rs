@@ -156,6 +156,21 @@ async fn closed_within(ws: &mut Client, bound: Duration) -> Instant {
     }
 }
 
+/// Waits for sluice's close frame (1001, going away) and then the end of the connection.
+async fn going_away_within(ws: &mut Client, bound: Duration) -> Instant {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let deadline = tokio::time::Instant::now() + bound;
+    match tokio::time::timeout_at(deadline, ws.next()).await {
+        Err(_) => panic!("the tunnel was still open after {bound:?}"),
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Away),
+        Ok(other) => panic!("expected a close frame, got {other:?}"),
+    }
+    let when = Instant::now();
+    // Then the stream ends.
+    closed_within(ws, Duration::from_secs(5)).await;
+    when
+}
+
 fn upgrade_config(backend: SocketAddr, top: &str, listener: &str) -> String {
     config_with(&[backend], top, listener, "")
 }
@@ -349,7 +364,7 @@ async fn an_idle_tunnel_is_closed_after_the_idle_timeout() {
     }
     // The last byte went through just now.
     let quiet = Instant::now();
-    let closed = closed_within(&mut ws, Duration::from_secs(5)).await;
+    let closed = going_away_within(&mut ws, Duration::from_secs(5)).await;
     let idle = closed - quiet;
     assert!(
         idle >= Duration::from_millis(650),
@@ -420,10 +435,10 @@ async fn shutdown_closes_an_open_tunnel_after_the_grace_period() {
     sluice.begin_shutdown();
     // Within the grace period the tunnel still carries frames.
     echo(&mut ws, Message::text("during the grace period")).await;
-    let closed = closed_within(&mut ws, Duration::from_secs(5)).await;
+    let closed = going_away_within(&mut ws, Duration::from_secs(5)).await;
     let took = closed - begun;
     assert!(
-        took >= Duration::from_millis(900),
+        took >= Duration::from_millis(800),
         "closed {took:?} after shutdown began, before the grace period ended"
     );
     let stopped = sluice.stop();

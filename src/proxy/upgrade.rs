@@ -33,8 +33,14 @@ use super::headers::{self, X_REQUEST_ID};
 use super::Started;
 use crate::state::Shared;
 
-/// How long closing a tunnel's two connections (sending FIN) may take before they are dropped.
+/// How long closing a tunnel's two connections (close frames, FIN) may take before they are
+/// dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A tunnel closes this much before the shutdown grace period ends: the worker stops (and
+/// drops whatever still runs) when the grace period ends, and the close frames must go out
+/// before that.
+const GOODBYE_MARGIN: Duration = Duration::from_millis(100);
 
 /// Where a connection's request service leaves an opened tunnel for the connection's task.
 #[derive(Debug, Default)]
@@ -199,9 +205,14 @@ impl Tunnel {
         let grace = || shared.snapshot().config.server.shutdown_timeout;
         let end = pump(&mut client, &mut backend, &activity, idle, shutdown, grace).await;
         if end != End::Closed {
-            // FIN to both sides; a WebSocket peer sees the connection close without a close
-            // frame (status 1006), which every client handles.
-            let close = async { tokio::join!(client.io.shutdown(), backend.io.shutdown()) };
+            // A close frame (1001, going away) to each side whose stream stands between
+            // frames, then FIN; a side cut mid-frame just sees the connection close (1006).
+            let close = async {
+                tokio::join!(
+                    say_goodbye(&mut client, &GOING_AWAY_FROM_SERVER),
+                    say_goodbye(&mut backend, &GOING_AWAY_FROM_CLIENT)
+                )
+            };
             let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
         }
         tracing::debug!(
@@ -259,10 +270,98 @@ where
             }
             () = shutdown.cancelled(), if !stopping => {
                 stopping = true;
-                grace_timer.as_mut().reset(Instant::now() + grace());
+                let left = grace().saturating_sub(GOODBYE_MARGIN);
+                grace_timer.as_mut().reset(Instant::now() + left);
             }
             () = &mut grace_timer, if stopping => return End::Shutdown,
         }
+    }
+}
+
+/// A close frame with status 1001 (going away), as a server sends it: unmasked.
+const GOING_AWAY_FROM_SERVER: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
+/// The same as a client must send it: masked (RFC 6455 section 5.3; the key is fixed, which
+/// the receiver cannot tell from a random one, and the payload is public anyway).
+const GOING_AWAY_FROM_CLIENT: [u8; 8] = [
+    0x88,
+    0x82,
+    MASK[0],
+    MASK[1],
+    MASK[2],
+    MASK[3],
+    0x03 ^ MASK[0],
+    0xe9 ^ MASK[1],
+];
+const MASK: [u8; 4] = [0x5a, 0x1c, 0x93, 0x2e];
+
+/// Sends `frame` if this side's stream stands between frames, then shuts its write side down.
+async fn say_goodbye<T: AsyncWrite + Unpin>(side: &mut Counted<'_, T>, frame: &[u8]) {
+    if side.written.at_boundary() && side.io.write_all(frame).await.is_err() {
+        return;
+    }
+    let _ = side.io.shutdown().await;
+}
+
+/// Follows a stream of WebSocket frames (RFC 6455 section 5.2) far enough to know whether it
+/// stands between two frames: only the headers' length fields are read.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Bytes of the current frame's header seen so far (at most 14).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    payload: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload == 0
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload > 0 {
+                let n = self.payload.min(bytes.len() as u64);
+                self.payload -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if let Some(payload) = self.header_done() {
+                self.payload = payload;
+                self.have = 0;
+            }
+        }
+    }
+
+    /// The payload length once the whole header is in.
+    fn header_done(&self) -> Option<u64> {
+        if self.have < 2 {
+            return None;
+        }
+        let b1 = self.header[1];
+        let (extended, mask) = (
+            match b1 & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            },
+            if b1 & 0x80 != 0 { 4 } else { 0 },
+        );
+        if self.have < 2 + extended + mask {
+            return None;
+        }
+        Some(match extended {
+            0 => u64::from(b1 & 0x7f),
+            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            _ => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(len)
+            }
+        })
     }
 }
 
@@ -297,6 +396,8 @@ struct Counted<'a, T> {
     io: T,
     activity: &'a Activity,
     read: u64,
+    /// Where the bytes written to this side stand in the WebSocket framing.
+    written: Frames,
 }
 
 impl<'a, T> Counted<'a, T> {
@@ -305,6 +406,7 @@ impl<'a, T> Counted<'a, T> {
             io,
             activity,
             read: 0,
+            written: Frames::default(),
         }
     }
 }
@@ -333,19 +435,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.written.feed(&buf[..n]);
+        }
+        result
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -389,6 +484,50 @@ mod tests {
                 "{pairs:?}"
             );
         }
+    }
+
+    #[test]
+    fn frames_are_followed_to_their_boundaries_however_the_bytes_are_cut() {
+        // A masked 5-byte text frame, a 300-byte binary frame (16-bit length), an empty ping,
+        // and a 70 000-byte frame (64-bit length).
+        let mut stream = vec![0x81, 0x85, 1, 2, 3, 4];
+        stream.extend([0u8; 5]);
+        let first = stream.len();
+        stream.extend([0x82, 126, 0x01, 0x2c]);
+        stream.extend([7u8; 300]);
+        let second = stream.len();
+        stream.extend([0x89, 0x00]);
+        let third = stream.len();
+        stream.extend([0x82, 127, 0, 0, 0, 0, 0, 0x01, 0x11, 0x70]);
+        stream.extend(vec![1u8; 70_000]);
+        let ends = [first, second, third, stream.len()];
+        for chunk in [1, 2, 3, 7, 64, 1000, stream.len()] {
+            let mut frames = Frames::default();
+            let mut fed = 0;
+            for piece in stream.chunks(chunk) {
+                frames.feed(piece);
+                fed += piece.len();
+                assert_eq!(
+                    frames.at_boundary(),
+                    ends.contains(&fed),
+                    "chunk {chunk}, after {fed} bytes"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_close_frames_are_well_formed() {
+        let mut frames = Frames::default();
+        frames.feed(&GOING_AWAY_FROM_CLIENT);
+        assert!(frames.at_boundary());
+        let unmasked: Vec<u8> = GOING_AWAY_FROM_CLIENT[6..]
+            .iter()
+            .zip(MASK)
+            .map(|(b, m)| b ^ m)
+            .collect();
+        assert_eq!(unmasked, GOING_AWAY_FROM_SERVER[2..]);
+        assert_eq!(u16::from_be_bytes([unmasked[0], unmasked[1]]), 1001);
     }
 
     #[test]
@@ -482,6 +621,6 @@ mod tests {
             traffic
         );
         assert_eq!(end, End::Shutdown);
-        assert_eq!(start.elapsed(), grace);
+        assert_eq!(start.elapsed(), grace - GOODBYE_MARGIN);
     }
 }
