@@ -17,6 +17,7 @@ fn routes() -> Vec<Route> {
             host: HostMatch::Exact(format!("svc{i}.example.com")),
             path_prefix: format!("/v{i}"),
             pool: i,
+            max_body_bytes: None,
         });
     }
     routes.push(Route {
@@ -24,12 +25,14 @@ fn routes() -> Vec<Route> {
         host: HostMatch::Wildcard(".example.com".into()),
         path_prefix: "/".into(),
         pool: 20,
+        max_body_bytes: None,
     });
     routes.push(Route {
         listener: None,
         host: HostMatch::Any,
         path_prefix: "/".into(),
         pool: 21,
+        max_body_bytes: None,
     });
     routes
 }

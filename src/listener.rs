@@ -49,6 +49,9 @@ pub struct ConnState {
     gauge: Option<ConnectionGauge>,
     /// A WebSocket tunnel opened: what the client sends now is frames, not HTTP.
     tunnel: AtomicBool,
+    /// Milliseconds after `epoch` since when a write has been waiting on a client that does
+    /// not read, or `NONE`.
+    write_blocked_since: AtomicU64,
 }
 
 impl ConnState {
@@ -63,6 +66,19 @@ impl ConnState {
             h2: AtomicBool::new(false),
             framing: Mutex::new(Scanner::new(limits)),
             tunnel: AtomicBool::new(false),
+            write_blocked_since: AtomicU64::new(NONE),
+        }
+    }
+
+    /// A write went out (`true`) or must wait for the client to read (`false`). The clock is read
+    /// only when a write starts waiting.
+    fn on_write(&self, progressed: bool) {
+        let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+        if progressed && blocked != NONE {
+            self.write_blocked_since.store(NONE, Ordering::Relaxed);
+        } else if !progressed && blocked == NONE {
+            self.write_blocked_since
+                .store(self.now_ms(), Ordering::Relaxed);
         }
     }
 
@@ -116,8 +132,18 @@ impl ConnState {
     /// What the watchdog should do now.
     fn verdict(&self, now: Instant, timeouts: &Timeouts) -> Verdict {
         if self.inflight.load(Ordering::Relaxed) > 0 {
-            // A request's own timeouts govern it; look again later.
-            return Verdict::Wait(None);
+            // A request's own timeouts govern it, but a client that stops reading its answer
+            // would hold the connection for ever: that is timed here.
+            let blocked = self.write_blocked_since.load(Ordering::Relaxed);
+            if blocked == NONE {
+                return Verdict::Wait(now + timeouts.send);
+            }
+            let deadline = self.at(blocked) + timeouts.send;
+            return if now >= deadline {
+                Verdict::SlowRead
+            } else {
+                Verdict::Wait(deadline)
+            };
         }
         let head = self.head_since.load(Ordering::Relaxed);
         let (deadline, expired) = if head != NONE {
@@ -133,16 +159,18 @@ impl ConnState {
         if now >= deadline {
             expired
         } else {
-            Verdict::Wait(Some(deadline))
+            Verdict::Wait(deadline)
         }
     }
 }
 
 #[derive(Debug, PartialEq)]
 enum Verdict {
-    Wait(Option<Instant>),
+    Wait(Instant),
     Idle,
     SlowHead,
+    /// A response has waited `send_timeout` for a client that does not read.
+    SlowRead,
 }
 
 /// RAII: one request in flight on a connection.
@@ -168,6 +196,7 @@ impl Drop for ActiveRequest {
 struct Timeouts {
     header_read: Duration,
     idle: Duration,
+    send: Duration,
 }
 
 /// The socket (decrypted, on an HTTPS listener), reporting reads to the connection's
@@ -260,7 +289,9 @@ impl AsyncWrite for WatchedIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.unflushed = true;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        let result = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.state.on_write(result.is_ready());
+        result
     }
 
     fn poll_write_vectored(
@@ -270,7 +301,9 @@ impl AsyncWrite for WatchedIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.unflushed = true;
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.state.on_write(result.is_ready());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -341,6 +374,7 @@ impl ListenerSettings {
             timeouts: Timeouts {
                 header_read: settings.header_read_timeout,
                 idle: settings.idle_timeout,
+                send: settings.send_timeout,
             },
             // Heads beyond these are refused by the scanner before hyper's buffer fills;
             // smaller ones that still break a limit are answered by the request service.
@@ -508,7 +542,16 @@ fn http_builder(settings: &config::Listener) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        // Bounded cost per connection: at most 100 streams at once, modest flow-control windows
+        // (what one client may make sluice buffer), streams reset before they were served
+        // counted (a rapid-reset flood ends the connection with ENHANCE_YOUR_CALM), and a
+        // peer that stops answering pings closed.
         .max_concurrent_streams(100)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_pending_accept_reset_streams(Some(20))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
         .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32);
     builder
 }
@@ -536,7 +579,7 @@ async fn serve(
     let stop = Arc::new(StopSignal::default());
     let stop_waker = Waker::from(stop.clone());
     let mut stop_registered = false;
-    let mut sleep = pin!(tokio::time::sleep(timeouts.header_read));
+    let mut sleep = pin!(tokio::time::sleep(timeouts.header_read.min(timeouts.send)));
     let mut closing = false;
     // The connection's start is the first head's start (`head_since` = 0), armed above.
     let mut armed = Armed {
@@ -649,7 +692,9 @@ fn watchdog(
     let head = state.head_since.load(Ordering::Relaxed);
     if head != NONE && head != armed.head {
         armed.head = head;
-        let deadline = state.at(head) + timeouts.header_read;
+        // The head's own deadline, or sooner when the send timeout is shorter: once the
+        // request is in flight, its writes are looked at every `send` from then on.
+        let deadline = state.at(head) + timeouts.header_read.min(timeouts.send);
         if deadline < sleep.deadline() {
             sleep.as_mut().reset(deadline);
         }
@@ -668,11 +713,9 @@ fn watchdog(
         }
         let now = Instant::now();
         match state.verdict(now, timeouts) {
-            Verdict::Wait(deadline) => {
-                let deadline = deadline.unwrap_or(now + timeouts.idle.max(timeouts.header_read));
-                sleep.as_mut().reset(deadline);
-            }
+            Verdict::Wait(deadline) => sleep.as_mut().reset(deadline),
             Verdict::SlowHead => return Action::Drop("request head not received in time"),
+            Verdict::SlowRead => return Action::Drop("client not reading the response"),
             Verdict::Idle if !closing => return Action::Close("idle"),
             // Already closing, and the grace period is over.
             Verdict::Idle => return Action::Drop("graceful close took too long"),
@@ -707,6 +750,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         header_read: Duration::from_secs(10),
         idle: Duration::from_secs(60),
+        send: Duration::from_secs(30),
     };
 
     #[tokio::test(start_paused = true)]
@@ -716,22 +760,31 @@ mod tests {
         // A fresh connection must send its head within the header timeout.
         assert_eq!(
             state.verdict(start, &T),
-            Verdict::Wait(Some(start + T.header_read))
+            Verdict::Wait(start + T.header_read)
         );
         assert_eq!(state.verdict(start + T.header_read, &T), Verdict::SlowHead);
 
         let active = state.request_started(false);
+        let later = start + Duration::from_secs(500);
+        assert_eq!(state.verdict(later, &T), Verdict::Wait(later + T.send));
+        // A response write waiting on a client that does not read: cut off after `send`.
+        state.on_write(false);
+        let blocked = start;
         assert_eq!(
-            state.verdict(start + Duration::from_secs(500), &T),
-            Verdict::Wait(None)
+            state.verdict(blocked + Duration::from_secs(1), &T),
+            Verdict::Wait(blocked + T.send)
         );
+        assert_eq!(state.verdict(blocked + T.send, &T), Verdict::SlowRead);
+        // Progress clears it.
+        state.on_write(true);
+        assert_eq!(state.verdict(later, &T), Verdict::Wait(later + T.send));
         tokio::time::advance(Duration::from_secs(5)).await;
         drop(active);
         // Idle: measured from the end of the last request.
         let idle_from = start + Duration::from_secs(5);
         assert_eq!(
             state.verdict(idle_from, &T),
-            Verdict::Wait(Some(idle_from + T.idle))
+            Verdict::Wait(idle_from + T.idle)
         );
         assert_eq!(state.verdict(idle_from + T.idle, &T), Verdict::Idle);
 
@@ -741,7 +794,7 @@ mod tests {
         let head_from = idle_from + Duration::from_secs(20);
         assert_eq!(
             state.verdict(head_from, &T),
-            Verdict::Wait(Some(head_from + T.header_read))
+            Verdict::Wait(head_from + T.header_read)
         );
     }
 
@@ -833,6 +886,6 @@ mod tests {
         drop(state.request_started(true));
         state.on_read();
         let now = Instant::now();
-        assert_eq!(state.verdict(now, &T), Verdict::Wait(Some(now + T.idle)));
+        assert_eq!(state.verdict(now, &T), Verdict::Wait(now + T.idle));
     }
 }

@@ -27,6 +27,8 @@ pub struct ListenerState {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_body_bytes: Option<u64>,
+    /// The longest wait for the next piece of a request body.
+    pub request_body_timeout: std::time::Duration,
     /// Plain HTTP requests are answered 308 to https.
     pub redirect_https: bool,
     /// `Strict-Transport-Security` for answers on HTTPS connections.
@@ -82,6 +84,7 @@ impl Snapshot {
                     max_header_bytes: l.max_header_bytes,
                     max_uri_bytes: l.max_uri_bytes,
                     max_body_bytes: l.max_body_bytes,
+                    request_body_timeout: l.request_body_timeout,
                     redirect_https: l.redirect_https,
                     hsts: l.hsts.clone(),
                     routes: if metrics {

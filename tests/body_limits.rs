@@ -70,3 +70,57 @@ async fn bodies_within_the_limit_pass_whole() {
     assert_eq!(got.status, 200);
     assert_eq!(backend.seen()[0].body, body);
 }
+
+/// A route's own `max_body_bytes` overrides the listener's, up or down (0: none).
+#[test]
+fn a_routes_limit_overrides_the_listeners() {
+    let backend = TestBackend::start("app");
+    let toml = format!(
+        r#"
+[log]
+access_log = false
+
+[[listener]]
+name = "web"
+bind = "127.0.0.1:0"
+max_body_bytes = 1000
+
+[[route]]
+path_prefix = "/small"
+pool = "app"
+max_body_bytes = 10
+
+[[route]]
+path_prefix = "/upload"
+pool = "app"
+max_body_bytes = 0
+
+[[route]]
+pool = "app"
+
+[pool.app]
+backends = [{{ address = "{}" }}]
+"#,
+        backend.addr
+    );
+    let sluice = TestSluice::start(&toml);
+    let post = |path: &str, len: usize| {
+        let mut conn = RawConn::open(sluice.addr());
+        let mut request =
+            format!("POST {path} HTTP/1.1\r\nHost: app\r\nContent-Length: {len}\r\n\r\n")
+                .into_bytes();
+        request.extend(std::iter::repeat_n(b'x', len));
+        conn.send(&request);
+        conn.response().status()
+    };
+    assert_eq!(post("/small", 11), 413);
+    assert_eq!(post("/small", 10), 200);
+    assert_eq!(post("/other", 1001), 413);
+    assert_eq!(post("/other", 1000), 200);
+    assert_eq!(post("/upload", 5000), 200, "no limit on /upload");
+    assert_eq!(
+        backend.seen().len(),
+        3,
+        "refused bodies never reach the backend"
+    );
+}

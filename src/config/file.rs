@@ -96,6 +96,12 @@ pub(super) struct ListenerFile {
     pub header_read_timeout: Option<Spanned<DurationText>>,
     /// Keep-alive connections with no request in flight close after this; default "60s".
     pub idle_timeout: Option<Spanned<DurationText>>,
+    /// Longest wait for the next piece of a request body sluice is ready to take; default "60s"
+    /// (sluice addition).
+    pub request_body_timeout: Option<Spanned<DurationText>>,
+    /// Longest a response write may wait on a client that does not read; default "60s"
+    /// (sluice addition).
+    pub send_timeout: Option<Spanned<DurationText>>,
     /// Larger request heads get 431; bytes, default 65536, at least 1024.
     pub max_header_bytes: Option<Spanned<usize>>,
     /// Longer request targets get 414; bytes, default 8192 (sluice addition).
@@ -157,6 +163,9 @@ pub(super) struct RouteFile {
     pub path_prefix: Option<Spanned<String>>,
     /// Pool name; required.
     pub pool: Spanned<String>,
+    /// Request bodies above this get 413 on this route; bytes, default: the listener's limit
+    /// (sluice addition). 0 = no limit on this route.
+    pub max_body_bytes: Option<u64>,
     /// Later: remove `path_prefix` before forwarding; default false.
     pub strip_prefix: Later,
     /// Later: weighted canary split across pools.

@@ -97,6 +97,8 @@ fn listener(listener: &Listener) -> Value {
         "bind": listener.bind.to_string(),
         "header_read_timeout": duration(listener.header_read_timeout),
         "idle_timeout": duration(listener.idle_timeout),
+        "request_body_timeout": duration(listener.request_body_timeout),
+        "send_timeout": duration(listener.send_timeout),
         "max_header_bytes": listener.max_header_bytes,
         "max_uri_bytes": listener.max_uri_bytes,
         "trusted_proxies": trusted,
@@ -150,6 +152,9 @@ fn route(config: &Config, route: &Route) -> Value {
         .get(route.pool)
         .map_or("?", |p| p.name.as_str());
     out.insert("pool".into(), pool.into());
+    if let Some(limit) = route.max_body_bytes {
+        out.insert("max_body_bytes".into(), limit.unwrap_or(0).into());
+    }
     Value::Object(out)
 }
 
@@ -420,6 +425,8 @@ backends = [{ address = "127.0.0.1:9001" }]
                     "bind": "0.0.0.0:8080",
                     "header_read_timeout": "1m",
                     "idle_timeout": "2h",
+                    "request_body_timeout": "1m",
+                    "send_timeout": "1m",
                     "max_header_bytes": 16384,
                     "max_uri_bytes": 4096,
                     "trusted_proxies": ["10.0.0.0/8", "fd00::/8"],
@@ -430,6 +437,8 @@ backends = [{ address = "127.0.0.1:9001" }]
                     "bind": "127.0.0.1:8081",
                     "header_read_timeout": "10s",
                     "idle_timeout": "1m",
+                    "request_body_timeout": "1m",
+                    "send_timeout": "1m",
                     "max_header_bytes": 65536,
                     "max_uri_bytes": 8192,
                     "trusted_proxies": [],

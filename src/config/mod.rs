@@ -97,6 +97,12 @@ pub struct Listener {
     pub header_read_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// A request whose body stops arriving for this long (while sluice waits for it) is
+    /// answered 408 and its connection closed.
+    pub request_body_timeout: Duration,
+    /// A connection whose client takes no response bytes for this long (while sluice has some
+    /// to send) is closed.
+    pub send_timeout: Duration,
     /// Larger request heads get 431.
     pub max_header_bytes: usize,
     /// Longer request targets get 414 (sluice addition, default 8192).
@@ -133,6 +139,9 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into `Config::pools`.
     pub pool: usize,
+    /// Overrides the listener's `max_body_bytes` on this route: `Some(None)` no limit,
+    /// `None` the listener's.
+    pub max_body_bytes: Option<Option<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,13 +5,16 @@
 //! the request's `Exchange`, so the exchange ends when the last byte has gone out or the client
 //! went away: that is when in-flight counts drop and the access-log line is written.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use super::exchange::Exchange;
 use crate::listener::ConnState;
@@ -23,6 +26,9 @@ pub enum BodyError {
     Client(#[from] hyper::Error),
     #[error("request body larger than the listener allows")]
     TooLarge,
+    /// Nothing arrived for the listener's `request_body_timeout` while sluice waited for it.
+    #[error("request body not received in time")]
+    TimedOut,
     /// An abandoned attempt's body, polled after a retry took the request over.
     #[error("request body taken over by a retry")]
     Superseded,
@@ -40,6 +46,11 @@ pub enum UpstreamBody {
         counter: Option<Arc<AtomicU64>>,
         /// The connection it arrives on, whose listener counts the bytes received.
         conn: Arc<ConnState>,
+        /// The longest wait for the next piece (`request_body_timeout`).
+        timeout: Duration,
+        /// Armed while waiting for the client: made at the first wait of the body (a body that
+        /// arrives with its head never waits), reset at each wait after.
+        stall: Option<(bool, Pin<Box<Sleep>>)>,
     },
     /// A body that a retry may send again (pools with retries): what has been passed on is
     /// kept, up to `REPLAY_LIMIT`, so another attempt can start over from its first byte.
@@ -194,8 +205,36 @@ impl Body for UpstreamBody {
                 allowed,
                 counter,
                 conn,
+                timeout,
+                stall,
             } => {
-                let frame = ready!(Pin::new(inner).poll_frame(cx));
+                let frame = match Pin::new(inner).poll_frame(cx) {
+                    Poll::Ready(frame) => {
+                        if let Some((waiting, _)) = stall {
+                            *waiting = false;
+                        }
+                        frame
+                    }
+                    Poll::Pending => {
+                        // sluice wants the next piece and the client has not sent it: time the
+                        // wait (the clock is read once per wait, not per frame).
+                        match stall {
+                            Some((true, _)) => {}
+                            Some((waiting, sleep)) => {
+                                *waiting = true;
+                                sleep.as_mut().reset(Instant::now() + *timeout);
+                            }
+                            None => {
+                                let sleep = tokio::time::sleep_until(Instant::now() + *timeout);
+                                *stall = Some((true, Box::pin(sleep)));
+                            }
+                        }
+                        if let Some((_, sleep)) = stall {
+                            ready!(sleep.as_mut().poll(cx));
+                        }
+                        return Poll::Ready(Some(Err(BodyError::TimedOut)));
+                    }
+                };
                 if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                     let len = data.map_or(0, |d| d.len() as u64);
                     if len > *allowed {

@@ -44,6 +44,8 @@ pub enum ProxyError {
     ListenerGone,
     #[error("the backend switched to a protocol other than the one asked for")]
     BadSwitch,
+    #[error("the request body stopped arriving")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -53,6 +55,7 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::HttpsRedirect(_) => StatusCode::PERMANENT_REDIRECT,
@@ -71,7 +74,8 @@ impl ProxyError {
             ProxyError::BadRequest(_)
             | ProxyError::UriTooLong
             | ProxyError::HeadersTooLarge
-            | ProxyError::BodyTooLarge => Origin::Client,
+            | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout => Origin::Client,
             ProxyError::NoRoute
             | ProxyError::Misdirected
             | ProxyError::HttpsRedirect(_)
@@ -99,6 +103,7 @@ impl ProxyError {
             ProxyError::UriTooLong => "request target too long\n",
             ProxyError::HeadersTooLarge => "request header fields too large\n",
             ProxyError::BodyTooLarge => "request body too large\n",
+            ProxyError::BodyTimeout => "request body not received in time\n",
             ProxyError::NoRoute => "no route matches this host and path\n",
             ProxyError::HttpsRedirect(_) => "use https\n",
             ProxyError::Misdirected => {

@@ -249,6 +249,7 @@ impl Failure {
             Failure::Client(e) if e.is_connect() => ProxyError::Connect(e),
             Failure::Client(e) => match body_error(&e) {
                 Some(BodyError::TooLarge) => ProxyError::BodyTooLarge,
+                Some(BodyError::TimedOut) => ProxyError::BodyTimeout,
                 // The client's own body was malformed or cut: not the backend's fault.
                 Some(BodyError::Client(_)) => ProxyError::BadRequest("invalid request body\n"),
                 // Superseded: only an abandoned attempt's body says so, never the live one's.

@@ -220,6 +220,14 @@ impl Started {
             .router
             .find(host, req.uri().path())
             .ok_or(ProxyError::NoRoute)?;
+        // A declared length over the route's (or else the listener's) limit: 413 before any
+        // backend is contacted. A body of unknown length is counted as it streams.
+        let body_limit = route.max_body_bytes.unwrap_or(listener.max_body_bytes);
+        if let (Some(limit), Some(len)) = (body_limit, req.body().size_hint().exact()) {
+            if len > limit {
+                return Err(ProxyError::BodyTooLarge);
+            }
+        }
         let pool_index = route.pool;
         let pool = &snapshot.pools[pool_index];
         exchange.set_pool(pool_index);
@@ -249,7 +257,7 @@ impl Started {
                 authority
             }
         };
-        let body = upstream_body(listener, body, exchange, &ctx.conn);
+        let body = upstream_body(listener, body_limit, body, exchange, &ctx.conn);
         if hop_by_hop {
             headers::strip_present_hop_by_hop(&mut parts.headers);
         }
@@ -455,8 +463,8 @@ impl Started {
     }
 }
 
-/// Limits hyper does not enforce the way the SPEC wants: URI length (414), head size (431) and
-/// a declared body length over the limit (413, before any backend is contacted).
+/// Limits hyper does not enforce the way the SPEC wants: URI length (414) and head size (431).
+/// (The body limit depends on the route: checked once it is known.)
 fn check_limits(
     listener: &ListenerState,
     req: &Request<Incoming>,
@@ -470,16 +478,12 @@ fn check_limits(
     if head > listener.max_header_bytes {
         return Err(ProxyError::HeadersTooLarge);
     }
-    if let (Some(limit), Some(len)) = (listener.max_body_bytes, req.body().size_hint().exact()) {
-        if len > limit {
-            return Err(ProxyError::BodyTooLarge);
-        }
-    }
     Ok(())
 }
 
 fn upstream_body(
     listener: &ListenerState,
+    limit: Option<u64>,
     body: Incoming,
     exchange: &mut Exchange,
     conn: &Arc<ConnState>,
@@ -494,9 +498,11 @@ fn upstream_body(
     });
     UpstreamBody::Streaming {
         inner: body,
-        allowed: listener.max_body_bytes.unwrap_or(u64::MAX),
+        allowed: limit.unwrap_or(u64::MAX),
         counter,
         conn: conn.clone(),
+        timeout: listener.request_body_timeout,
+        stall: None,
     }
 }
 

@@ -13,6 +13,8 @@ pub struct Route {
     pub path_prefix: String,
     /// Index into the snapshot's pools.
     pub pool: usize,
+    /// This route's body limit instead of the listener's (`Some(None)`: none).
+    pub max_body_bytes: Option<Option<u64>>,
 }
 
 /// The routes one listener serves, in match order.
@@ -44,6 +46,7 @@ impl Router {
                     host: r.host.clone(),
                     path_prefix: r.path_prefix.clone(),
                     pool: r.pool,
+                    max_body_bytes: r.max_body_bytes,
                 })
                 .collect(),
         }
@@ -103,6 +106,7 @@ mod tests {
             host,
             path_prefix: prefix.to_string(),
             pool,
+            max_body_bytes: None,
         }
     }
 

@@ -206,8 +206,12 @@ fn describe_route(config: &Config, route: &Route) -> String {
         .pools
         .get(route.pool)
         .map_or("?", |p| p.name.as_str());
+    let limit = match route.max_body_bytes {
+        None => String::new(),
+        Some(limit) => format!(" max_body_bytes={}", limit.unwrap_or(0)),
+    };
     format!(
-        "listener={listener} host={host} path={} -> pool={pool}",
+        "listener={listener} host={host} path={} -> pool={pool}{limit}",
         route.path_prefix
     )
 }
@@ -223,6 +227,8 @@ pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
         bind,
         header_read_timeout,
         idle_timeout,
+        request_body_timeout,
+        send_timeout,
         max_header_bytes,
         max_uri_bytes,
         trusted_proxies,
@@ -234,6 +240,8 @@ pub(crate) fn same_listener(old: &&Listener, new: &&Listener) -> bool {
     *bind == new.bind
         && *header_read_timeout == new.header_read_timeout
         && *idle_timeout == new.idle_timeout
+        && *request_body_timeout == new.request_body_timeout
+        && *send_timeout == new.send_timeout
         && *max_header_bytes == new.max_header_bytes
         && *max_uri_bytes == new.max_uri_bytes
         && *trusted_proxies == new.trusted_proxies

@@ -132,6 +132,8 @@ impl Checker<'_> {
             bind: bind.unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)),
             header_read_timeout: self.timeout(l.header_read_timeout, Duration::from_secs(10)),
             idle_timeout: self.timeout(l.idle_timeout, Duration::from_secs(60)),
+            request_body_timeout: self.timeout(l.request_body_timeout, Duration::from_secs(60)),
+            send_timeout: self.timeout(l.send_timeout, Duration::from_secs(60)),
             max_header_bytes,
             max_uri_bytes,
             trusted_proxies,

@@ -52,6 +52,7 @@ impl Checker<'_> {
                 host: host.clone().unwrap_or(HostMatch::Any),
                 path_prefix,
                 pool: pool.unwrap_or(0),
+                max_body_bytes: r.max_body_bytes.map(|n| (n > 0).then_some(n)),
             };
             // A route whose listener or host is invalid has already been reported; comparing
             // its placeholder values would only invent a duplicate.

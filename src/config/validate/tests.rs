@@ -225,7 +225,7 @@ fn each_mistake_is_located_and_explained() {
         // toml's own errors keep its message and gain the location and a did-you-mean.
         (
             "[[route]]\npool = \"app\"\nhosts = \"a.example\"\n",
-            3, 1, "unknown field `hosts`, expected one of `listener`, `host`, `path_prefix`, `pool`, `strip_prefix`, `split`",
+            3, 1, "unknown field `hosts`, expected one of `listener`, `host`, `path_prefix`, `pool`, `max_body_bytes`, `strip_prefix`, `split`",
             Some("did you mean `host`?"),
         ),
         (
