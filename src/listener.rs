@@ -47,6 +47,8 @@ pub struct ConnState {
     framing: Mutex<Scanner>,
     /// Counts the connection as open on its listener while it lives.
     gauge: Option<ConnectionGauge>,
+    /// A WebSocket tunnel opened: what the client sends now is frames, not HTTP.
+    tunnel: AtomicBool,
     /// Milliseconds after `epoch` since when a write has been waiting on a client that does
     /// not read, or `NONE`.
     write_blocked_since: AtomicU64,
@@ -63,6 +65,7 @@ impl ConnState {
             idle_since: AtomicU64::new(NONE),
             h2: AtomicBool::new(false),
             framing: Mutex::new(Scanner::new(limits)),
+            tunnel: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(NONE),
         }
     }
@@ -92,6 +95,11 @@ impl ConnState {
             .unwrap_or(Err(framing::Reject::Ambiguous(
                 "request framing could not be verified\n",
             )))
+    }
+
+    /// The connection becomes a tunnel (`proxy::upgrade`): its bytes bypass the framing scanner.
+    pub fn open_tunnel(&self) {
+        self.tunnel.store(true, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -237,6 +245,9 @@ impl AsyncRead for WatchedIo {
         let this = self.get_mut();
         if this.answered {
             return Poll::Ready(Ok(()));
+        }
+        if this.state.tunnel.load(Ordering::Relaxed) {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
@@ -446,6 +457,7 @@ impl Acceptor {
                     peer_value: headers::peer_value(peer.ip()),
                     conn: state.clone(),
                     tls,
+                    tunnel: Arc::default(),
                 };
                 serve(
                     &settings.builder,
@@ -553,6 +565,7 @@ async fn serve(
     shutdown: CancellationToken,
 ) {
     let peer = ctx.peer;
+    let (tunnel, shared) = (ctx.tunnel.clone(), ctx.shared.clone());
     let io = TokioIo::new(WatchedIo {
         stream,
         state: state.clone(),
@@ -560,7 +573,7 @@ async fn serve(
         unflushed: false,
         refusal: Vec::new(),
     });
-    let conn = builder.serve_connection(io, Proxy(Arc::new(ctx)));
+    let conn = builder.serve_connection_with_upgrades(io, Proxy(Arc::new(ctx)));
     let mut conn = pin!(conn);
     let mut stopping = pin!(shutdown.cancelled());
     let stop = Arc::new(StopSignal::default());
@@ -615,6 +628,10 @@ async fn serve(
     .await;
     if let Some(e) = outcome {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    // hyper handed the socket over after a 101: the tunnel lives on in this task.
+    if let Some(tunnel) = tunnel.take() {
+        tunnel.run(timeouts.idle, &shutdown, &shared).await;
     }
 }
 

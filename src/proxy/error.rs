@@ -42,6 +42,8 @@ pub enum ProxyError {
     Timeout,
     #[error("the listener was removed by a reload and is draining")]
     ListenerGone,
+    #[error("the backend switched to a protocol other than the one asked for")]
+    BadSwitch,
     #[error("the request body stopped arriving")]
     BodyTimeout,
 }
@@ -60,7 +62,9 @@ impl ProxyError {
             ProxyError::NoBackend | ProxyError::Overloaded | ProxyError::ListenerGone => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::BadSwitch => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -78,9 +82,10 @@ impl ProxyError {
             | ProxyError::NoBackend
             | ProxyError::Overloaded
             | ProxyError::ListenerGone => Origin::Sluice,
-            ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
-                Origin::Backend
-            }
+            ProxyError::Connect(_)
+            | ProxyError::Upstream(_)
+            | ProxyError::Timeout
+            | ProxyError::BadSwitch => Origin::Backend,
         }
     }
 
@@ -110,6 +115,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "bad gateway: the backend failed\n",
             ProxyError::Timeout => "gateway timeout: the backend did not answer in time\n",
             ProxyError::ListenerGone => "this listener was removed; connect again\n",
+            ProxyError::BadSwitch => "bad gateway: the backend switched to another protocol\n",
         }
     }
 }

@@ -138,6 +138,11 @@ impl Exchange {
         self.start
     }
 
+    /// The downstream connection the request arrived on.
+    pub fn conn(&self) -> &crate::listener::ConnState {
+        self._active.conn()
+    }
+
     pub fn log_mut(&mut self) -> Option<&mut AccessRecord> {
         self.log.as_deref_mut()
     }

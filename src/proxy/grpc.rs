@@ -59,7 +59,8 @@ pub fn code(e: &ProxyError) -> Code {
         | ProxyError::Overloaded
         | ProxyError::ListenerGone
         | ProxyError::Connect(_)
-        | ProxyError::Upstream(_) => Code::Unavailable,
+        | ProxyError::Upstream(_)
+        | ProxyError::BadSwitch => Code::Unavailable,
     }
 }
 

@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod hash_key;
 pub mod headers;
 pub mod route;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,6 +52,8 @@ pub struct ConnContext {
     pub conn: Arc<ConnState>,
     /// The TLS handshake's outcome on an HTTPS listener; `None` on plain HTTP.
     pub tls: Option<crate::tls::Session>,
+    /// A WebSocket tunnel the connection's request opened, for the connection's task to run.
+    pub tunnel: Arc<upgrade::Slot>,
 }
 
 /// The hyper service of one downstream connection.
@@ -120,6 +123,8 @@ struct Outgoing {
     retries: u32,
     /// A gRPC call's deadline (`grpc-timeout`): no attempt waits for a response head past it.
     deadline: Option<Instant>,
+    /// A WebSocket upgrade request: never retried; a 101 opens the tunnel.
+    upgrade: Option<upgrade::Pending>,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -187,7 +192,7 @@ impl Started {
     fn prepare(
         &mut self,
         ctx: &ConnContext,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
     ) -> Result<Outgoing, ProxyError> {
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
@@ -238,6 +243,7 @@ impl Started {
             log.pool = Some(pool.name.clone());
         }
 
+        let upgrade = upgrade::Pending::of(&mut req, &ctx.tunnel);
         let pick = Pick {
             key: pool
                 .hash_key
@@ -262,6 +268,9 @@ impl Started {
         let body = upstream_body(listener, body_limit, body, exchange, &ctx.conn);
         if hop_by_hop {
             headers::strip_present_hop_by_hop(&mut parts.headers);
+        }
+        if let Some(upgrade) = &upgrade {
+            upgrade.restore(&mut parts.headers);
         }
         // (`auto`: the connection may turn out HTTP/1.1; on HTTP/2 hyper drops the header.)
         if pool.protocol != Protocol::H2
@@ -300,7 +309,7 @@ impl Started {
             false => None,
         };
         let (body, again) = match &pool.retry {
-            Some(policy) if policy.settings.attempts > 0 => {
+            Some(policy) if policy.settings.attempts > 0 && upgrade.is_none() => {
                 policy.deposit();
                 let replayable = body.replayable();
                 let first = replayable.replay();
@@ -325,6 +334,7 @@ impl Started {
             tried: Tried::default(),
             retries: 0,
             deadline,
+            upgrade,
         })
     }
 
@@ -372,7 +382,12 @@ impl Started {
             }
             match self.retry(&mut out, &result) {
                 Some(next) => upstream = next,
-                None => return self.respond(result),
+                None => {
+                    return match out.upgrade.take() {
+                        Some(pending) => upgrade::respond(self, result, pending),
+                        None => self.respond(result),
+                    }
+                }
             }
         }
     }

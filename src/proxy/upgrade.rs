@@ -1,0 +1,626 @@
+//! WebSocket over HTTP/1.1: which requests may upgrade, what their headers keep, and the byte
+//! tunnel that opens once a backend answers `101 Switching Protocols`.
+//!
+//! An upgrade request is forwarded like any other, except that `Connection: upgrade` and its
+//! `Upgrade` value survive hop-by-hop removal and it is never retried. Only a 101 from the
+//! backend opens the tunnel; any other answer goes back as a normal response. The tunnel then
+//! runs in the downstream connection's own task (`listener::serve` picks it up from the
+//! connection's `Slot` once hyper has handed the socket over), so it is tracked by the worker's
+//! `TaskTracker`, keeps its `server.max_connections` slot, and holds the request's `Exchange`:
+//! the backend's in-flight count stays up and the access-log line (status 101) is written when
+//! the tunnel ends.
+
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::body::ResponseBody;
+use super::error::ProxyError;
+use super::exchange::Exchange;
+use super::headers::{self, X_REQUEST_ID};
+use super::Started;
+use crate::state::Shared;
+
+/// How long closing a tunnel's two connections (close frames, FIN) may take before they are
+/// dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// A tunnel closes this much before the shutdown grace period ends: the worker stops (and
+/// drops whatever still runs) when the grace period ends, and the close frames must go out
+/// before that.
+const GOODBYE_MARGIN: Duration = Duration::from_millis(100);
+
+/// Where a connection's request service leaves an opened tunnel for the connection's task.
+#[derive(Debug, Default)]
+pub struct Slot(Mutex<Option<Tunnel>>);
+
+impl Slot {
+    fn put(&self, tunnel: Tunnel) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    /// The tunnel the connection's last request opened, if any.
+    pub fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A WebSocket upgrade request on its way to a backend.
+#[derive(Debug)]
+pub struct Pending {
+    client: OnUpgrade,
+    /// The request's `Upgrade` value, forwarded as it came.
+    protocol: HeaderValue,
+    slot: Arc<Slot>,
+}
+
+impl Pending {
+    /// `Some` for a WebSocket upgrade request: HTTP/1.1 `GET` with `Connection: upgrade` and
+    /// `Upgrade: websocket`. Other upgrades (`h2c` is refused earlier) are not tunnelled: their
+    /// headers are stripped and the request goes on as a plain one.
+    pub fn of(req: &mut Request<Incoming>, slot: &Arc<Slot>) -> Option<Pending> {
+        if req.version() != Version::HTTP_11 || req.method() != Method::GET {
+            return None;
+        }
+        let headers = req.headers();
+        if !has_token(headers, header::CONNECTION, b"upgrade") {
+            return None;
+        }
+        let mut values = headers.get_all(header::UPGRADE).iter();
+        let protocol = values.next()?.clone();
+        if values.next().is_some() || !is_websocket(&protocol) {
+            return None;
+        }
+        Some(Pending {
+            client: hyper::upgrade::on(req),
+            protocol,
+            slot: slot.clone(),
+        })
+    }
+
+    /// Puts back what hop-by-hop removal took and the backend needs to see.
+    pub fn restore(&self, headers: &mut HeaderMap) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, self.protocol.clone());
+    }
+}
+
+/// `value` lists `websocket` as its only protocol (RFC 6455 section 4.1).
+fn is_websocket(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket")
+}
+
+/// Some `name` header lists `token` (comma-separated, case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &[u8]) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
+/// The client's answer to an upgrade request: a backend's 101 opens the tunnel (left in the
+/// connection's slot), anything else is answered as usual.
+pub(super) fn respond(
+    started: Started,
+    result: Result<(Response<Incoming>, Option<Duration>), ProxyError>,
+    pending: Pending,
+) -> Response<ResponseBody> {
+    let (mut response, upstream_time) = match result {
+        Ok((response, time)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            (response, time)
+        }
+        other => return started.respond(other),
+    };
+    let agreed = response
+        .headers()
+        .get(header::UPGRADE)
+        .filter(|v| is_websocket(v))
+        .cloned();
+    let Some(protocol) = agreed else {
+        // hyper would switch the client's connection on any 101: never to something it did
+        // not ask for.
+        return started.fail(&ProxyError::BadSwitch);
+    };
+    let backend = hyper::upgrade::on(&mut response);
+    let headers = response.headers_mut();
+    headers::strip_hop_by_hop(headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(X_REQUEST_ID.clone(), started.request_id.clone());
+    let mut exchange = started.exchange;
+    exchange.set_status(StatusCode::SWITCHING_PROTOCOLS);
+    if let Some(log) = exchange.log_mut() {
+        log.upstream = upstream_time;
+    }
+    // From here on the client's bytes are WebSocket frames, not HTTP heads.
+    exchange.conn().open_tunnel();
+    pending.slot.put(Tunnel {
+        client: pending.client,
+        backend,
+        exchange,
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, ResponseBody::local("", None))
+}
+
+/// An opened tunnel: both connections once hyper hands them over, and the request it belongs
+/// to.
+#[derive(Debug)]
+pub struct Tunnel {
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    exchange: Exchange,
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both sides closed (each close is passed on to the other side).
+    Closed,
+    Failed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// Shutdown (or a reload removing the listener), after the grace period.
+    Shutdown,
+}
+
+impl Tunnel {
+    /// Copies bytes both ways until both sides have closed, either fails, nothing moves for
+    /// `idle`, or `shutdown`'s grace period (`server.shutdown_timeout`) runs out. Then closes
+    /// both connections and ends the exchange.
+    pub async fn run(self, idle: Duration, shutdown: &CancellationToken, shared: &Shared) {
+        let Tunnel {
+            client,
+            backend,
+            mut exchange,
+        } = self;
+        let (client, backend) = match tokio::try_join!(client, backend) {
+            Ok(both) => both,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade did not complete");
+                exchange.mark_aborted();
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let mut client = Counted::new(TokioIo::new(client), &activity);
+        let mut backend = Counted::new(TokioIo::new(backend), &activity);
+        let grace = || shared.snapshot().config.server.shutdown_timeout;
+        let end = pump(&mut client, &mut backend, &activity, idle, shutdown, grace).await;
+        if end != End::Closed {
+            // A close frame (1001, going away) to each side whose stream stands between
+            // frames, then FIN; a side cut mid-frame just sees the connection close (1006).
+            let close = async {
+                tokio::join!(
+                    say_goodbye(&mut client, &GOING_AWAY_FROM_SERVER),
+                    say_goodbye(&mut backend, &GOING_AWAY_FROM_CLIENT)
+                )
+            };
+            let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
+        }
+        tracing::debug!(
+            end = ?end,
+            bytes_in = client.read,
+            bytes_out = backend.read,
+            "websocket tunnel closed"
+        );
+        if end == End::Failed {
+            exchange.mark_aborted();
+        }
+        exchange.add_bytes_out(backend.read);
+        if let Some(log) = exchange.log_mut() {
+            log.bytes_in = Some(Arc::new(AtomicU64::new(client.read)));
+        }
+    }
+}
+
+/// The copy loop: `grace` gives the shutdown grace period when shutdown begins (the running
+/// config's, which a reload may have changed since the tunnel opened).
+async fn pump<A, B>(
+    client: &mut A,
+    backend: &mut B,
+    activity: &Activity,
+    idle: Duration,
+    shutdown: &CancellationToken,
+    grace: impl Fn() -> Duration,
+) -> End
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut copy = pin!(tokio::io::copy_bidirectional(client, backend));
+    let mut idle_timer = pin!(tokio::time::sleep(idle));
+    let mut grace_timer = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = &mut copy => {
+                return match result {
+                    Ok(_) => End::Closed,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "websocket tunnel failed");
+                        End::Failed
+                    }
+                };
+            }
+            () = &mut idle_timer => {
+                // Timed from the last byte read; re-armed rather than reset on every read.
+                let due = activity.last() + idle;
+                if due <= Instant::now() {
+                    return End::Idle;
+                }
+                idle_timer.as_mut().reset(due);
+            }
+            () = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                let left = grace().saturating_sub(GOODBYE_MARGIN);
+                grace_timer.as_mut().reset(Instant::now() + left);
+            }
+            () = &mut grace_timer, if stopping => return End::Shutdown,
+        }
+    }
+}
+
+/// A close frame with status 1001 (going away), as a server sends it: unmasked.
+const GOING_AWAY_FROM_SERVER: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
+/// The same as a client must send it: masked (RFC 6455 section 5.3; the key is fixed, which
+/// the receiver cannot tell from a random one, and the payload is public anyway).
+const GOING_AWAY_FROM_CLIENT: [u8; 8] = [
+    0x88,
+    0x82,
+    MASK[0],
+    MASK[1],
+    MASK[2],
+    MASK[3],
+    0x03 ^ MASK[0],
+    0xe9 ^ MASK[1],
+];
+const MASK: [u8; 4] = [0x5a, 0x1c, 0x93, 0x2e];
+
+/// Sends `frame` if this side's stream stands between frames, then shuts its write side down.
+async fn say_goodbye<T: AsyncWrite + Unpin>(side: &mut Counted<'_, T>, frame: &[u8]) {
+    if side.written.at_boundary() && side.io.write_all(frame).await.is_err() {
+        return;
+    }
+    let _ = side.io.shutdown().await;
+}
+
+/// Follows a stream of WebSocket frames (RFC 6455 section 5.2) far enough to know whether it
+/// stands between two frames: only the headers' length fields are read.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Bytes of the current frame's header seen so far (at most 14).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    payload: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload == 0
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload > 0 {
+                let n = self.payload.min(bytes.len() as u64);
+                self.payload -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if let Some(payload) = self.header_done() {
+                self.payload = payload;
+                self.have = 0;
+            }
+        }
+    }
+
+    /// The payload length once the whole header is in.
+    fn header_done(&self) -> Option<u64> {
+        if self.have < 2 {
+            return None;
+        }
+        let b1 = self.header[1];
+        let (extended, mask) = (
+            match b1 & 0x7f {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            },
+            if b1 & 0x80 != 0 { 4 } else { 0 },
+        );
+        if self.have < 2 + extended + mask {
+            return None;
+        }
+        Some(match extended {
+            0 => u64::from(b1 & 0x7f),
+            2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            _ => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&self.header[2..10]);
+                u64::from_be_bytes(len)
+            }
+        })
+    }
+}
+
+/// When a tunnel last moved a byte, shared by its two connections.
+struct Activity {
+    epoch: Instant,
+    /// Milliseconds after `epoch`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// One side of a tunnel: counts the bytes read from it and notes when they arrived. Every
+/// byte written to one side was first read from the other, so reads alone tell activity.
+struct Counted<'a, T> {
+    io: T,
+    activity: &'a Activity,
+    read: u64,
+    /// Where the bytes written to this side stand in the WebSocket framing.
+    written: Frames,
+}
+
+impl<'a, T> Counted<'a, T> {
+    fn new(io: T, activity: &'a Activity) -> Self {
+        Counted {
+            io,
+            activity,
+            read: 0,
+            written: Frames::default(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read += n as u64;
+            this.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = result {
+            this.written.feed(&buf[..n]);
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn connection_tokens_are_matched_whole_and_case_insensitively() {
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("connection", "Upgrade")], true),
+            (&[("connection", "keep-alive, Upgrade")], true),
+            (
+                &[("connection", "keep-alive"), ("connection", "upgrade")],
+                true,
+            ),
+            (&[("connection", "upgraded")], false),
+            (&[("connection", "keep-alive")], false),
+            (&[], false),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(
+                has_token(&headers(pairs), header::CONNECTION, b"upgrade"),
+                *expected,
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn frames_are_followed_to_their_boundaries_however_the_bytes_are_cut() {
+        // A masked 5-byte text frame, a 300-byte binary frame (16-bit length), an empty ping,
+        // and a 70 000-byte frame (64-bit length).
+        let mut stream = vec![0x81, 0x85, 1, 2, 3, 4];
+        stream.extend([0u8; 5]);
+        let first = stream.len();
+        stream.extend([0x82, 126, 0x01, 0x2c]);
+        stream.extend([7u8; 300]);
+        let second = stream.len();
+        stream.extend([0x89, 0x00]);
+        let third = stream.len();
+        stream.extend([0x82, 127, 0, 0, 0, 0, 0, 0x01, 0x11, 0x70]);
+        stream.extend(vec![1u8; 70_000]);
+        let ends = [first, second, third, stream.len()];
+        for chunk in [1, 2, 3, 7, 64, 1000, stream.len()] {
+            let mut frames = Frames::default();
+            let mut fed = 0;
+            for piece in stream.chunks(chunk) {
+                frames.feed(piece);
+                fed += piece.len();
+                assert_eq!(
+                    frames.at_boundary(),
+                    ends.contains(&fed),
+                    "chunk {chunk}, after {fed} bytes"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_close_frames_are_well_formed() {
+        let mut frames = Frames::default();
+        frames.feed(&GOING_AWAY_FROM_CLIENT);
+        assert!(frames.at_boundary());
+        let unmasked: Vec<u8> = GOING_AWAY_FROM_CLIENT[6..]
+            .iter()
+            .zip(MASK)
+            .map(|(b, m)| b ^ m)
+            .collect();
+        assert_eq!(unmasked, GOING_AWAY_FROM_SERVER[2..]);
+        assert_eq!(u16::from_be_bytes([unmasked[0], unmasked[1]]), 1001);
+    }
+
+    #[test]
+    fn only_websocket_is_tunnelled() {
+        assert!(is_websocket(&HeaderValue::from_static("websocket")));
+        assert!(is_websocket(&HeaderValue::from_static("WebSocket ")));
+        assert!(!is_websocket(&HeaderValue::from_static("h2c")));
+        assert!(!is_websocket(&HeaderValue::from_static("websocket, h2c")));
+        assert!(!is_websocket(&HeaderValue::from_static("")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counted_io_notes_reads_and_their_time() {
+        use tokio::io::AsyncReadExt;
+        let activity = Activity::new();
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut counted = Counted::new(a, &activity);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        b.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = counted.read(&mut buf).await.unwrap();
+        assert_eq!(n, 5);
+        assert_eq!(counted.read, 5);
+        assert_eq!(activity.last(), activity.epoch + Duration::from_secs(3));
+        // Writes are not reads: they neither count nor move the clock.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        counted.write_all(b"back").await.unwrap();
+        assert_eq!(counted.read, 5);
+        assert_eq!(activity.last(), activity.epoch + Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_ends_after_the_idle_timeout_and_not_before() {
+        use tokio::io::AsyncReadExt;
+        let activity = Activity::new();
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (backend, mut backend_peer) = tokio::io::duplex(64);
+        let (mut client, mut backend) = (
+            Counted::new(client, &activity),
+            Counted::new(backend, &activity),
+        );
+        let idle = Duration::from_secs(10);
+        let token = CancellationToken::new();
+        let start = Instant::now();
+        let traffic = async {
+            // A byte after 6 s moves the deadline to 16 s.
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            client_peer.write_all(b"x").await.unwrap();
+            let mut buf = [0u8; 1];
+            backend_peer.read_exact(&mut buf).await.unwrap();
+            (client_peer, backend_peer)
+        };
+        let (end, _peers) = tokio::join!(
+            pump(&mut client, &mut backend, &activity, idle, &token, || idle),
+            traffic
+        );
+        assert_eq!(end, End::Idle);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(16) && took < Duration::from_secs(17),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_a_tunnel_only_after_the_grace_period() {
+        use tokio::io::AsyncReadExt;
+        let activity = Activity::new();
+        let (client, mut client_peer) = tokio::io::duplex(64);
+        let (backend, mut backend_peer) = tokio::io::duplex(64);
+        let (mut client, mut backend) = (
+            Counted::new(client, &activity),
+            Counted::new(backend, &activity),
+        );
+        let token = CancellationToken::new();
+        let grace = Duration::from_secs(5);
+        let start = Instant::now();
+        let traffic = async {
+            token.cancel();
+            // Bytes still flow during the grace period.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            backend_peer.write_all(b"late").await.unwrap();
+            let mut buf = [0u8; 4];
+            client_peer.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"late");
+            (client_peer, backend_peer)
+        };
+        let idle = Duration::from_secs(3600);
+        let (end, _peers) = tokio::join!(
+            pump(&mut client, &mut backend, &activity, idle, &token, || grace),
+            traffic
+        );
+        assert_eq!(end, End::Shutdown);
+        assert_eq!(start.elapsed(), grace - GOODBYE_MARGIN);
+    }
+}
