@@ -1,10 +1,11 @@
-//! gRPC through sluice (`protocol = "h2"`), with tonic at both ends: unary, server-streaming
-//! and bidirectional calls with their trailers, error statuses from the backend, and the gRPC
+//! gRPC through sluice (`protocol = "h2"`), with tonic at both ends: unary, server-streaming,
+//! client-streaming and bidirectional calls with their trailers, error statuses from the backend, and the gRPC
 //! statuses sluice answers itself (a dead backend, a call's deadline).
 //!
 //! The backends are tonic services served by hyper (tonic's codegen only, no tonic transport):
-//! `grpc.health.v1.Health` from tonic-health (Check is unary, Watch server-streaming), and a
-//! bidirectional echo, `/test.Echo/Chat`, written here with tonic's server `Grpc`.
+//! `grpc.health.v1.Health` from tonic-health (Check is unary, Watch server-streaming), a
+//! bidirectional echo, `/test.Echo/Chat`, and a client-streaming collector, `/test.Echo/Collect`,
+//! written here with tonic's server `Grpc`.
 
 mod support;
 
@@ -37,6 +38,33 @@ use tonic_prost::ProstCodec;
 use tower_service::Service;
 
 const CHAT: &str = "/test.Echo/Chat";
+const COLLECT: &str = "/test.Echo/Collect";
+
+/// Client streaming: the request's messages, joined with `,` after the backend's name, in one
+/// answer once the request stream has ended.
+#[derive(Clone)]
+struct Collect {
+    name: &'static str,
+}
+
+impl tonic::server::ClientStreamingService<Msg> for Collect {
+    type Response = Msg;
+    type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<Msg>, Status>> + Send>>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<Msg>>) -> Self::Future {
+        let name = self.name;
+        Box::pin(async move {
+            let mut incoming = request.into_inner();
+            let mut all = Vec::new();
+            while let Some(msg) = incoming.next().await {
+                all.push(msg?.service);
+            }
+            Ok(tonic::Response::new(Msg {
+                service: format!("{name}:{}", all.join(",")),
+            }))
+        })
+    }
+}
 
 /// Bidirectional echo: each message comes back with the backend's name prefixed; a message
 /// `fail` ends the call with NOT_FOUND instead; metadata `x-slow` delays the response head.
@@ -118,6 +146,10 @@ impl GrpcBackend {
                                 let mut grpc =
                                     tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
                                 grpc.streaming(Echo { name }, req).await
+                            } else if req.uri().path() == COLLECT {
+                                let mut grpc =
+                                    tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
+                                grpc.client_streaming(Collect { name }, req).await
                             } else {
                                 match health.call(req).await {
                                     Ok(r) => r,
@@ -493,4 +525,32 @@ async fn a_missed_grpc_deadline_does_not_eject_the_backend() {
         seen.insert(who_answers(&sluice).await.expect("answered"));
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[tokio::test]
+async fn client_streams_arrive_whole_before_the_single_answer() {
+    let backend = GrpcBackend::start("a");
+    let sluice = sluice_for(&[backend.addr], "");
+    let mut grpc = tonic::client::Grpc::with_origin(channel(), origin(&sluice));
+    grpc.ready().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let call = tokio::spawn(async move {
+        grpc.client_streaming(
+            tonic::Request::new(ReceiverStream::new(rx)),
+            PathAndQuery::from_static(COLLECT),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+    });
+    // Sent one by one, while the call is open; the answer comes once the stream ends.
+    for text in ["one", "two", "three"] {
+        tx.send(msg(text)).await.unwrap();
+    }
+    drop(tx);
+    let answer = tokio::time::timeout(Duration::from_secs(5), call)
+        .await
+        .expect("answered in time")
+        .unwrap()
+        .expect("the call succeeded");
+    assert_eq!(answer.into_inner().service, "a:one,two,three");
 }
