@@ -225,3 +225,28 @@ async fn a_flood_of_reset_streams_reaches_almost_no_backend_and_ends_the_connect
         "{hits} of {sent} reset streams reached the backend"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let a = TestBackend::start("a");
+    let sluice = TestSluice::start(&config_with(&[a.addr], "", "idle_timeout = \"300ms\"", ""));
+    let tcp = tokio::net::TcpStream::connect(sluice.addr()).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("http://{}/", sluice.addr()))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let started = Instant::now();
+    // Nothing more from the client: sluice ends the connection (GOAWAY, then close).
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let took = started.elapsed();
+    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    assert!(
+        took >= Duration::from_millis(200),
+        "closed after {took:?}, before the timeout"
+    );
+    drop(client);
+}
