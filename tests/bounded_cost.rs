@@ -214,11 +214,18 @@ async fn a_flood_of_reset_streams_reaches_almost_no_backend_and_ends_the_connect
         .expect("sluice ends the connection")
         .unwrap();
     let error = ended.expect_err("the connection ends with an error (GOAWAY)");
-    assert_eq!(
-        error.reason(),
-        Some(h2::Reason::ENHANCE_YOUR_CALM),
-        "{error:?} after {sent} streams"
-    );
+    assert!(sent < 10_000, "sluice let all {sent} reset streams through");
+    // sluice sends GOAWAY ENHANCE_YOUR_CALM and closes. A client still writing its flood can
+    // meet the close (broken pipe, reset) before it reads the GOAWAY frame: then the reason is
+    // lost to the client, but any reason it did read must be that one.
+    match error.reason() {
+        Some(reason) => assert_eq!(
+            reason,
+            h2::Reason::ENHANCE_YOUR_CALM,
+            "after {sent} streams"
+        ),
+        None => assert!(error.is_io(), "{error:?} after {sent} streams"),
+    }
     let hits = hits.load(Ordering::SeqCst);
     assert!(
         hits * 100 <= sent.max(100),
