@@ -230,7 +230,7 @@ fn deploy_yaml() -> BTreeMap<PathBuf, Vec<serde_json::Value>> {
 }
 
 /// Backend host names (Kubernetes Services, compose services) resolve only where the example
-/// runs, so they are mapped to 127.0.0.1 before the config is validated.
+/// runs, so they are mapped to loopback addresses before the config is validated.
 fn parse_offline(text: &str, source: &str) -> Config {
     parse_offline_hosts(text, source).0
 }
@@ -246,9 +246,11 @@ fn parse_offline_hosts(text: &str, source: &str) -> (Config, Vec<String>) {
         for backend in backends.into_iter().flatten() {
             let address = backend["address"].as_str().unwrap();
             let (host, _) = address.rsplit_once(':').unwrap();
-            if host.parse::<std::net::IpAddr>().is_err() {
-                text = text.replace(&format!("\"{host}:"), "\"127.0.0.1:");
+            if host.parse::<std::net::IpAddr>().is_err() && !hosts.iter().any(|h| h == host) {
+                // One loopback address per name, so that distinct backends stay distinct.
                 hosts.push(host.to_string());
+                let ip = format!("\"127.0.1.{}:", hosts.len());
+                text = text.replace(&format!("\"{host}:"), &ip);
             }
         }
     }
