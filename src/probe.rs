@@ -112,7 +112,11 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n * 60),
-        _ => return Err(format!("`{text}`: unknown unit `{unit}`; expected ms, s or m")),
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}`; expected ms, s or m"
+            ))
+        }
     };
     if duration.is_zero() {
         return Err("the timeout must be more than zero".into());

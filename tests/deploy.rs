@@ -60,7 +60,10 @@ fn dockerfile() -> Vec<(String, String)> {
 
 /// The instructions of the last stage (the image that ships).
 fn final_stage(instructions: &[(String, String)]) -> &[(String, String)] {
-    let last_from = instructions.iter().rposition(|(op, _)| op == "FROM").unwrap();
+    let last_from = instructions
+        .iter()
+        .rposition(|(op, _)| op == "FROM")
+        .unwrap();
     &instructions[last_from..]
 }
 
@@ -101,7 +104,11 @@ fn the_dockerfile_builds_locked_and_ships_a_config_that_passes_check() {
         .filter(|(_, (op, args))| op == "RUN" && args.contains("cargo build"))
         .map(|(i, _)| i)
         .collect();
-    assert_eq!(builds.len(), 2, "a dependency build and the real one: {runs:?}");
+    assert_eq!(
+        builds.len(),
+        2,
+        "a dependency build and the real one: {runs:?}"
+    );
     for &i in &builds {
         assert!(
             instructions[i]
@@ -160,7 +167,10 @@ fn the_dockerfile_builds_locked_and_ships_a_config_that_passes_check() {
         .flat_map(|a| a.split_whitespace())
         .map(|p| p.parse().unwrap())
         .collect();
-    let admin = config.admin.as_ref().expect("the image's config has an admin API");
+    let admin = config
+        .admin
+        .as_ref()
+        .expect("the image's config has an admin API");
     for port in config
         .listeners
         .iter()
@@ -259,7 +269,9 @@ fn parse_offline_hosts(text: &str, source: &str) -> (Config, Vec<String>) {
 }
 
 fn seconds(value: &serde_json::Value) -> u64 {
-    value.as_u64().unwrap_or_else(|| panic!("not seconds: {value}"))
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not seconds: {value}"))
 }
 
 #[test]
@@ -274,11 +286,17 @@ fn every_yaml_file_parses_and_the_kubernetes_configs_are_valid_and_consistent() 
         "deploy/kubernetes/edge.yaml",
         "deploy/kubernetes/sidecar.yaml",
     ] {
-        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
     }
 
     let mut deployments = 0;
-    for (path, docs) in files.iter().filter(|(p, _)| p.starts_with(repo().join("deploy/kubernetes"))) {
+    for (path, docs) in files
+        .iter()
+        .filter(|(p, _)| p.starts_with(repo().join("deploy/kubernetes")))
+    {
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         let configs: BTreeMap<&str, Config> = docs
             .iter()
@@ -286,7 +304,10 @@ fn every_yaml_file_parses_and_the_kubernetes_configs_are_valid_and_consistent() 
             .map(|d| {
                 let name = d["metadata"]["name"].as_str().unwrap();
                 let text = d["data"]["sluice.toml"].as_str().expect("data.sluice.toml");
-                (name, parse_offline(text, &format!("{}:{name}", path.display())))
+                (
+                    name,
+                    parse_offline(text, &format!("{}:{name}", path.display())),
+                )
             })
             .collect();
         assert!(!configs.is_empty(), "{}: no ConfigMap", path.display());
@@ -391,7 +412,11 @@ fn the_compose_example_mounts_a_valid_config_directory() {
     for host in &hosts {
         assert!(services.contains_key(host), "{host} is not a service");
         assert!(
-            sluice["depends_on"].as_array().unwrap().iter().any(|d| d == host.as_str()),
+            sluice["depends_on"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d == host.as_str()),
             "sluice resolves {host} at start: depends_on"
         );
     }
