@@ -41,6 +41,15 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: std::net::SocketAddr,
     },
+    /// Health-check an HTTP endpoint (for containers without curl): `GET URL`, exit 0 on a
+    /// 2xx answer, 1 otherwise with the reason on stderr. Plain http:// only.
+    Probe {
+        /// The URL to GET, e.g. http://127.0.0.1:9901/healthz.
+        url: String,
+        /// How long to wait for the answer, connect included ("500ms", "2s").
+        #[arg(long, default_value = "2s", value_parser = crate::probe::parse_timeout)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -24,6 +24,7 @@ pub mod framing;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod registry;
 pub mod reload;

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             log_level,
         } => run(&config.path, workers, log_format, log_level),
         Command::Demo { bind, admin } => demo(bind, admin),
+        Command::Probe { url, timeout } => return probe(&url, timeout),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -40,6 +41,16 @@ fn check(path: &Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(url: &str, timeout: std::time::Duration) -> ExitCode {
+    match sluice::probe::probe(url, timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("probe failed: {e}");
             ExitCode::FAILURE
         }
     }
