@@ -794,3 +794,71 @@ async fn other_extended_connect_protocols_are_refused() {
     assert_eq!(response.status(), 400, "{response:?}");
     assert!(backend.seen().is_empty());
 }
+
+/// Expects sluice's close frame (1001, going away) on an HTTP/2 WebSocket stream within 5 s and
+/// says when it came.
+async fn h2_going_away(recv: &mut h2::RecvStream, buffer: &mut Vec<u8>) -> Instant {
+    let (first, payload) = read_server_frame(recv, buffer).await;
+    let when = Instant::now();
+    assert_eq!(first, 0x88, "a close frame");
+    assert_eq!(payload, [0x03, 0xe9], "status 1001");
+    when
+}
+
+#[tokio::test]
+async fn an_idle_http2_websocket_is_closed_after_the_idle_timeout() {
+    let backend = EchoBackend::start();
+    let config = upgrade_config(backend.addr, "", "idle_timeout = \"700ms\"");
+    let sluice = TestSluice::start(&config);
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, mut send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 200);
+    let (mut recv, mut buffer) = (response.into_body(), Vec::new());
+    // Traffic keeps it open past the timeout.
+    let start = Instant::now();
+    let mut i = 0u8;
+    loop {
+        send.send_data(masked_frame(0x1, b"still here", [i, 1, 2, 3]).into(), false)
+            .unwrap();
+        let (_, payload) = read_server_frame(&mut recv, &mut buffer).await;
+        assert_eq!(payload, b"still here");
+        if start.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
+        i = i.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The last byte went through just now.
+    let quiet = Instant::now();
+    let idle = h2_going_away(&mut recv, &mut buffer).await - quiet;
+    assert!(
+        idle >= Duration::from_millis(650),
+        "closed after only {idle:?} of silence"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_an_http2_websocket_after_the_grace_period() {
+    let backend = EchoBackend::start();
+    let config = upgrade_config(backend.addr, "[server]\nshutdown_timeout = \"1s\"\n", "");
+    let sluice = TestSluice::start(&config);
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, mut send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 200);
+    let (mut recv, mut buffer) = (response.into_body(), Vec::new());
+    let begun = Instant::now();
+    sluice.begin_shutdown();
+    // Within the grace period the tunnel still carries frames.
+    send.send_data(masked_frame(0x1, b"during", [5, 6, 7, 8]).into(), false)
+        .unwrap();
+    assert_eq!(read_server_frame(&mut recv, &mut buffer).await.1, b"during");
+    let took = h2_going_away(&mut recv, &mut buffer).await - begun;
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed {took:?} after shutdown began, before the grace period ended"
+    );
+    let stopped = sluice.stop();
+    assert!(stopped < Duration::from_secs(3), "{stopped:?}");
+}

@@ -684,6 +684,23 @@ mod tests {
     }
 
     #[test]
+    fn the_accept_value_is_the_rfc_6455_one() {
+        // RFC 6455 section 1.3's example.
+        assert_eq!(
+            accept_of(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let (a, b) = (new_key(), new_key());
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
+    }
+
+    #[test]
     fn only_websocket_is_tunnelled() {
         assert!(is_websocket(&HeaderValue::from_static("websocket")));
         assert!(is_websocket(&HeaderValue::from_static("WebSocket ")));
