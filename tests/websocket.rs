@@ -535,10 +535,7 @@ async fn h2_websocket_connect(
     authority: &str,
     path: &str,
     extra: &[(&str, &str)],
-) -> (
-    http::Response<h2::RecvStream>,
-    h2::SendStream<bytes::Bytes>,
-) {
+) -> (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
     let mut request = http::Request::builder()
         .method(http::Method::CONNECT)
         .uri(format!("http://{authority}{path}"))
@@ -625,8 +622,11 @@ async fn an_http2_extended_connect_websocket_echoes_through_an_http1_backend() {
         assert_eq!(payload, text.as_bytes());
     }
     // A binary frame, and the close handshake through the tunnel.
-    send.send_data(masked_frame(0x2, &[0, 1, 2, 255], [9, 8, 7, 6]).into(), false)
-        .unwrap();
+    send.send_data(
+        masked_frame(0x2, &[0, 1, 2, 255], [9, 8, 7, 6]).into(),
+        false,
+    )
+    .unwrap();
     let (first, payload) = read_server_frame(&mut recv, &mut buffer).await;
     assert_eq!((first, payload), (0x82, vec![0, 1, 2, 255]));
     send.send_data(masked_frame(0x8, &[0x03, 0xe8], [1, 2, 3, 4]).into(), false)
@@ -662,9 +662,11 @@ async fn each_http2_websocket_gets_a_fresh_key_and_streams_run_side_by_side() {
     let mut client = h2_websocket_client(sluice.addr()).await;
     let authority = sluice.addr().to_string();
     let (first, mut send_first) = h2_websocket_connect(&mut client, &authority, "/a", &[]).await;
-    let (second, mut send_second) =
-        h2_websocket_connect(&mut client, &authority, "/b", &[]).await;
-    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let (second, mut send_second) = h2_websocket_connect(&mut client, &authority, "/b", &[]).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     let (mut recv_first, mut recv_second) = (first.into_body(), second.into_body());
     let (mut buf_first, mut buf_second) = (Vec::new(), Vec::new());
     send_second
