@@ -1,5 +1,6 @@
-//! WebSocket over HTTP/1.1: which requests may upgrade, what their headers keep, and the byte
-//! tunnel that opens once a backend answers `101 Switching Protocols`.
+//! WebSocket over HTTP/1.1 (and from HTTP/2 clients): which requests may upgrade, what their
+//! headers keep, and the byte tunnel that opens once a backend answers `101 Switching
+//! Protocols`.
 //!
 //! An upgrade request is forwarded like any other, except that `Connection: upgrade` and its
 //! `Upgrade` value survive hop-by-hop removal and it is never retried. Only a 101 from the
@@ -9,6 +10,13 @@
 //! `TaskTracker`, keeps its `server.max_connections` slot, and holds the request's `Exchange`:
 //! the backend's in-flight count stays up and the access-log line (status 101) is written when
 //! the tunnel ends.
+//!
+//! From HTTP/2 clients a WebSocket arrives as an RFC 8441 extended CONNECT (`:protocol
+//! websocket`). It goes to the backend as the HTTP/1.1 handshake, with a key sluice makes and
+//! whose `Sec-WebSocket-Accept` it checks; a 101 becomes the client's 200, and the tunnel joins
+//! the stream to the backend's connection. As the HTTP/2 connection keeps serving other streams,
+//! that tunnel runs in its own task on the worker's `TaskTracker` (`Runner`). Masking is the
+//! same over both protocols, so bytes are copied unchanged either way.
 
 use std::io;
 use std::pin::{pin, Pin};
