@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::config;
 use crate::framing::{self, Scanner};
 use crate::metrics::{ConnectionGauge, ListenerCounters};
-use crate::proxy::{headers, ConnContext, Proxy};
+use crate::proxy::{headers, upgrade, ConnContext, Proxy};
 use crate::state::Shared;
 use crate::tls::{Downstream, Session};
 
@@ -442,6 +442,7 @@ impl Acceptor {
             let shared = self.shared.clone();
             let (id, worker) = (self.id, self.worker);
             let shutdown = shutdown.clone();
+            let streams = tracker.clone();
             tracker.spawn(async move {
                 // The handshake runs in the connection's own task, never in the accept loop.
                 let Some((stream, tls)) = handshake(&settings, stream, peer, &shutdown).await
@@ -450,7 +451,7 @@ impl Acceptor {
                 };
                 let state = Arc::new(ConnState::new(settings.limits, Some(gauge)));
                 let ctx = ConnContext {
-                    shared,
+                    shared: shared.clone(),
                     listener: id,
                     worker,
                     peer,
@@ -458,6 +459,12 @@ impl Acceptor {
                     conn: state.clone(),
                     tls,
                     tunnel: Arc::default(),
+                    runner: upgrade::Runner {
+                        tracker: streams,
+                        shutdown: shutdown.clone(),
+                        idle: settings.timeouts.idle,
+                        shared,
+                    },
                 };
                 serve(
                     &settings.builder,
@@ -552,7 +559,9 @@ fn http_builder(settings: &config::Listener) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(Some(20))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
-        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32);
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
+        // RFC 8441: WebSockets over HTTP/2 (`proxy::upgrade`).
+        .enable_connect_protocol();
     builder
 }
 

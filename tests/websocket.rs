@@ -505,3 +505,362 @@ async fn a_tunnel_to_a_tls_backend() {
     echo(&mut ws, Message::binary(vec![9u8; 100_000])).await;
     assert_eq!(backend.seen().len(), 1);
 }
+
+// --- WebSocket over HTTP/2 (RFC 8441 extended CONNECT) ------------------------------------
+
+/// An HTTP/2 (prior knowledge) connection to sluice, once sluice's SETTINGS allowed extended
+/// CONNECT (polled with a deadline).
+async fn h2_websocket_client(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.expect("the connection is up");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client.is_extended_connect_protocol_enabled() {
+        assert!(
+            Instant::now() < deadline,
+            "sluice never advertised SETTINGS_ENABLE_CONNECT_PROTOCOL"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        client = client.ready().await.expect("the connection is up");
+    }
+    client
+}
+
+/// Sends an extended CONNECT for a WebSocket to `path` and waits for the answer's head.
+async fn h2_websocket_connect(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    authority: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (http::Response<h2::RecvStream>, h2::SendStream<bytes::Bytes>) {
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{authority}{path}"))
+        .header("sec-websocket-version", "13");
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(()).unwrap();
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (response, send) = client
+        .send_request(request, false)
+        .expect("the request was sent");
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    (response, send)
+}
+
+/// A client's frame: FIN, `opcode`, masked with `mask` (RFC 6455 section 5.3). Payloads under
+/// 126 bytes only.
+fn masked_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    frame.extend(mask);
+    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
+}
+
+/// Reads one whole server frame (unmasked, payload under 126 bytes) from `recv`, keeping what
+/// follows it in `buffer`: its first byte and payload.
+async fn read_server_frame(recv: &mut h2::RecvStream, buffer: &mut Vec<u8>) -> (u8, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if buffer.len() >= 2 {
+            assert_eq!(buffer[1] & 0x80, 0, "a server's frames are not masked");
+            let len = usize::from(buffer[1] & 0x7f);
+            assert!(len < 126, "short frames only in this test");
+            if buffer.len() >= 2 + len {
+                let first = buffer[0];
+                let payload = buffer[2..2 + len].to_vec();
+                buffer.drain(..2 + len);
+                return (first, payload);
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, recv.data())
+            .await
+            .expect("a frame arrived in time")
+            .expect("the stream is still open")
+            .expect("data");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        buffer.extend_from_slice(&chunk);
+    }
+}
+
+#[tokio::test]
+async fn an_http2_extended_connect_websocket_echoes_through_an_http1_backend() {
+    let backend = EchoBackend::start();
+    let sluice = TestSluice::start(&upgrade_config(backend.addr, "", ""));
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let authority = format!("ws.example.test:{}", sluice.addr().port());
+    let (response, mut send) = h2_websocket_connect(
+        &mut client,
+        &authority,
+        "/chat?room=2",
+        &[("sec-websocket-protocol", "chat")],
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "{response:?}"
+    );
+    let mut recv = response.into_body();
+    let mut buffer = Vec::new();
+
+    for (i, text) in ["hello over h2", "", "second message"].iter().enumerate() {
+        let frame = masked_frame(0x1, text.as_bytes(), [0x37, 0xfa, 0x21, i as u8]);
+        send.send_data(frame.into(), false).unwrap();
+        let (first, payload) = read_server_frame(&mut recv, &mut buffer).await;
+        assert_eq!(first, 0x81, "FIN + text");
+        assert_eq!(payload, text.as_bytes());
+    }
+    // A binary frame, and the close handshake through the tunnel.
+    send.send_data(
+        masked_frame(0x2, &[0, 1, 2, 255], [9, 8, 7, 6]).into(),
+        false,
+    )
+    .unwrap();
+    let (first, payload) = read_server_frame(&mut recv, &mut buffer).await;
+    assert_eq!((first, payload), (0x82, vec![0, 1, 2, 255]));
+    send.send_data(masked_frame(0x8, &[0x03, 0xe8], [1, 2, 3, 4]).into(), false)
+        .unwrap();
+    let (first, payload) = read_server_frame(&mut recv, &mut buffer).await;
+    assert_eq!(first, 0x88, "the backend's close frame");
+    assert_eq!(payload, [0x03, 0xe8]);
+
+    // The backend was asked for an HTTP/1.1 upgrade: sluice's own key, the client's version,
+    // subprotocol, authority and path.
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let headers = &seen[0];
+    assert_eq!(headers["upgrade"], "websocket");
+    assert!(
+        headers["connection"]
+            .to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("upgrade"),
+        "{headers:?}"
+    );
+    assert_eq!(headers["sec-websocket-version"], "13");
+    assert_eq!(headers["sec-websocket-protocol"], "chat");
+    assert_eq!(headers["host"], authority.as_str());
+    assert_eq!(headers["sec-websocket-key"].len(), 24, "{headers:?}");
+}
+
+#[tokio::test]
+async fn each_http2_websocket_gets_a_fresh_key_and_streams_run_side_by_side() {
+    let backend = EchoBackend::start();
+    let sluice = TestSluice::start(&upgrade_config(backend.addr, "", ""));
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let authority = sluice.addr().to_string();
+    let (first, mut send_first) = h2_websocket_connect(&mut client, &authority, "/a", &[]).await;
+    let (second, mut send_second) = h2_websocket_connect(&mut client, &authority, "/b", &[]).await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let (mut recv_first, mut recv_second) = (first.into_body(), second.into_body());
+    let (mut buf_first, mut buf_second) = (Vec::new(), Vec::new());
+    send_second
+        .send_data(masked_frame(0x1, b"to b", [1, 1, 1, 1]).into(), false)
+        .unwrap();
+    send_first
+        .send_data(masked_frame(0x1, b"to a", [2, 2, 2, 2]).into(), false)
+        .unwrap();
+    assert_eq!(
+        read_server_frame(&mut recv_second, &mut buf_second).await.1,
+        b"to b"
+    );
+    assert_eq!(
+        read_server_frame(&mut recv_first, &mut buf_first).await.1,
+        b"to a"
+    );
+    // A plain request on the same connection is still answered.
+    let request = http::Request::get(format!("http://{authority}/plain"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    // (The echo backend drops a non-WebSocket request unanswered: sluice's 502.)
+    assert_eq!(response.status(), 502, "{response:?}");
+    // The tunnels are still open.
+    send_first
+        .send_data(masked_frame(0x1, b"again", [3, 3, 3, 3]).into(), false)
+        .unwrap();
+    assert_eq!(
+        read_server_frame(&mut recv_first, &mut buf_first).await.1,
+        b"again"
+    );
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[0]["sec-websocket-key"], seen[1]["sec-websocket-key"]);
+}
+
+/// A raw HTTP/1.1 backend answering every request's head with `answer`, then holding the
+/// connection open until the peer closes it.
+async fn raw_backend(answer: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer.as_bytes()).await;
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_backend_refusing_an_http2_websocket_gives_its_status() {
+    let addr = raw_backend("HTTP/1.1 403 Forbidden\r\ncontent-length: 5\r\n\r\nno ws").await;
+    let sluice = TestSluice::start(&upgrade_config(addr, "", ""));
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, _send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 403, "{response:?}");
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    while let Some(chunk) = body.data().await {
+        got.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(got, b"no ws");
+}
+
+#[tokio::test]
+async fn an_http2_websocket_needs_a_real_switch_from_the_backend() {
+    // A 2xx that is not a 101 would read as an open tunnel to an HTTP/2 client: 502.
+    let plain = TestBackend::start("plain");
+    let sluice = TestSluice::start(&upgrade_config(plain.addr, "", ""));
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, _send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 502, "{response:?}");
+
+    // A 101 whose Sec-WebSocket-Accept does not answer sluice's key: 502.
+    let wrong = raw_backend(
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+         sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    )
+    .await;
+    let sluice = TestSluice::start(&upgrade_config(wrong, "", ""));
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, _send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 502, "{response:?}");
+}
+
+#[tokio::test]
+async fn other_extended_connect_protocols_are_refused() {
+    let backend = EchoBackend::start();
+    let sluice = TestSluice::start(&upgrade_config(backend.addr, "", ""));
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/", sluice.addr()))
+        .body(())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("connect-udp"));
+    let (response, _send) = client.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 400, "{response:?}");
+    assert!(backend.seen().is_empty());
+}
+
+/// Expects sluice's close frame (1001, going away) on an HTTP/2 WebSocket stream within 5 s and
+/// says when it came.
+async fn h2_going_away(recv: &mut h2::RecvStream, buffer: &mut Vec<u8>) -> Instant {
+    let (first, payload) = read_server_frame(recv, buffer).await;
+    let when = Instant::now();
+    assert_eq!(first, 0x88, "a close frame");
+    assert_eq!(payload, [0x03, 0xe9], "status 1001");
+    when
+}
+
+#[tokio::test]
+async fn an_idle_http2_websocket_is_closed_after_the_idle_timeout() {
+    let backend = EchoBackend::start();
+    let config = upgrade_config(backend.addr, "", "idle_timeout = \"700ms\"");
+    let sluice = TestSluice::start(&config);
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, mut send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 200);
+    let (mut recv, mut buffer) = (response.into_body(), Vec::new());
+    // Traffic keeps it open past the timeout.
+    let start = Instant::now();
+    let mut i = 0u8;
+    loop {
+        send.send_data(masked_frame(0x1, b"still here", [i, 1, 2, 3]).into(), false)
+            .unwrap();
+        let (_, payload) = read_server_frame(&mut recv, &mut buffer).await;
+        assert_eq!(payload, b"still here");
+        if start.elapsed() >= Duration::from_millis(1500) {
+            break;
+        }
+        i = i.wrapping_add(1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The last byte went through just now.
+    let quiet = Instant::now();
+    let idle = h2_going_away(&mut recv, &mut buffer).await - quiet;
+    assert!(
+        idle >= Duration::from_millis(650),
+        "closed after only {idle:?} of silence"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_an_http2_websocket_after_the_grace_period() {
+    let backend = EchoBackend::start();
+    let config = upgrade_config(backend.addr, "[server]\nshutdown_timeout = \"1s\"\n", "");
+    let sluice = TestSluice::start(&config);
+    let mut client = h2_websocket_client(sluice.addr()).await;
+    let (response, mut send) =
+        h2_websocket_connect(&mut client, &sluice.addr().to_string(), "/", &[]).await;
+    assert_eq!(response.status(), 200);
+    let (mut recv, mut buffer) = (response.into_body(), Vec::new());
+    let begun = Instant::now();
+    sluice.begin_shutdown();
+    // Within the grace period the tunnel still carries frames.
+    send.send_data(masked_frame(0x1, b"during", [5, 6, 7, 8]).into(), false)
+        .unwrap();
+    assert_eq!(read_server_frame(&mut recv, &mut buffer).await.1, b"during");
+    let took = h2_going_away(&mut recv, &mut buffer).await - begun;
+    assert!(
+        took >= Duration::from_millis(800),
+        "closed {took:?} after shutdown began, before the grace period ended"
+    );
+    let stopped = sluice.stop();
+    assert!(stopped < Duration::from_secs(3), "{stopped:?}");
+}

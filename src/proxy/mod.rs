@@ -54,6 +54,8 @@ pub struct ConnContext {
     pub tls: Option<crate::tls::Session>,
     /// A WebSocket tunnel the connection's request opened, for the connection's task to run.
     pub tunnel: Arc<upgrade::Slot>,
+    /// Where WebSocket tunnels over HTTP/2 streams run, beside their connection.
+    pub runner: upgrade::Runner,
 }
 
 /// The hyper service of one downstream connection.
@@ -208,6 +210,9 @@ impl Started {
         if let (trace::Incoming::Valid(id), Some(log)) = (trace, exchange.log_mut()) {
             log.trace_id = Some(id);
         }
+        // RFC 8441: an HTTP/2 WebSocket arrives as `CONNECT` with `:protocol websocket`; from
+        // here on it is the `GET` it goes to the backend as.
+        let connect = upgrade::Pending::connect(&mut req, &ctx.runner);
         let facts = headers::Facts::of(req.headers());
         check_limits(listener, &req, facts.head_bytes)?;
         headers::check_request_with(&req, &facts)?;
@@ -243,7 +248,7 @@ impl Started {
             log.pool = Some(pool.name.clone());
         }
 
-        let upgrade = upgrade::Pending::of(&mut req, &ctx.tunnel);
+        let upgrade = connect.or_else(|| upgrade::Pending::of(&mut req, &ctx.tunnel));
         let pick = Pick {
             key: pool
                 .hash_key

@@ -1,5 +1,6 @@
-//! WebSocket over HTTP/1.1: which requests may upgrade, what their headers keep, and the byte
-//! tunnel that opens once a backend answers `101 Switching Protocols`.
+//! WebSocket over HTTP/1.1 (and from HTTP/2 clients): which requests may upgrade, what their
+//! headers keep, and the byte tunnel that opens once a backend answers `101 Switching
+//! Protocols`.
 //!
 //! An upgrade request is forwarded like any other, except that `Connection: upgrade` and its
 //! `Upgrade` value survive hop-by-hop removal and it is never retried. Only a 101 from the
@@ -9,6 +10,13 @@
 //! `TaskTracker`, keeps its `server.max_connections` slot, and holds the request's `Exchange`:
 //! the backend's in-flight count stays up and the access-log line (status 101) is written when
 //! the tunnel ends.
+//!
+//! From HTTP/2 clients a WebSocket arrives as an RFC 8441 extended CONNECT (`:protocol
+//! websocket`). It goes to the backend as the HTTP/1.1 handshake, with a key sluice makes and
+//! whose `Sec-WebSocket-Accept` it checks; a 101 becomes the client's 200, and the tunnel joins
+//! the stream to the backend's connection. As the HTTP/2 connection keeps serving other streams,
+//! that tunnel runs in its own task on the worker's `TaskTracker` (`Runner`). Masking is the
+//! same over both protocols, so bytes are copied unchanged either way.
 
 use std::io;
 use std::pin::{pin, Pin};
@@ -57,13 +65,36 @@ impl Slot {
     }
 }
 
+/// Where WebSocket tunnels over HTTP/2 run. An HTTP/2 connection goes on serving other streams
+/// while one of its streams is a tunnel, so the tunnel cannot wait for the connection to end:
+/// it runs in its own task on the worker's `TaskTracker`, with the connection's idle timeout
+/// and shutdown token. (The connection itself stays open while the tunnel's stream is.)
+#[derive(Debug, Clone)]
+pub struct Runner {
+    pub tracker: tokio_util::task::TaskTracker,
+    pub shutdown: CancellationToken,
+    pub idle: Duration,
+    pub shared: Arc<Shared>,
+}
+
 /// A WebSocket upgrade request on its way to a backend.
 #[derive(Debug)]
 pub struct Pending {
     client: OnUpgrade,
-    /// The request's `Upgrade` value, forwarded as it came.
-    protocol: HeaderValue,
-    slot: Arc<Slot>,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// HTTP/1.1 Upgrade: the request's `Upgrade` value, forwarded as it came; the tunnel is
+    /// left in the connection's slot.
+    Upgrade {
+        protocol: HeaderValue,
+        slot: Arc<Slot>,
+    },
+    /// RFC 8441 extended CONNECT over HTTP/2, sent to the backend as an HTTP/1.1 Upgrade with
+    /// this `Sec-WebSocket-Key` (sluice's own); the tunnel runs on `runner`.
+    Connect { key: HeaderValue, runner: Runner },
 }
 
 impl Pending {
@@ -85,16 +116,97 @@ impl Pending {
         }
         Some(Pending {
             client: hyper::upgrade::on(req),
-            protocol,
-            slot: slot.clone(),
+            kind: Kind::Upgrade {
+                protocol,
+                slot: slot.clone(),
+            },
         })
     }
 
-    /// Puts back what hop-by-hop removal took and the backend needs to see.
+    /// `Some` for an RFC 8441 WebSocket request: HTTP/2 `CONNECT` with `:protocol websocket`.
+    /// The request becomes the `GET` it is sent to the backend as; any other `CONNECT` is left
+    /// alone (and refused).
+    pub fn connect(req: &mut Request<Incoming>, runner: &Runner) -> Option<Pending> {
+        if req.version() != Version::HTTP_2 || req.method() != Method::CONNECT {
+            return None;
+        }
+        let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
+        if !protocol
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(b"websocket")
+        {
+            return None;
+        }
+        *req.method_mut() = Method::GET;
+        Some(Pending {
+            client: hyper::upgrade::on(&mut *req),
+            kind: Kind::Connect {
+                key: new_key(),
+                runner: runner.clone(),
+            },
+        })
+    }
+
+    /// Puts back what hop-by-hop removal took and the backend needs to see (for extended
+    /// CONNECT: the whole HTTP/1.1 handshake, with sluice's key).
     pub fn restore(&self, headers: &mut HeaderMap) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, self.protocol.clone());
+        match &self.kind {
+            Kind::Upgrade { protocol, .. } => {
+                headers.insert(header::UPGRADE, protocol.clone());
+            }
+            Kind::Connect { key, .. } => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+                headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+            }
+        }
     }
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 section 4.1). The key only
+/// proves the backend speaks WebSocket; it needs no secrecy, so `RandomState`'s per-instance
+/// random keys are random enough.
+fn new_key() -> HeaderValue {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&state.hash_one(1u8).to_le_bytes());
+    bytes[8..].copy_from_slice(&state.hash_one(2u8).to_le_bytes());
+    HeaderValue::from_str(&base64(&bytes)).expect("base64 is a valid header value")
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with: base64 of the SHA-1 of the key
+/// and the RFC 6455 GUID.
+fn accept_of(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key);
+    ctx.update(GUID);
+    base64(ctx.finish().as_ref())
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// `value` lists `websocket` as its only protocol (RFC 6455 section 4.1).
@@ -116,7 +228,7 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &[u8]) -> boo
 }
 
 /// The client's answer to an upgrade request: a backend's 101 opens the tunnel (left in the
-/// connection's slot), anything else is answered as usual.
+/// connection's slot, or run beside an HTTP/2 connection), anything else is answered as usual.
 pub(super) fn respond(
     started: Started,
     result: Result<(Response<Incoming>, Option<Duration>), ProxyError>,
@@ -125,6 +237,12 @@ pub(super) fn respond(
     let (mut response, upstream_time) = match result {
         Ok((response, time)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             (response, time)
+        }
+        // To an HTTP/2 client any 2xx would mean the tunnel is open: only a 101 may say so.
+        Ok((response, _))
+            if response.status().is_success() && matches!(pending.kind, Kind::Connect { .. }) =>
+        {
+            return started.fail(&ProxyError::BadSwitch);
         }
         other => return started.respond(other),
     };
@@ -139,23 +257,65 @@ pub(super) fn respond(
         return started.fail(&ProxyError::BadSwitch);
     };
     let backend = hyper::upgrade::on(&mut response);
+    let (slot, runner) = match pending.kind {
+        Kind::Upgrade { slot, .. } => (Some(slot), None),
+        Kind::Connect { key, runner } => {
+            // sluice made the backend's handshake, so it checks the answer a client would.
+            let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+            if accept.is_none_or(|a| a.as_bytes() != accept_of(key.as_bytes()).as_bytes()) {
+                return started.fail(&ProxyError::BadSwitch);
+            }
+            (None, Some(runner))
+        }
+    };
+    let mut exchange = started.exchange;
+    if let Some(log) = exchange.log_mut() {
+        log.upstream = upstream_time;
+    }
+    let tunnel = |exchange| Tunnel {
+        client: pending.client,
+        backend,
+        exchange,
+    };
+    if let Some(runner) = runner {
+        // RFC 8441 section 5: a 200 opens the stream's tunnel; the negotiated subprotocol and
+        // extensions are end-to-end, nothing else of the 101 is.
+        let mut answer = Response::new(ResponseBody::local("", None));
+        let headers = answer.headers_mut();
+        for name in [
+            header::SEC_WEBSOCKET_PROTOCOL,
+            header::SEC_WEBSOCKET_EXTENSIONS,
+        ] {
+            for value in response.headers().get_all(&name) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        headers.insert(X_REQUEST_ID.clone(), started.request_id.clone());
+        if let Some(hsts) = started.hsts {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
+        exchange.set_status(StatusCode::OK);
+        let tunnel = tunnel(exchange);
+        let Runner {
+            tracker,
+            shutdown,
+            idle,
+            shared,
+        } = runner;
+        tracker.spawn(async move { tunnel.run(idle, &shutdown, &shared).await });
+        return answer;
+    }
     let headers = response.headers_mut();
     headers::strip_hop_by_hop(headers);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
     headers.insert(X_REQUEST_ID.clone(), started.request_id.clone());
-    let mut exchange = started.exchange;
     exchange.set_status(StatusCode::SWITCHING_PROTOCOLS);
-    if let Some(log) = exchange.log_mut() {
-        log.upstream = upstream_time;
-    }
     // From here on the client's bytes are WebSocket frames, not HTTP heads.
     exchange.conn().open_tunnel();
-    pending.slot.put(Tunnel {
-        client: pending.client,
-        backend,
-        exchange,
-    });
+    if let Some(slot) = slot {
+        slot.put(tunnel(exchange));
+    }
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, ResponseBody::local("", None))
 }
@@ -528,6 +688,23 @@ mod tests {
             .collect();
         assert_eq!(unmasked, GOING_AWAY_FROM_SERVER[2..]);
         assert_eq!(u16::from_be_bytes([unmasked[0], unmasked[1]]), 1001);
+    }
+
+    #[test]
+    fn the_accept_value_is_the_rfc_6455_one() {
+        // RFC 6455 section 1.3's example.
+        assert_eq!(
+            accept_of(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        let (a, b) = (new_key(), new_key());
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
     }
 
     #[test]
