@@ -33,6 +33,9 @@ pub struct CountingConnector {
     inner: HttpConnector,
     opened: Arc<AtomicU64>,
     tls: Option<UpstreamTls>,
+    /// HTTP/2 pools: the one backend this client reaches, whatever the request URI's authority
+    /// (which then carries the client's host, as HTTP/2's `:authority`).
+    fixed: Option<Authority>,
 }
 
 impl std::fmt::Debug for CountingConnector {
@@ -61,6 +64,15 @@ impl tower_service::Service<http::Uri> for CountingConnector {
 
     /// Boxed: connections are opened rarely next to the requests that reuse them.
     fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let uri = match &self.fixed {
+            Some(backend) => {
+                let mut parts = uri.into_parts();
+                parts.authority = Some(backend.clone());
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                http::Uri::from_parts(parts).expect("scheme and a socket address make a URI")
+            }
+            None => uri,
+        };
         let connecting = self.inner.call(uri);
         let opened = self.opened.clone();
         let tls = self.tls.clone();
@@ -218,9 +230,12 @@ pub struct Pool {
     pub failing_open: AtomicBool,
     /// Retries on another backend (`None`: off).
     pub retry: Option<RetryPolicy>,
-    /// One client per worker, indexed by the worker's number.
     /// Cheap to clone: a clone shares the client's connection pool.
+    /// HTTP/1.1 pools: one per worker. HTTP/2 and `auto` pools: one per backend and worker
+    /// (`backend * workers + worker`), each dialing its backend.
     clients: Box<[UpstreamClient]>,
+    /// Worker count the clients were made for.
+    workers: usize,
     /// Upstream connections its clients have opened, kept across reloads.
     pub connections_opened: Arc<AtomicU64>,
     /// `[pool.NAME.tls]`: requests go to `https://` URIs; health checks use it too.
@@ -243,32 +258,56 @@ impl Pool {
     pub fn build(cfg: &config::Pool, workers: usize, previous: Option<&Pool>) -> Pool {
         let connections_opened =
             previous.map_or_else(Arc::default, |old| old.connections_opened.clone());
-        let (clients, upstream_tls) = match previous {
-            Some(old)
-                if old.timeouts == cfg.timeouts
-                    && old.tls == cfg.tls
-                    && old.protocol == cfg.protocol
-                    && old.clients.len() == workers.max(1) =>
-            {
-                (old.clients.clone(), old.upstream_tls.clone())
+        let workers = workers.max(1);
+        let same_settings = previous.filter(|old| {
+            old.timeouts == cfg.timeouts
+                && old.tls == cfg.tls
+                && old.protocol == cfg.protocol
+                && old.workers == workers
+        });
+        let upstream_tls = match same_settings {
+            Some(old) => old.upstream_tls.clone(),
+            None => cfg
+                .tls
+                .as_ref()
+                .map(|tls| UpstreamTls::new(tls, cfg.timeouts.connect, cfg.protocol)),
+        };
+        let build = |fixed: Option<Authority>| {
+            (0..workers)
+                .map(|_| {
+                    build_client(
+                        &cfg.timeouts,
+                        cfg.protocol,
+                        &connections_opened,
+                        upstream_tls.clone(),
+                        fixed.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let clients: Box<[UpstreamClient]> = if cfg.protocol == config::Protocol::Http1 {
+            match same_settings {
+                Some(old) => old.clients.clone(),
+                None => build(None).into(),
             }
-            _ => {
-                let tls = cfg
-                    .tls
-                    .as_ref()
-                    .map(|tls| UpstreamTls::new(tls, cfg.timeouts.connect, cfg.protocol));
-                let clients = (0..workers.max(1))
-                    .map(|_| {
-                        build_client(
-                            &cfg.timeouts,
-                            cfg.protocol,
-                            &connections_opened,
-                            tls.clone(),
-                        )
+        } else {
+            // HTTP/2 (or maybe HTTP/2): one client per backend and worker, each dialing its
+            // backend, so that a request's URI can carry the client's host as `:authority`. A
+            // backend kept by a reload keeps its clients and their connections.
+            cfg.backends
+                .iter()
+                .flat_map(|b| {
+                    let kept = same_settings.and_then(|old| {
+                        let i = old.backends.iter().position(|o| o.addr == b.resolved)?;
+                        Some(old.clients[i * workers..(i + 1) * workers].to_vec())
+                    });
+                    kept.unwrap_or_else(|| {
+                        let authority = Authority::try_from(b.resolved.to_string().as_str())
+                            .expect("a socket address is a valid authority");
+                        build(Some(authority))
                     })
-                    .collect();
-                (clients, tls)
-            }
+                })
+                .collect()
         };
         if let Some(tls) = &upstream_tls {
             tls.set_names(&cfg.backends);
@@ -323,6 +362,7 @@ impl Pool {
                 RetryPolicy::new(settings, previous.and_then(|old| old.retry.as_ref()))
             }),
             clients,
+            workers,
             connections_opened,
             tls: cfg.tls.clone(),
             upstream_tls,
@@ -336,10 +376,15 @@ impl Pool {
             .find(|b| *b.address == *cfg.address && b.addr == cfg.resolved)
     }
 
-    /// The client of `worker`; a worker number beyond the pool's (never expected) falls back to
-    /// the first client rather than failing the request.
-    pub fn client(&self, worker: usize) -> &UpstreamClient {
-        self.clients.get(worker).unwrap_or(&self.clients[0])
+    /// The client `worker` uses for `backend`; a worker number beyond the pool's (never
+    /// expected) falls back to the first worker's rather than failing the request.
+    pub fn client(&self, backend: usize, worker: usize) -> &UpstreamClient {
+        let worker = if worker < self.workers { worker } else { 0 };
+        let index = match self.protocol {
+            config::Protocol::Http1 => worker,
+            config::Protocol::H2 | config::Protocol::Auto => backend * self.workers + worker,
+        };
+        &self.clients[index]
     }
 }
 
@@ -348,6 +393,7 @@ fn build_client(
     protocol: config::Protocol,
     opened: &Arc<AtomicU64>,
     tls: Option<UpstreamTls>,
+    fixed: Option<Authority>,
 ) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -381,6 +427,7 @@ fn build_client(
             inner: connector,
             opened: opened.clone(),
             tls,
+            fixed,
         })
 }
 

@@ -115,8 +115,10 @@ async fn an_http1_client_reaches_an_http2_backend() {
         seen.body, "hello world",
         "a body of unknown length, framed by HTTP/2"
     );
-    // The client's Host is kept; nothing connection-specific crosses into HTTP/2.
-    assert_eq!(seen.headers["host"], "app.example");
+    // The client's Host is kept, as HTTP/2's `:authority` (RFC 9113: no `host` header that
+    // could differ from it); nothing connection-specific crosses into HTTP/2.
+    assert_eq!(seen.uri.authority().unwrap().as_str(), "app.example");
+    assert!(!seen.headers.contains_key("host"), "{:?}", seen.headers);
     assert_eq!(seen.headers["x-forwarded-host"], "app.example");
     assert_eq!(seen.headers["te"], "trailers");
     for name in [
@@ -218,4 +220,26 @@ async fn grpc_trailers_reach_an_http1_client_that_accepts_them() {
         .clone();
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(trailers["grpc-message"], "fine");
+}
+
+/// sluice behind sluice over HTTP/2: the inner one is strict about `:authority` and `Host`
+/// agreeing (RFC 9113), so this only works when the outer one sends the client's host as the
+/// authority and no `Host` that differs from it.
+#[tokio::test]
+async fn an_http2_hop_is_accepted_by_a_strict_http2_server() {
+    let backend = TestBackend::start("inner-backend");
+    let inner = TestSluice::start(&config_with(&[backend.addr], "", "", ""));
+    let outer = TestSluice::start(&config_with(&[inner.addr()], "", "", "protocol = \"h2\""));
+    let request = Request::get(outer.url("/x"))
+        .header("host", "site.example")
+        .body(full(""))
+        .unwrap();
+    let got = support::send(request).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.text(), "inner-backend");
+    let seen = backend.seen();
+    assert_eq!(
+        seen[0].headers["host"], "site.example",
+        "the client's host, end to end"
+    );
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{self, ResponseFuture};
@@ -70,7 +70,17 @@ impl Upstream {
         } else {
             Scheme::HTTP
         });
-        uri.authority = Some(backend.authority.clone());
+        uri.authority = Some(match pool.protocol {
+            Protocol::Http1 => backend.authority.clone(),
+            // HTTP/2 takes `:authority` from the URI: the client's host, as HTTP/2 wants it
+            // (the backend's own client dials the backend whatever the authority says), and no
+            // `Host` beside it (hyper-util writes one from the URI if `auto` ends up HTTP/1.1).
+            Protocol::H2 | Protocol::Auto => parts
+                .headers
+                .remove(http::header::HOST)
+                .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                .unwrap_or_else(|| backend.authority.clone()),
+        });
         uri.path_and_query = Some(path);
         parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
         parts.version = match pool.protocol {
@@ -94,7 +104,7 @@ impl Upstream {
             worker,
             backend: backend_index,
             response: pool
-                .client(worker)
+                .client(backend_index, worker)
                 .request(Request::from_parts(parts, body)),
             deadline: now + pool.timeouts.request,
             client_deadline: false,
@@ -151,7 +161,7 @@ impl Upstream {
                     *req.method_mut() = method.clone();
                     *req.uri_mut() = uri.clone();
                     *req.headers_mut() = headers.clone();
-                    self.response = pool.client(self.worker).request(req);
+                    self.response = pool.client(self.backend, self.worker).request(req);
                 }
                 _ => {
                     let error = failure.into_proxy_error();
