@@ -134,10 +134,6 @@ impl Exchange {
         }
     }
 
-    pub fn start(&self) -> Instant {
-        self.start
-    }
-
     /// The downstream connection the request arrived on.
     pub fn conn(&self) -> &crate::listener::ConnState {
         self._active.conn()
