@@ -292,6 +292,7 @@ async fn serve_worker(
 ) -> io::Result<()> {
     let tracker = TaskTracker::new();
     let mut acceptors = Vec::new();
+    tokio::spawn(sweep_idle(shared.clone(), worker, shutdown.clone()));
     loop {
         let command = tokio::select! {
             command = commands.recv() => command,
@@ -331,6 +332,27 @@ async fn serve_worker(
         );
     }
     Ok(())
+}
+
+/// Closes this worker's idle upstream connections (`upstream::h1`) that have outlived their
+/// pool's idle timeout or that their backend has closed, so that none lingers half-closed once
+/// traffic stops.
+async fn sweep_idle(shared: Arc<Shared>, worker: usize, shutdown: CancellationToken) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let snapshot = shared.snapshot();
+        for pool in &snapshot.pools {
+            for backend in &pool.backends {
+                backend.idle.sweep(worker, pool.timeouts.idle);
+            }
+        }
+    }
 }
 
 /// The control runtime, on a thread of its own so that neither probes, reloads nor admin

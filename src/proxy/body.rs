@@ -16,6 +16,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::error::BoxError;
 use super::exchange::Exchange;
 use crate::listener::ConnState;
 
@@ -276,9 +277,55 @@ impl Body for UpstreamBody {
     }
 }
 
+/// A backend's response body, from hyper's client or sluice's own (`upstream::h1`).
+#[derive(Debug)]
+pub enum FromBackend {
+    Hyper(Incoming),
+    H1(crate::upstream::h1::Body),
+}
+
+impl FromBackend {
+    /// hyper's body, which an upgrade needs (upgrades always take hyper's client).
+    pub fn into_hyper(self) -> Option<Incoming> {
+        match self {
+            FromBackend::Hyper(body) => Some(body),
+            FromBackend::H1(_) => None,
+        }
+    }
+}
+
+impl Body for FromBackend {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            FromBackend::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            FromBackend::H1(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            FromBackend::Hyper(body) => body.is_end_stream(),
+            FromBackend::H1(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            FromBackend::Hyper(body) => body.size_hint(),
+            FromBackend::H1(body) => body.size_hint(),
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Content {
-    Upstream(Incoming),
+    Upstream(FromBackend),
     Local(Option<Bytes>),
 }
 
@@ -290,7 +337,7 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, exchange: Exchange) -> ResponseBody {
+    pub fn upstream(body: FromBackend, exchange: Exchange) -> ResponseBody {
         ResponseBody {
             content: Content::Upstream(body),
             exchange: Some(exchange),
@@ -316,12 +363,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let frame = match &mut this.content {
             Content::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),

@@ -3,6 +3,9 @@
 
 use http::StatusCode;
 
+/// A failure of either upstream client (hyper's, or `upstream::h1`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Who caused a failure: decides the status class and whether a retry elsewhere may help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -35,9 +38,9 @@ pub enum ProxyError {
     #[error("every backend of the pool is at its connection limit")]
     Overloaded,
     #[error("connecting to the backend failed: {0}")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] BoxError),
     #[error("the backend failed: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] BoxError),
     #[error("the backend did not answer in time")]
     Timeout,
     #[error("the listener was removed by a reload and is draining")]

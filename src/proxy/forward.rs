@@ -10,17 +10,22 @@ use std::time::Duration;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Method, Request, Response, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{self, ResponseFuture};
 use tokio::time::Instant;
 
-use super::body::{BodyError, UpstreamBody};
+use super::body::{BodyError, FromBackend, UpstreamBody};
 use super::error::ProxyError;
 use crate::config::{Protocol, RetryOn};
 use crate::health::outlier::Verdict;
 use crate::metrics;
 use crate::state::Snapshot;
-use crate::upstream::Pool;
+use crate::upstream::{h1, Pool};
+
+/// A response head from a backend, with the body still to come.
+pub type BackendResponse = Response<FromBackend>;
+
+/// The outcome of one attempt: the response and, when timed, how long the backend took.
+pub type Outcome = Result<(BackendResponse, Option<Duration>), ProxyError>;
 
 /// Extra attempts on a fresh connection after a stale pooled one failed. Each stale connection
 /// fails at once, so a small bound covers a backend that closed several idle connections.
@@ -31,7 +36,7 @@ pub struct Upstream {
     pool: usize,
     worker: usize,
     backend: usize,
-    response: ResponseFuture,
+    response: Pending,
     deadline: Instant,
     /// The deadline is the client's (a gRPC call's), not the pool's: its passing says nothing
     /// about the backend.
@@ -46,9 +51,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the upstream request and hands it to the worker's client. Synchronous: the
-    /// exchange itself happens in `finish`. The response head must come within the pool's
-    /// request timeout (`limit` may bring that forward).
+    /// Builds the upstream request and hands it to the worker's client: sluice's own HTTP/1.1
+    /// client (`upstream::h1`) for a bodiless request that may be sent twice to a plain HTTP/1.1
+    /// pool (most traffic), hyper's otherwise. Synchronous: the exchange itself happens in
+    /// `finish`. The response head must come within the pool's request timeout (`limit` may
+    /// bring that forward).
     pub fn start(
         pool_index: usize,
         worker: usize,
@@ -59,6 +66,30 @@ impl Upstream {
         timed: bool,
     ) -> Upstream {
         let backend = &pool.backends[backend_index];
+        let now = Instant::now();
+        if pool.protocol == Protocol::Http1
+            && pool.tls.is_none()
+            && matches!(body, UpstreamBody::Empty)
+            && is_idempotent(&parts.method)
+            && !parts.headers.contains_key(http::header::UPGRADE)
+        {
+            let dial = h1::Dial {
+                timeout: pool.timeouts.connect,
+                opened: &pool.connections_opened,
+            };
+            let exchange = h1::Exchange::start(backend, worker, &parts, pool.timeouts.idle, dial);
+            return Upstream {
+                pool: pool_index,
+                worker,
+                backend: backend_index,
+                response: Pending::H1(exchange),
+                deadline: now + pool.timeouts.request,
+                client_deadline: false,
+                replay: None,
+                sent: now,
+                timed,
+            };
+        }
         let path = parts
             .uri
             .path_and_query()
@@ -98,14 +129,14 @@ impl Upstream {
                     parts.headers.clone(),
                 )
             });
-        let now = Instant::now();
         Upstream {
             pool: pool_index,
             worker,
             backend: backend_index,
-            response: pool
-                .client(backend_index, worker)
-                .request(Request::from_parts(parts, body)),
+            response: Pending::Hyper(
+                pool.client(backend_index, worker)
+                    .request(Request::from_parts(parts, body)),
+            ),
             deadline: now + pool.timeouts.request,
             client_deadline: false,
             replay,
@@ -126,10 +157,7 @@ impl Upstream {
     /// Waits for the backend's response head within the pool's request timeout, retrying the
     /// keep-alive race on a fresh connection. Returns the response and, when timed, how long
     /// the backend took.
-    pub async fn finish(
-        mut self,
-        snapshot: &Snapshot,
-    ) -> Result<(Response<Incoming>, Option<Duration>), ProxyError> {
+    pub async fn finish(mut self, snapshot: &Snapshot) -> Outcome {
         let pool = &snapshot.pools[self.pool];
         let backend = &pool.backends[self.backend];
         let mut retries = 0;
@@ -147,9 +175,20 @@ impl Upstream {
                     record_outcome(&snapshot.pools[self.pool], self.backend, !failed);
                     return Ok((response, self.timed.then_some(took)));
                 }
-                Ok(Err(e)) => Failure::Client(e),
+                Ok(Err(e)) => e,
                 Err(_) => Failure::Timeout,
             };
+            if let (Failure::H1(e), Pending::H1(exchange)) = (&failure, &mut self.response) {
+                if retries < STALE_RETRIES && exchange.reused() && e.is_stale_connection() {
+                    retries += 1;
+                    tracing::debug!(backend = %backend.address, "pooled connection was closed; retrying on a fresh one");
+                    exchange.retry_fresh(h1::Dial {
+                        timeout: pool.timeouts.connect,
+                        opened: &pool.connections_opened,
+                    });
+                    continue;
+                }
+            }
             match (&failure, &self.replay) {
                 (Failure::Client(e), Some(head))
                     if retries < STALE_RETRIES && is_stale_connection(e) =>
@@ -161,7 +200,8 @@ impl Upstream {
                     *req.method_mut() = method.clone();
                     *req.uri_mut() = uri.clone();
                     *req.headers_mut() = headers.clone();
-                    self.response = pool.client(self.backend, self.worker).request(req);
+                    self.response =
+                        Pending::Hyper(pool.client(self.backend, self.worker).request(req));
                 }
                 _ => {
                     let error = failure.into_proxy_error();
@@ -227,9 +267,7 @@ fn record_outcome(pool: &Arc<Pool>, index: usize, success: bool) {
 }
 
 /// Which retry condition (`retry.on`) an attempt's outcome meets, if any.
-pub fn retry_condition(
-    result: &Result<(Response<Incoming>, Option<Duration>), ProxyError>,
-) -> Option<Condition> {
+pub fn retry_condition(result: &Outcome) -> Option<Condition> {
     match result {
         Ok((response, _)) => match response.status().as_u16() {
             502 => Some(Condition::Status502),
@@ -238,7 +276,7 @@ pub fn retry_condition(
             _ => None,
         },
         Err(ProxyError::Connect(_)) => Some(Condition::ConnectFailure),
-        Err(ProxyError::Upstream(e)) if is_stale_connection(e) => Some(Condition::Reset),
+        Err(ProxyError::Upstream(e)) if is_stale_connection(&**e) => Some(Condition::Reset),
         Err(ProxyError::Upstream(_)) => Some(Condition::Status502),
         Err(ProxyError::Timeout) => Some(Condition::Status504),
         Err(_) => None,
@@ -267,8 +305,41 @@ impl Condition {
     }
 }
 
+/// The response head on its way, from one client or the other.
+enum Pending {
+    Hyper(ResponseFuture),
+    H1(h1::Exchange),
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<BackendResponse, Failure>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::ready;
+        use std::task::Poll;
+        match self.get_mut() {
+            Pending::Hyper(future) => {
+                Poll::Ready(match ready!(std::pin::Pin::new(future).poll(cx)) {
+                    Ok(response) => Ok(response.map(FromBackend::Hyper)),
+                    Err(e) => Err(Failure::Client(e)),
+                })
+            }
+            Pending::H1(exchange) => {
+                Poll::Ready(match ready!(std::pin::Pin::new(exchange).poll(cx)) {
+                    Ok(response) => Ok(response.map(FromBackend::H1)),
+                    Err(e) => Err(Failure::H1(e)),
+                })
+            }
+        }
+    }
+}
+
 enum Failure {
     Client(legacy::Error),
+    H1(h1::Error),
     Timeout,
 }
 
@@ -276,14 +347,16 @@ impl Failure {
     fn into_proxy_error(self) -> ProxyError {
         match self {
             Failure::Timeout => ProxyError::Timeout,
-            Failure::Client(e) if e.is_connect() => ProxyError::Connect(e),
+            Failure::H1(h1::Error::Connect(e)) => ProxyError::Connect(e.into()),
+            Failure::H1(e) => ProxyError::Upstream(e.into()),
+            Failure::Client(e) if e.is_connect() => ProxyError::Connect(e.into()),
             Failure::Client(e) => match body_error(&e) {
                 Some(BodyError::TooLarge) => ProxyError::BodyTooLarge,
                 Some(BodyError::TimedOut) => ProxyError::BodyTimeout,
                 // The client's own body was malformed or cut: not the backend's fault.
                 Some(BodyError::Client(_)) => ProxyError::BadRequest("invalid request body\n"),
                 // Superseded: only an abandoned attempt's body says so, never the live one's.
-                Some(BodyError::Superseded) | None => ProxyError::Upstream(e),
+                Some(BodyError::Superseded) | None => ProxyError::Upstream(e.into()),
             },
         }
     }
@@ -298,9 +371,14 @@ pub fn is_idempotent(method: &Method) -> bool {
 
 /// The connection died before any response byte: closed, reset or cut mid-message. On a
 /// pooled connection this is the keep-alive race, not a verdict on the backend.
-fn is_stale_connection(e: &legacy::Error) -> bool {
-    if e.is_connect() {
-        return false;
+fn is_stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = e.downcast_ref::<legacy::Error>() {
+        if e.is_connect() {
+            return false;
+        }
+    }
+    if let Some(e) = e.downcast_ref::<h1::Error>() {
+        return e.is_stale_connection();
     }
     let mut source = e.source();
     while let Some(err) = source {

@@ -402,7 +402,7 @@ impl Started {
     fn retry(
         &mut self,
         out: &mut Outgoing,
-        result: &Result<(Response<Incoming>, Option<std::time::Duration>), ProxyError>,
+        result: &forward::Outcome,
     ) -> Option<forward::Upstream> {
         let pool = &self.snapshot.pools[out.pool];
         let policy = pool.retry.as_ref()?;
@@ -447,10 +447,7 @@ impl Started {
     }
 
     /// The client's answer from the backend's response, or a local answer for a failure.
-    fn respond(
-        mut self,
-        result: Result<(Response<Incoming>, Option<std::time::Duration>), ProxyError>,
-    ) -> Response<ResponseBody> {
+    fn respond(mut self, result: forward::Outcome) -> Response<ResponseBody> {
         match result {
             Ok((mut response, upstream_time)) => {
                 headers::strip_hop_by_hop(response.headers_mut());

@@ -231,10 +231,10 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &[u8]) -> boo
 /// connection's slot, or run beside an HTTP/2 connection), anything else is answered as usual.
 pub(super) fn respond(
     started: Started,
-    result: Result<(Response<Incoming>, Option<Duration>), ProxyError>,
+    result: super::forward::Outcome,
     pending: Pending,
 ) -> Response<ResponseBody> {
-    let (mut response, upstream_time) = match result {
+    let (response, upstream_time) = match result {
         Ok((response, time)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             (response, time)
         }
@@ -256,6 +256,12 @@ pub(super) fn respond(
         // not ask for.
         return started.fail(&ProxyError::BadSwitch);
     };
+    // Upgrades always take hyper's client (`forward::Upstream::start`).
+    let (head, body) = response.into_parts();
+    let Some(body) = body.into_hyper() else {
+        return started.fail(&ProxyError::BadSwitch);
+    };
+    let mut response = Response::from_parts(head, body);
     let backend = hyper::upgrade::on(&mut response);
     let (slot, runner) = match pending.kind {
         Kind::Upgrade { slot, .. } => (Some(slot), None),

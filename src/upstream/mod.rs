@@ -23,6 +23,8 @@ use crate::metrics::BackendMetrics;
 use crate::proxy::body::UpstreamBody;
 use crate::tls::{UpstreamIo, UpstreamTls};
 
+pub mod h1;
+
 /// The HTTP client one worker uses to reach every backend of one pool.
 pub type UpstreamClient = Client<CountingConnector, UpstreamBody>;
 
@@ -114,11 +116,18 @@ pub struct Backend {
     total: AtomicU64,
     /// Its requests by listener and status, and its response times.
     pub metrics: BackendMetrics,
+    /// Idle connections of sluice's own HTTP/1.1 client, per worker (`h1`).
+    pub idle: h1::Idle,
 }
 
 impl Backend {
     /// A new backend; `checked`: its pool has active checks, so it starts unhealthy.
-    pub fn new(cfg: &config::Backend, checked: bool, waiters: Arc<Waiters>) -> Backend {
+    pub fn new(
+        cfg: &config::Backend,
+        checked: bool,
+        waiters: Arc<Waiters>,
+        workers: usize,
+    ) -> Backend {
         let authority = Authority::try_from(cfg.resolved.to_string().as_str())
             .expect("a socket address is a valid authority");
         Backend {
@@ -133,6 +142,7 @@ impl Backend {
             active: AtomicU64::new(0),
             total: AtomicU64::new(0),
             metrics: BackendMetrics::default(),
+            idle: h1::Idle::new(workers),
         }
     }
 
@@ -326,7 +336,7 @@ impl Pool {
                     }
                     kept.clone()
                 }
-                None => Arc::new(Backend::new(b, checked, waiters.clone())),
+                None => Arc::new(Backend::new(b, checked, waiters.clone(), workers)),
             })
             .collect();
         let specs: Vec<BackendSpec> = cfg

@@ -1,0 +1,356 @@
+//! The two heads of an HTTP/1.1 exchange: the request head sluice writes, and the response head
+//! it reads, with the framing of the body that follows (RFC 9112 §6.3).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+
+use super::Error;
+
+/// Response heads with more fields are refused (hyper's client allows 100 too).
+const MAX_HEADERS: usize = 100;
+
+/// Writes `parts` as an HTTP/1.1 request head into `out` (cleared first). `host`: the `Host` to
+/// send when the request has none (an HTTP/1.0 client's).
+pub fn encode(parts: &Parts, host: &str, out: &mut Vec<u8>) {
+    out.clear();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(http::header::HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // A PUT without a body still says so: some servers refuse one without a length (411).
+    if parts.method == Method::PUT && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 204, 304, or a length of 0).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+pub struct Head {
+    pub response: Response<()>,
+    pub framing: Framing,
+    /// The connection may carry another request once the body is read.
+    pub keep_alive: bool,
+}
+
+pub enum Parsed {
+    /// More bytes needed.
+    Partial,
+    /// A 1xx informational head, consumed: the final response follows.
+    Informational,
+    Complete(Head),
+}
+
+/// Parses the response head at the start of `buf`; a complete head is split off `buf` (its
+/// header values share the bytes read, nothing is copied), leaving the body's first bytes.
+pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(Error::Invalid("too many response header fields"))
+        }
+        Err(_) => return Err(Error::Invalid("malformed response head")),
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
+    if status.is_informational() {
+        // 100 Continue, 102, 103 Early Hints: nothing to forward. A 101 was never asked for
+        // (upgrades take hyper's client), so it cannot be honoured.
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::Invalid("101 to a request that asked for no upgrade"));
+        }
+        buf.advance(len);
+        return Ok(Parsed::Informational);
+    }
+    let http10 = response.version == Some(0);
+    let base = buf.as_ptr() as usize;
+    let mut indices = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut facts = Facts::default();
+    for (slot, header) in indices.iter_mut().zip(response.headers.iter()) {
+        facts.note(header.name, header.value)?;
+        let name = header.name.as_ptr() as usize - base;
+        let value = header.value.as_ptr() as usize - base;
+        // Offsets within a head of at most the read limit: they fit in 32 bits.
+        *slot = (
+            name as u32,
+            (name + header.name.len()) as u32,
+            value as u32,
+            (value + header.value.len()) as u32,
+        );
+    }
+    let count = response.headers.len();
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &indices[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| Error::Invalid("invalid response header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Error::Invalid("invalid response header value"))?;
+        headers.append(name, value);
+    }
+    let bodiless = *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut keep_alive = if http10 {
+        facts.keep_alive
+    } else {
+        !facts.close
+    };
+    let framing = if bodiless {
+        Framing::Empty
+    } else if facts.transfer_encoding {
+        // Both lengths given: the message is suspect, the connection is not used again.
+        if facts.length.is_some() {
+            keep_alive = false;
+        }
+        if facts.chunked_last {
+            Framing::Chunked
+        } else {
+            keep_alive = false;
+            Framing::Close
+        }
+    } else {
+        match facts.length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => {
+                keep_alive = false;
+                Framing::Close
+            }
+        }
+    };
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    *response.headers_mut() = headers;
+    Ok(Parsed::Complete(Head {
+        response,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// What the framing and connection fields of a response head say.
+#[derive(Default)]
+struct Facts {
+    length: Option<u64>,
+    transfer_encoding: bool,
+    /// The last transfer coding named is `chunked`.
+    chunked_last: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Facts {
+    fn note(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        if name.eq_ignore_ascii_case("content-length") {
+            // `Content-Length: 5, 5` and repeated equal fields are one length; any other
+            // disagreement makes the body's end unknowable.
+            for part in value.split(|&b| b == b',') {
+                let n = parse_length(part.trim_ascii())
+                    .ok_or(Error::Invalid("invalid Content-Length"))?;
+                if self.length.is_some_and(|l| l != n) {
+                    return Err(Error::Invalid("conflicting Content-Length"));
+                }
+                self.length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.transfer_encoding = true;
+            if let Some(last) = value
+                .split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|t| !t.is_empty())
+            {
+                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str, method: Method) -> Result<Parsed, Error> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse(&mut buf, &method)
+    }
+
+    fn complete(text: &str) -> Head {
+        match head(text, Method::GET) {
+            Ok(Parsed::Complete(head)) => head,
+            Ok(_) => panic!("not complete: {text:?}"),
+            Err(e) => panic!("{e}: {text:?}"),
+        }
+    }
+
+    #[test]
+    fn encodes_the_request_line_host_and_fields() {
+        let (mut parts, ()) = http::Request::get("http://10.0.0.1:80/a?b=1")
+            .header("x-one", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = Vec::new();
+        encode(&parts, "10.0.0.1:80", &mut out);
+        assert_eq!(
+            out,
+            b"GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\n\r\n"
+        );
+        parts
+            .headers
+            .insert(http::header::HOST, HeaderValue::from_static("example.com"));
+        parts.method = Method::PUT;
+        encode(&parts, "10.0.0.1:80", &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("PUT /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n"));
+        assert!(text.contains("host: example.com\r\n"));
+        assert!(!text.contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn splits_the_head_off_and_leaves_the_body() {
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello"[..]);
+        let Ok(Parsed::Complete(head)) = parse(&mut buf, &Method::GET) else {
+            panic!("complete")
+        };
+        assert_eq!(&buf[..], b"hello");
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        assert_eq!(head.response.headers()["x-a"], "b");
+        assert_eq!(head.response.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn partial_heads_wait_and_informational_ones_are_skipped() {
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\nContent-Le", Method::GET),
+            Ok(Parsed::Partial)
+        ));
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
+        assert!(matches!(
+            parse(&mut buf, &Method::GET),
+            Ok(Parsed::Informational)
+        ));
+        assert!(
+            matches!(parse(&mut buf, &Method::GET), Ok(Parsed::Complete(h)) if h.framing == Framing::Empty)
+        );
+        assert!(matches!(
+            head("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET),
+            Err(Error::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(
+            complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").framing,
+            Framing::Chunked
+        );
+        let both =
+            complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert_eq!(both.framing, Framing::Chunked);
+        assert!(!both.keep_alive, "both lengths: never reused");
+        let gzip = complete("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        assert_eq!(gzip.framing, Framing::Close);
+        assert!(!gzip.keep_alive);
+        let none = complete("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!(none.framing, Framing::Close);
+        assert!(!none.keep_alive);
+        assert_eq!(
+            complete("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            complete("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            complete("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n").framing,
+            Framing::Length(7)
+        );
+        match head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD) {
+            Ok(Parsed::Complete(h)) => assert_eq!(h.framing, Framing::Empty),
+            _ => panic!("HEAD"),
+        }
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(head(bad, Method::GET), Err(Error::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection() {
+        assert!(
+            !complete("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n")
+                .keep_alive
+        );
+        assert!(!complete("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n").keep_alive);
+        let ten =
+            complete("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n");
+        assert!(ten.keep_alive);
+        assert_eq!(ten.response.version(), Version::HTTP_10);
+    }
+}
