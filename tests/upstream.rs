@@ -203,6 +203,50 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
 }
 
+/// Issue 9's reuse target: in steady state under concurrency, nearly every upstream request
+/// rides a pooled connection (each worker keeps its own, so at most `workers × concurrency`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_keep_alive_traffic_reuses_upstream_connections() {
+    const CLIENTS: usize = 16;
+    const EACH: usize = 250;
+    const WORKERS: usize = 2;
+    let backend = CountingBackend::start();
+    let sluice = TestSluice::start_with(
+        &config_with(&[backend.raw.addr], "", "", ""),
+        WORKERS,
+        sluice::server::RuntimeKind::PerCore,
+    );
+    let url = sluice.url("/");
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                // Keep-alive clients, as a load generator is.
+                let client: Client<_, http_body_util::Empty<Bytes>> =
+                    Client::builder(TokioExecutor::new()).build_http();
+                for _ in 0..EACH {
+                    let response = client.get(url.parse().unwrap()).await.unwrap();
+                    assert_eq!(response.status(), 200);
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    assert_eq!(body, "ok");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let requests = backend.requests.load(Ordering::SeqCst);
+    assert_eq!(requests, CLIENTS * EACH);
+    let accepted = backend.accepted();
+    assert!(
+        accepted <= WORKERS * CLIENTS,
+        "{requests} requests from {CLIENTS} clients used {accepted} upstream connections"
+    );
+    let reuse = 1.0 - accepted as f64 / requests as f64;
+    assert!(reuse >= 0.99, "reuse {reuse:.4}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     let backend = CountingBackend::start();
