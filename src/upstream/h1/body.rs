@@ -81,8 +81,12 @@ impl Body {
 
     /// Reads more from the backend; `Ok(false)` at end of stream.
     fn fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let coming = match self.state {
+            State::Length(n) | State::ChunkData(n) => n,
+            _ => 0,
+        };
         let conn = self.conn()?;
-        conn.poll_fill(cx).map_ok(|n| n > 0)
+        conn.poll_fill(cx, coming).map_ok(|n| n > 0)
     }
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {

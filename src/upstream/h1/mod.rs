@@ -40,6 +40,8 @@ const MAX_IDLE: usize = 4096;
 const MAX_HEAD: usize = 256 * 1024;
 /// What one read asks the kernel for at least.
 const READ_CHUNK: usize = 16 * 1024;
+/// The most one read asks for, when a body's length says that much is coming.
+const READ_MAX: usize = 64 * 1024;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,10 +89,13 @@ impl Conn {
         }
     }
 
-    /// Reads what the backend has sent into `buf`: the count, 0 at end of stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads what the backend has sent into `buf`: the count, 0 at end of stream. `coming`:
+    /// how many bytes are known to be on their way (a body's length), so that a large body
+    /// takes few reads.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, coming: u64) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+            let want = usize::try_from(coming).unwrap_or(READ_MAX);
+            self.buf.reserve(want.clamp(READ_CHUNK, READ_MAX));
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
@@ -314,7 +319,7 @@ impl Future for Exchange {
                     if conn.buf.len() >= MAX_HEAD {
                         return Poll::Ready(Err(Error::Invalid("response head too large")));
                     }
-                    if ready!(conn.poll_fill(cx))? == 0 {
+                    if ready!(conn.poll_fill(cx, 0))? == 0 {
                         return Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "the backend closed the connection before answering",
