@@ -42,6 +42,10 @@ pub struct LeastRequests {
     /// weights are equal or one is outside 1 to 1000. Like `uniform`, built from the weights
     /// the pool was built with.
     heaviest_first: Box<[(usize, u64)]>,
+    /// For each group of four in `heaviest_first`, the least key below which none of that
+    /// group or after it can come within the tolerance: the smallest `l` with
+    /// `tied(l) >= ` the group's first reciprocal.
+    stops: Box<[u64]>,
 }
 
 /// Pools up to this size take the exact scan: a handful of comparisons cost less than the fast
@@ -72,9 +76,27 @@ impl LeastRequests {
                 .collect();
             heaviest_first.sort_by_key(|&(i, reciprocal)| (reciprocal, i));
         }
+        let stops = heaviest_first
+            .chunks_exact(4)
+            .map(|group| {
+                // The smallest l in 0..=r with tied(l) >= r (tied is monotonic, tied(r) >= r).
+                let r = group[0].1;
+                let (mut lo, mut hi) = (0, r);
+                while lo < hi {
+                    let mid = lo + (hi - lo) / 2;
+                    if tied(mid) >= r {
+                        hi = mid;
+                    } else {
+                        lo = mid + 1;
+                    }
+                }
+                lo
+            })
+            .collect();
         LeastRequests {
             uniform: uniform.then_some(specs.len()),
             heaviest_first: heaviest_first.into(),
+            stops,
         }
     }
 
@@ -85,7 +107,7 @@ impl LeastRequests {
         } else if self.uniform == Some(n) {
             least_in_flight(backends)
         } else if self.heaviest_first.len() == n {
-            least_weighted(&self.heaviest_first, backends)
+            least_weighted(&self.heaviest_first, &self.stops, backends)
                 .filter(|&i| backends.in_flight(i) < CLAMP)
         } else {
             None
@@ -163,17 +185,18 @@ fn least_in_flight<B: Backends + ?Sized>(backends: &B) -> Option<usize> {
 /// of the least, as an index into the pool.
 fn least_weighted<B: Backends + ?Sized>(
     heaviest_first: &[(usize, u64)],
+    stops: &[u64],
     backends: &B,
 ) -> Option<usize> {
     let n = heaviest_first.len();
-    let tied = |least: u64| least.saturating_add(least >> TOLERANCE);
     let key = |&(i, reciprocal): &(usize, u64)| (backends.in_flight(i).min(CLAMP) + 1) * reciprocal;
     let position = with_keys(n, |keys| {
         let mut least = u64::MAX;
         let mut scanned = 0;
-        for (group, heaviest) in keys.chunks_exact_mut(4).zip(heaviest_first.chunks_exact(4)) {
+        let groups = keys.chunks_exact_mut(4).zip(heaviest_first.chunks_exact(4));
+        for ((group, heaviest), &stop) in groups.zip(stops) {
             // No backend from here on can come within the tolerance of `least`.
-            if heaviest[0].1 > tied(least) {
+            if least < stop {
                 break;
             }
             let [a, b, c, d] = [0, 1, 2, 3].map(|j| key(&heaviest[j]));
@@ -189,6 +212,11 @@ fn least_weighted<B: Backends + ?Sized>(
         draw_tie(&keys[..scanned], tied(least), false)
     })?;
     Some(heaviest_first[position].0)
+}
+
+/// The keys that count as tied with a least key of `least`.
+fn tied(least: u64) -> u64 {
+    least.saturating_add(least >> TOLERANCE)
 }
 
 /// How many random positions a pick whose ties look common tries before counting them.
