@@ -43,7 +43,7 @@ pub struct Upstream {
     client_deadline: bool,
     /// The request head again, for a retry on a fresh connection; only for requests that can
     /// be sent twice (idempotent, no body).
-    replay: Option<(Method, Uri, HeaderMap)>,
+    replay: Option<Box<(Method, Uri, HeaderMap)>>,
     /// When the request left: feeds the backend's latency estimate (and the access log).
     sent: Instant,
     /// Whether the caller wants the upstream time back (the access log is on).
@@ -123,11 +123,11 @@ impl Upstream {
         // Copied up front, since the client consumes the request.
         let replay =
             (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty)).then(|| {
-                (
+                Box::new((
                     parts.method.clone(),
                     parts.uri.clone(),
                     parts.headers.clone(),
-                )
+                ))
             });
         Upstream {
             pool: pool_index,
@@ -195,7 +195,7 @@ impl Upstream {
                 {
                     retries += 1;
                     tracing::debug!(backend = %backend.address, "pooled connection was closed; retrying on a fresh one");
-                    let (method, uri, headers) = head;
+                    let (method, uri, headers) = &**head;
                     let mut req = Request::new(UpstreamBody::Empty);
                     *req.method_mut() = method.clone();
                     *req.uri_mut() = uri.clone();

@@ -118,15 +118,16 @@ struct Outgoing {
     parts: Option<http::request::Parts>,
     /// The body for the next attempt; a retry replays it.
     body: Option<UpstreamBody>,
-    /// What a retry sends again (pools with retries only).
-    again: Option<Again>,
+    /// What a retry sends again (pools with retries only). Boxed, like `upgrade`: rare, and
+    /// the per-request future stays small (it is moved as a whole).
+    again: Option<Box<Again>>,
     idempotent: bool,
     tried: Tried,
     retries: u32,
     /// A gRPC call's deadline (`grpc-timeout`): no attempt waits for a response head past it.
     deadline: Option<Instant>,
     /// A WebSocket upgrade request: never retried; a 101 opens the tunnel.
-    upgrade: Option<upgrade::Pending>,
+    upgrade: Option<Box<upgrade::Pending>>,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -324,7 +325,7 @@ impl Started {
                     headers: parts.headers.clone(),
                     body: replayable,
                 };
-                (first, Some(again))
+                (first, Some(Box::new(again)))
             }
             _ => (Some(body), None),
         };
@@ -339,7 +340,7 @@ impl Started {
             tried: Tried::default(),
             retries: 0,
             deadline,
-            upgrade,
+            upgrade: upgrade.map(Box::new),
         })
     }
 
@@ -389,7 +390,7 @@ impl Started {
                 Some(next) => upstream = next,
                 None => {
                     return match out.upgrade.take() {
-                        Some(pending) => upgrade::respond(self, result, pending),
+                        Some(pending) => upgrade::respond(self, result, *pending),
                         None => self.respond(result),
                     }
                 }
