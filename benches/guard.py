@@ -12,7 +12,7 @@ on a shared machine; req/s is printed for information only.
 Exit 1 if sluice's CPU/request exceeds nginx's by more than --max-ratio (or a round had errors).
 If nginx or wrk is missing: prints "skipped: nginx/wrk not installed" and exits 0.
 
-usage: benches/guard.py [--binary target/release/sluice] [--rounds 3] [--seconds 3] [--max-ratio 2.3]
+usage: benches/guard.py [--binary target/release/sluice] [--rounds 3] [--seconds 3] [--max-ratio 1.5]
 """
 import argparse, json, os, re, shutil, statistics, subprocess, sys
 
@@ -40,7 +40,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
-    ap.add_argument("--max-ratio", type=float, default=2.3,
+    ap.add_argument("--max-ratio", type=float, default=1.5,
                     help="fail if sluice's CPU us/request > this x nginx's (docs/performance-memory.md)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
