@@ -77,7 +77,14 @@ impl Upstream {
                 timeout: pool.timeouts.connect,
                 opened: &pool.connections_opened,
             };
-            let exchange = h1::Exchange::start(backend, worker, &parts, pool.timeouts.idle, dial);
+            let exchange = h1::Exchange::start(
+                backend,
+                worker,
+                &parts,
+                pool.timeouts.idle,
+                dial,
+                now.into_std(),
+            );
             return Upstream {
                 pool: pool_index,
                 worker,

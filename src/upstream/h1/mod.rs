@@ -135,25 +135,25 @@ impl Idle {
         list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The most recently used idle connection that is still good, if any.
-    fn checkout(&self, worker: usize, max_idle: Duration) -> Option<Conn> {
+    /// The most recently used idle connection that is still good at `now`, if any.
+    fn checkout(&self, worker: usize, max_idle: Duration, now: Instant) -> Option<Conn> {
         let mut list = self.list(worker);
         while let Some(mut conn) = list.pop_back() {
-            if conn.idle_since.elapsed() < max_idle && conn.quiet() {
+            if now.saturating_duration_since(conn.idle_since) < max_idle && conn.quiet() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, worker: usize, mut conn: Conn, max_idle: Duration) {
-        let now = Instant::now();
+    /// Takes `conn` back, idle since `now`.
+    fn checkin(&self, worker: usize, mut conn: Conn, max_idle: Duration, now: Instant) {
         conn.idle_since = now;
         let mut list = self.list(worker);
         // The oldest are at the front: the ones past the idle timeout go first.
         while list
             .front()
-            .is_some_and(|c| now.duration_since(c.idle_since) >= max_idle)
+            .is_some_and(|c| now.saturating_duration_since(c.idle_since) >= max_idle)
         {
             list.pop_front();
         }
@@ -180,11 +180,21 @@ struct Home {
     backend: Arc<Backend>,
     worker: usize,
     max_idle: Duration,
+    /// When the request started: the connection counts as idle from then, which saves a clock
+    /// reading per request and can only make it expire early (by the request's duration),
+    /// never late.
+    started: Instant,
 }
 
 impl Home {
     fn give_back(self, conn: Conn) {
-        self.backend.idle.checkin(self.worker, conn, self.max_idle);
+        let Home {
+            backend,
+            worker,
+            max_idle,
+            started,
+        } = self;
+        backend.idle.checkin(worker, conn, max_idle, started);
     }
 }
 
@@ -218,15 +228,16 @@ pub struct Dial<'a> {
 
 impl Exchange {
     /// Starts `parts` (a request without a body) on an idle connection of `worker` to
-    /// `backend`, or a new one.
+    /// `backend`, or a new one; `now`: the caller's clock reading.
     pub fn start(
         backend: &Arc<Backend>,
         worker: usize,
         parts: &Parts,
         max_idle: Duration,
         dial: Dial<'_>,
+        now: Instant,
     ) -> Exchange {
-        let idle = backend.idle.checkout(worker, max_idle);
+        let idle = backend.idle.checkout(worker, max_idle, now);
         let reused = idle.is_some();
         let (state, mut head) = match idle {
             Some(mut conn) => {
@@ -244,6 +255,7 @@ impl Exchange {
                 backend: backend.clone(),
                 worker,
                 max_idle,
+                started: now,
             }),
             reused,
         }
