@@ -281,3 +281,94 @@ async fn idle_connections_expire() {
     collect(response.into_body()).await;
     assert_eq!(accepted.load(Ordering::Relaxed), 2);
 }
+
+/// A backend that writes `bytes` in pieces of `piece` bytes, each flushed on its own, for every
+/// request head it reads: the client must reassemble heads, chunk-size lines, chunk data and
+/// trailers cut anywhere.
+async fn fragmenting(bytes: &'static [u8], piece: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        for part in bytes.chunks(piece) {
+                            stream.write_all(part).await.unwrap();
+                            stream.flush().await.unwrap();
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn responses_cut_anywhere_are_reassembled() {
+    let answer: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n\
+        3\r\nabc\r\n10;name=value\r\n0123456789abcdef\r\n1\r\nz\r\n0\r\nx-trailer: t\r\n\r\n";
+    for piece in [1, 2, 3, 5, 7, 13] {
+        let backend = backend(fragmenting(answer, piece).await);
+        // Twice on one connection: the first response ends exactly where it should.
+        for _ in 0..2 {
+            let response = exchange(&backend, &get("/")).await.unwrap();
+            assert_eq!(response.headers()["x-a"], "1", "piece {piece}");
+            let (data, trailers) = collect(response.into_body()).await;
+            assert_eq!(data, "abc0123456789abcdefz", "piece {piece}");
+            assert_eq!(trailers.unwrap()["x-trailer"], "t", "piece {piece}");
+        }
+        assert_eq!(backend.idle.len(0), 1, "piece {piece}: reused");
+    }
+}
+
+mod never_panics {
+    use proptest::prelude::*;
+
+    use super::super::head;
+
+    proptest! {
+        /// Whatever a backend sends as a response head, parsing answers (partial, complete or
+        /// an error) and never panics.
+        #[test]
+        fn on_any_head(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let mut buf = bytes::BytesMut::from(&bytes[..]);
+            let _ = head::parse(&mut buf, &http::Method::GET);
+        }
+
+        /// Nor on heads that look nearly right: a valid status line, then fields built from
+        /// pieces that matter to framing.
+        #[test]
+        fn on_nearly_valid_heads(
+            fields in proptest::collection::vec(
+                prop::sample::select(vec![
+                    "Content-Length: 5", "Content-Length: 5, 6", "Content-Length: -1",
+                    "Content-Length: 99999999999999999999999", "Transfer-Encoding: chunked",
+                    "Transfer-Encoding: gzip, chunked", "Transfer-Encoding: chunked, gzip",
+                    "Transfer-Encoding:", "Connection: close", "Connection: keep-alive, close",
+                    "X: \u{7f}", "Bad Name: 1", ": empty", "X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+                ]),
+                0..8,
+            ),
+            status in prop::sample::select(vec!["100", "101", "103", "200", "204", "304", "999", "20"]),
+        ) {
+            let text = format!("HTTP/1.1 {status} X\r\n{}\r\n\r\nbody", fields.join("\r\n"));
+            let mut buf = bytes::BytesMut::from(text.as_bytes());
+            let _ = head::parse(&mut buf, &http::Method::GET);
+        }
+    }
+}
