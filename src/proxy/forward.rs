@@ -43,7 +43,7 @@ pub struct Upstream {
     client_deadline: bool,
     /// The request head again, for a retry on a fresh connection; only for requests that can
     /// be sent twice (idempotent, no body).
-    replay: Option<Box<(Method, Uri, HeaderMap)>>,
+    replay: Option<Replay>,
     /// When the request left: feeds the backend's latency estimate (and the access log).
     sent: Instant,
     /// Whether the caller wants the upstream time back (the access log is on).
@@ -61,89 +61,39 @@ impl Upstream {
         worker: usize,
         backend_index: usize,
         pool: &Pool,
-        mut parts: Parts,
+        parts: Parts,
         body: UpstreamBody,
         timed: bool,
     ) -> Upstream {
         let backend = &pool.backends[backend_index];
         let now = Instant::now();
-        if pool.protocol == Protocol::Http1
+        // A request that may be sent twice: kept for a retry on a fresh connection.
+        let replayable = is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty);
+        let (response, replay) = if replayable
+            && pool.protocol == Protocol::Http1
             && pool.tls.is_none()
-            && matches!(body, UpstreamBody::Empty)
-            && is_idempotent(&parts.method)
             && !parts.headers.contains_key(http::header::UPGRADE)
         {
-            let dial = h1::Dial {
-                timeout: pool.timeouts.connect,
-                opened: &pool.connections_opened,
-            };
+            // The exchange keeps its encoded head for a retry: no copy needed here.
             let exchange = h1::Exchange::start(
                 backend,
                 worker,
                 &parts,
                 pool.timeouts.idle,
-                dial,
+                pool.dial(),
                 now.into_std(),
             );
-            return Upstream {
-                pool: pool_index,
-                worker,
-                backend: backend_index,
-                response: Pending::H1(exchange),
-                deadline: now + pool.timeouts.request,
-                client_deadline: false,
-                replay: None,
-                sent: now,
-                timed,
-            };
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(if pool.tls.is_some() {
-            Scheme::HTTPS
+            (Pending::H1(exchange), None)
         } else {
-            Scheme::HTTP
-        });
-        uri.authority = Some(match pool.protocol {
-            Protocol::Http1 => backend.authority.clone(),
-            // HTTP/2 takes `:authority` from the URI: the client's host, as HTTP/2 wants it
-            // (the backend's own client dials the backend whatever the authority says), and no
-            // `Host` beside it (hyper-util writes one from the URI if `auto` ends up HTTP/1.1).
-            Protocol::H2 | Protocol::Auto => parts
-                .headers
-                .remove(http::header::HOST)
-                .and_then(|host| Authority::try_from(host.as_bytes()).ok())
-                .unwrap_or_else(|| backend.authority.clone()),
-        });
-        uri.path_and_query = Some(path);
-        parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
-        parts.version = match pool.protocol {
-            // `auto`: hyper-util sends it as HTTP/2 on a connection whose ALPN chose `h2`.
-            Protocol::Http1 | Protocol::Auto => Version::HTTP_11,
-            Protocol::H2 => Version::HTTP_2,
+            let (response, replay) =
+                hyper_request(pool, backend_index, worker, parts, body, replayable);
+            (Pending::Hyper(response), replay)
         };
-
-        // Copied up front, since the client consumes the request.
-        let replay =
-            (is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty)).then(|| {
-                Box::new((
-                    parts.method.clone(),
-                    parts.uri.clone(),
-                    parts.headers.clone(),
-                ))
-            });
         Upstream {
             pool: pool_index,
             worker,
             backend: backend_index,
-            response: Pending::Hyper(
-                pool.client(backend_index, worker)
-                    .request(Request::from_parts(parts, body)),
-            ),
+            response,
             deadline: now + pool.timeouts.request,
             client_deadline: false,
             replay,
@@ -189,10 +139,7 @@ impl Upstream {
                 if retries < STALE_RETRIES && exchange.reused() && e.is_stale_connection() {
                     retries += 1;
                     tracing::debug!(backend = %backend.address, "pooled connection was closed; retrying on a fresh one");
-                    exchange.retry_fresh(h1::Dial {
-                        timeout: pool.timeouts.connect,
-                        opened: &pool.connections_opened,
-                    });
+                    exchange.retry_fresh(pool.dial());
                     continue;
                 }
             }
@@ -232,6 +179,64 @@ impl Upstream {
             }
         }
     }
+}
+
+/// The upstream head as hyper's client takes it, kept for a retry on a fresh connection.
+type Replay = Box<(Method, Uri, HeaderMap)>;
+
+/// Hands `parts` to hyper's client of `worker` for backend `backend_index`, with the upstream
+/// URI (the backend's IP literal, or for HTTP/2 the client's host as `:authority`); with a copy
+/// of the head when `replayable`.
+fn hyper_request(
+    pool: &Pool,
+    backend_index: usize,
+    worker: usize,
+    mut parts: Parts,
+    body: UpstreamBody,
+    replayable: bool,
+) -> (ResponseFuture, Option<Replay>) {
+    let backend = &pool.backends[backend_index];
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if pool.tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    });
+    uri.authority = Some(match pool.protocol {
+        Protocol::Http1 => backend.authority.clone(),
+        // HTTP/2 takes `:authority` from the URI: the client's host, as HTTP/2 wants it
+        // (the backend's own client dials the backend whatever the authority says), and no
+        // `Host` beside it (hyper-util writes one from the URI if `auto` ends up HTTP/1.1).
+        Protocol::H2 | Protocol::Auto => parts
+            .headers
+            .remove(http::header::HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .unwrap_or_else(|| backend.authority.clone()),
+    });
+    uri.path_and_query = Some(path);
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    parts.version = match pool.protocol {
+        // `auto`: hyper-util sends it as HTTP/2 on a connection whose ALPN chose `h2`.
+        Protocol::Http1 | Protocol::Auto => Version::HTTP_11,
+        Protocol::H2 => Version::HTTP_2,
+    };
+    // Copied up front, since the client consumes the request.
+    let replay = replayable.then(|| {
+        Box::new((
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        ))
+    });
+    let response = pool
+        .client(backend_index, worker)
+        .request(Request::from_parts(parts, body));
+    (response, replay)
 }
 
 /// Feeds outlier detection with one exchange's outcome, and times an ejection it causes.
@@ -398,13 +403,7 @@ fn is_stale_connection(e: &(dyn std::error::Error + 'static)) -> bool {
             }
         }
         if let Some(io) = err.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::UnexpectedEof
-            );
+            return h1::is_stale_io(io);
         }
         source = err.source();
     }

@@ -386,6 +386,14 @@ impl Pool {
             .find(|b| *b.address == *cfg.address && b.addr == cfg.resolved)
     }
 
+    /// How `upstream::h1` opens a new connection to one of this pool's backends.
+    pub fn dial(&self) -> h1::Dial<'_> {
+        h1::Dial {
+            timeout: self.timeouts.connect,
+            opened: &self.connections_opened,
+        }
+    }
+
     /// The client `worker` uses for `backend`; a worker number beyond the pool's (never
     /// expected) falls back to the first worker's rather than failing the request.
     pub fn client(&self, backend: usize, worker: usize) -> &UpstreamClient {

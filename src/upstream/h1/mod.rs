@@ -58,14 +58,20 @@ impl Error {
     /// The connection died before any response: on a pooled connection, the keep-alive race
     /// (the backend closed it as it was reused), not a verdict on the backend.
     pub fn is_stale_connection(&self) -> bool {
-        matches!(self, Error::Io(e) if matches!(
-            e.kind(),
-            io::ErrorKind::ConnectionReset
-                | io::ErrorKind::ConnectionAborted
-                | io::ErrorKind::BrokenPipe
-                | io::ErrorKind::UnexpectedEof
-        ))
+        matches!(self, Error::Io(e) if is_stale_io(e))
     }
+}
+
+/// An I/O failure that says the connection was closed or reset under the request (either
+/// client's, `proxy::forward` asks for hyper's too).
+pub fn is_stale_io(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// One connection to a backend, with its buffers.
