@@ -89,6 +89,14 @@ impl Body {
         conn.poll_fill(cx, coming).map_ok(|n| n > 0)
     }
 
+    /// Reads more of a body that must go on: the backend closing now cuts it short.
+    fn more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match ready!(self.fill(cx))? {
+            true => Poll::Ready(Ok(())),
+            false => Poll::Ready(Err(cut_short())),
+        }
+    }
+
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             match self.state {
@@ -96,9 +104,7 @@ impl Body {
                 State::Length(left) | State::ChunkData(left) => {
                     let conn = self.conn()?;
                     if conn.buf.is_empty() {
-                        if !ready!(self.fill(cx))? {
-                            return Poll::Ready(Some(Err(cut_short())));
-                        }
+                        ready!(self.more(cx))?;
                         continue;
                     }
                     let take = left.min(conn.buf.len() as u64) as usize;
@@ -136,9 +142,7 @@ impl Body {
                             };
                         }
                         Ok(httparse::Status::Partial) if conn.buf.len() < MAX_LINE => {
-                            if !ready!(self.fill(cx))? {
-                                return Poll::Ready(Some(Err(cut_short())));
-                            }
+                            ready!(self.more(cx))?;
                         }
                         _ => return Poll::Ready(Some(Err(invalid("invalid chunk size line")))),
                     }
@@ -146,9 +150,7 @@ impl Body {
                 State::ChunkEnd => {
                     let conn = self.conn()?;
                     if conn.buf.len() < 2 {
-                        if !ready!(self.fill(cx))? {
-                            return Poll::Ready(Some(Err(cut_short())));
-                        }
+                        ready!(self.more(cx))?;
                         continue;
                     }
                     if &conn.buf[..2] != b"\r\n" {
@@ -172,9 +174,7 @@ impl Body {
                             };
                         }
                         Ok(httparse::Status::Partial) if conn.buf.len() < MAX_TRAILERS => {
-                            if !ready!(self.fill(cx))? {
-                                return Poll::Ready(Some(Err(cut_short())));
-                            }
+                            ready!(self.more(cx))?;
                         }
                         _ => return Poll::Ready(Some(Err(invalid("invalid trailer section")))),
                     }
