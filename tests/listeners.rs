@@ -204,6 +204,121 @@ async fn http2_prior_knowledge_and_http1_share_a_port() {
     assert_eq!(paths, ["/h2/0", "/h2/1", "/h2/2", "/h1"]);
 }
 
+/// A client socket whose first `skip` bytes of output were already sent by hand: writes drop
+/// them, so that a protocol client can go on from where the test left off.
+struct Resumed {
+    stream: tokio::net::TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for Resumed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Resumed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// sluice tells HTTP/2 from HTTP/1.1 by the connection's first bytes: a preface that arrives in
+/// pieces is still HTTP/2, and a request whose first byte is also the preface's is HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_is_told_apart_when_the_first_bytes_arrive_in_pieces() {
+    use tokio::io::AsyncWriteExt;
+    let app = TestBackend::start("app");
+    let sluice = TestSluice::start(&simple_config(&[&app]));
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    let mut tcp = tokio::net::TcpStream::connect(sluice.addr()).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.write_all(&PREFACE[..3]).await.unwrap();
+    // Paced like a slow client, so that sluice sees the piece on its own.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tcp.write_all(&PREFACE[3..16]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let resumed = Resumed {
+        stream: tcp,
+        skip: 16,
+    };
+    let (h2, connection) = h2::client::handshake(resumed).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = Request::get(sluice.url("/split-preface")).body(()).unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("no HTTP/2 answer to a preface sent in pieces")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_2);
+
+    let mut stream = connect(sluice.addr());
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(b"P").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream
+        .write_all(b"OST /split-post HTTP/1.1\r\nHost: test.local\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    let response = read_response(&mut stream).expect("no HTTP/1.1 answer to a split POST");
+    assert_eq!(response.status, 200);
+    assert!(response.head.starts_with("HTTP/1.1 "), "{}", response.head);
+
+    let paths: Vec<String> = app.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(paths, ["/split-preface", "/split-post"]);
+}
+
+/// A connection that stops inside the HTTP/2 preface is cut like any slow request head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_preface_is_cut_after_header_read_timeout() {
+    let app = TestBackend::start("app");
+    let sluice = TestSluice::start(&config_with(
+        &[app.addr],
+        "",
+        r#"header_read_timeout = "300ms""#,
+        "",
+    ));
+    let start = Instant::now();
+    let mut stream = connect(sluice.addr());
+    stream.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+    let (closed, _) = wait_for_close(&mut stream, Duration::from_secs(5));
+    assert!(closed.is_some(), "a half preface still open after 5s");
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(200) && elapsed <= Duration::from_secs(3),
+        "closed after {elapsed:?}; want 200ms..3s"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_request_head_is_cut_after_header_read_timeout() {
     let app = TestBackend::start("app");

@@ -66,11 +66,7 @@ fn listener_sockets_have_nodelay_and_share_ports_per_core() {
 }
 
 async fn socket_pair() -> (WatchedIo, TcpStream) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
+    let (client, server) = tcp_pair().await;
     let io = WatchedIo {
         stream: Downstream::Plain(server),
         state: Arc::new(ConnState::new(framing::Limits::NONE, None)),
@@ -140,4 +136,111 @@ async fn h2_frames_between_requests_are_not_heads() {
     state.on_read();
     let now = Instant::now();
     assert_eq!(state.verdict(now, &T), Verdict::Wait(now + T.idle));
+}
+
+#[test]
+fn first_bytes_choose_the_protocol() {
+    let cases: &[(&[u8], bool, Option<Protocol>)] = &[
+        (b"GET / HTTP/1.1\r\n", false, Some(Protocol::Http1)),
+        // One byte that differs from the preface is enough.
+        (b"G", false, Some(Protocol::Http1)),
+        (b"PO", false, Some(Protocol::Http1)),
+        (b"PRI /x HTTP/1.1\r\n", false, Some(Protocol::Http1)),
+        // A proper prefix of the preface: wait for more, unless nothing more can come.
+        (b"P", false, None),
+        (b"PRI * HTTP/2.0\r\n", false, None),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r", false, None),
+        (b"PRI * HTTP/2.0\r\n", true, Some(Protocol::Http1)),
+        (b"", true, Some(Protocol::Http1)),
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            false,
+            Some(Protocol::Http2),
+        ),
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04",
+            false,
+            Some(Protocol::Http2),
+        ),
+        (
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            true,
+            Some(Protocol::Http2),
+        ),
+    ];
+    for &(first, ended, want) in cases {
+        assert_eq!(
+            classify(first, ended),
+            want,
+            "{:?} (ended: {ended})",
+            String::from_utf8_lossy(first)
+        );
+    }
+}
+
+/// A connected pair of real sockets: (client side, server side).
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    (client, server)
+}
+
+#[tokio::test]
+async fn sniffing_waits_for_the_whole_preface_and_consumes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client, mut server) = tcp_pair().await;
+    let mut sniffing = Box::pin(async { sniff(&server).await.unwrap() });
+    client.write_all(&PREFACE[..10]).await.unwrap();
+    // Ten bytes of the preface settle nothing: the sniff keeps waiting for more.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut sniffing)
+            .await
+            .is_err(),
+        "a partial preface was classified"
+    );
+    client.write_all(&PREFACE[10..]).await.unwrap();
+    client.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let protocol = tokio::time::timeout(Duration::from_secs(5), sniffing)
+        .await
+        .expect("the whole preface was not recognised");
+    assert_eq!(protocol, Protocol::Http2);
+    // hyper reads every byte the sniff looked at.
+    let mut all = [0u8; 33];
+    server.read_exact(&mut all).await.unwrap();
+    assert_eq!(&all[..24], PREFACE);
+}
+
+#[tokio::test]
+async fn sniffing_settles_for_http1_when_a_prefix_ends_the_stream() {
+    use tokio::io::AsyncWriteExt;
+    let (mut client, server) = tcp_pair().await;
+    client.write_all(b"PRI * HTTP/2").await.unwrap();
+    client.shutdown().await.unwrap();
+    let protocol = tokio::time::timeout(Duration::from_secs(5), sniff(&server))
+        .await
+        .expect("sniffing hung on a stream that ended inside the preface")
+        .unwrap();
+    assert_eq!(protocol, Protocol::Http1);
+}
+
+#[tokio::test]
+async fn sniffing_tells_http1_from_a_first_byte_shared_with_the_preface() {
+    use tokio::io::AsyncWriteExt;
+    let (mut client, server) = tcp_pair().await;
+    let mut sniffing = Box::pin(async { sniff(&server).await.unwrap() });
+    client.write_all(b"P").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut sniffing)
+            .await
+            .is_err(),
+        "\"P\" alone was classified"
+    );
+    client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
+    let protocol = tokio::time::timeout(Duration::from_secs(5), sniffing)
+        .await
+        .expect("POST was not recognised");
+    assert_eq!(protocol, Protocol::Http1);
 }
