@@ -84,13 +84,15 @@ async fn alpn_negotiates_h2_or_http1_and_both_carry_requests() {
     let backend = TestBackend::start("app");
     let sluice = https_sluice(&backend, &three_sites(&pki), "");
     for (offer, want, version) in [
-        (BOTH, b"h2".as_slice(), http::Version::HTTP_2),
-        (H1, b"http/1.1".as_slice(), http::Version::HTTP_11),
+        (BOTH, Some(b"h2".as_slice()), http::Version::HTTP_2),
+        (H1, Some(b"http/1.1".as_slice()), http::Version::HTTP_11),
+        // No ALPN at all: HTTP/1.1.
+        (&[][..], None, http::Version::HTTP_11),
     ] {
         let stream = connect(sluice.addr(), client_config(&pki.ca, offer), "b.test", true)
             .await
             .unwrap();
-        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(want));
+        assert_eq!(stream.get_ref().1.alpn_protocol(), want);
         let (answer, mut sender) = get_over(stream, "b.test", "/first").await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         assert_eq!(answer.body, "app");
