@@ -712,10 +712,18 @@ async fn serve(
     ctx: ConnContext,
     shutdown: &CancellationToken,
 ) {
-    let (tunnel, shared) = (ctx.tunnel.clone(), ctx.shared.clone());
+    let (tunnel, shared, peer) = (ctx.tunnel.clone(), ctx.shared.clone(), ctx.peer);
+    let io = TokioIo::new(WatchedIo {
+        stream,
+        state: state.clone(),
+        answered: false,
+        unflushed: false,
+        refusal: Vec::new(),
+    });
+    let conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
     // Separate futures, one after the other: the task has room for the larger of the two,
     // not for both (every connection's task is as large as its largest phase).
-    serve_http(settings, protocol, stream, state, ctx, shutdown).await;
+    serve_http(conn, &state, settings.timeouts, peer, shutdown).await;
     // hyper handed the socket over after a 101: the tunnel lives on in this task.
     if let Some(tunnel) = tunnel.take() {
         tunnel.run(settings.timeouts.idle, shutdown, &shared).await;
@@ -725,23 +733,12 @@ async fn serve(
 /// Serves HTTP on the connection until it closes: hyper's connection, polled together with the
 /// shutdown signal and the watchdog of the connection's timeouts.
 async fn serve_http(
-    settings: &ListenerSettings,
-    protocol: Protocol,
-    stream: Downstream,
-    state: Arc<ConnState>,
-    ctx: ConnContext,
+    mut conn: Served,
+    state: &ConnState,
+    timeouts: Timeouts,
+    peer: SocketAddr,
     shutdown: &CancellationToken,
 ) {
-    let timeouts = settings.timeouts;
-    let peer = ctx.peer;
-    let io = TokioIo::new(WatchedIo {
-        stream,
-        state: state.clone(),
-        answered: false,
-        unflushed: false,
-        refusal: Vec::new(),
-    });
-    let mut conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
     let mut stopping = pin!(shutdown.cancelled());
     let stop = Arc::new(StopSignal::default());
     let stop_waker = Waker::from(stop.clone());
@@ -776,7 +773,7 @@ async fn serve_http(
                 return poll_again(cx);
             }
         }
-        match watchdog(cx, &state, &timeouts, sleep.as_mut(), &mut armed, closing) {
+        match watchdog(cx, state, &timeouts, sleep.as_mut(), &mut armed, closing) {
             Action::Wait => Poll::Pending,
             Action::Close(why) => {
                 tracing::debug!(%peer, why, "closing connection");
