@@ -473,10 +473,18 @@ impl Acceptor {
                         tracker: streams,
                         shutdown: shutdown.clone(),
                         idle: settings.timeouts.idle,
-                        shared,
+                        shared: shared.clone(),
                     },
                 };
+                let tunnel = ctx.tunnel.clone();
                 serve(&settings, protocol, stream, state, ctx, &shutdown).await;
+                // hyper handed the socket over after a 101: the tunnel lives on in this task,
+                // once the HTTP phase's future has ended (the task has room for the larger of
+                // the two, not for both: every connection's task is as large as its largest
+                // phase).
+                if let Some(tunnel) = tunnel.take() {
+                    tunnel.run(settings.timeouts.idle, &shutdown, &shared).await;
+                }
                 drop(permit);
             });
         }
@@ -703,7 +711,8 @@ impl Served {
     }
 }
 
-/// Serves the connection's HTTP, then the WebSocket tunnel its last request opened, if any.
+/// Serves HTTP on the connection until it closes: hyper's connection, polled together with the
+/// shutdown signal and the watchdog of the connection's timeouts.
 async fn serve(
     settings: &ListenerSettings,
     protocol: Protocol,
@@ -712,7 +721,8 @@ async fn serve(
     ctx: ConnContext,
     shutdown: &CancellationToken,
 ) {
-    let (tunnel, shared, peer) = (ctx.tunnel.clone(), ctx.shared.clone(), ctx.peer);
+    let timeouts = settings.timeouts;
+    let peer = ctx.peer;
     let io = TokioIo::new(WatchedIo {
         stream,
         state: state.clone(),
@@ -720,25 +730,7 @@ async fn serve(
         unflushed: false,
         refusal: Vec::new(),
     });
-    let conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
-    // Separate futures, one after the other: the task has room for the larger of the two,
-    // not for both (every connection's task is as large as its largest phase).
-    serve_http(conn, &state, settings.timeouts, peer, shutdown).await;
-    // hyper handed the socket over after a 101: the tunnel lives on in this task.
-    if let Some(tunnel) = tunnel.take() {
-        tunnel.run(settings.timeouts.idle, shutdown, &shared).await;
-    }
-}
-
-/// Serves HTTP on the connection until it closes: hyper's connection, polled together with the
-/// shutdown signal and the watchdog of the connection's timeouts.
-async fn serve_http(
-    mut conn: Served,
-    state: &ConnState,
-    timeouts: Timeouts,
-    peer: SocketAddr,
-    shutdown: &CancellationToken,
-) {
+    let mut conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
     let mut stopping = pin!(shutdown.cancelled());
     let stop = Arc::new(StopSignal::default());
     let stop_waker = Waker::from(stop.clone());
@@ -773,7 +765,7 @@ async fn serve_http(
                 return poll_again(cx);
             }
         }
-        match watchdog(cx, state, &timeouts, sleep.as_mut(), &mut armed, closing) {
+        match watchdog(cx, &state, &timeouts, sleep.as_mut(), &mut armed, closing) {
             Action::Wait => Poll::Pending,
             Action::Close(why) => {
                 tracing::debug!(%peer, why, "closing connection");

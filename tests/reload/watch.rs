@@ -136,10 +136,13 @@ fn a_change_during_start_up_is_reloaded() {
         file,
     };
     let admin = sluice.admin();
-    assert_eq!(
-        who_answers(sluice.addr(), "/"),
-        "a",
-        "started with what it loaded"
+    // Started with what it loaded: "b" may answer already, but only once the reload is done
+    // (the watcher can be that quick on a busy machine).
+    let first = who_answers(sluice.addr(), "/");
+    assert!(
+        first == "a" || (first == "b" && generation(admin) == 2),
+        "first answer {first:?} at generation {}",
+        generation(admin)
     );
     assert!(
         eventually(Duration::from_secs(3), || generation(admin) == 2),
