@@ -141,7 +141,45 @@ async fn sigterm_finishes_in_flight_requests_closes_idle_ones_and_exits_0() {
         .wait_for(Duration::from_secs(20), listening_addr)
         .expect("listening line");
 
-    // An idle keep-alive connection: one request answered, then nothing.
+    // Idle keep-alive connections: one request answered, then nothing. The first one has been
+    // idle long enough to be dormant when the signal comes (`listener::REST_AFTER`, 1s), the
+    // second is idle in hyper's hands.
+    let dormant = idle_connection(addr);
+    std::thread::sleep(Duration::from_millis(1300));
+    let idle = idle_connection(addr);
+
+    // A request in flight at the backend when the signal arrives.
+    let in_flight = tokio::spawn(get_owned(format!("http://{addr}/")));
+    assert!(eventually(Duration::from_secs(10), || entered
+        .load(Ordering::SeqCst)
+        == 3));
+    let signalled = Instant::now();
+    sluice.signal("TERM");
+
+    let got = in_flight.await.unwrap();
+    assert_eq!(got.status, 200);
+    assert_eq!(got.text(), "finished");
+    for idle in [dormant, idle] {
+        let (idle_text, idle_closed) = idle
+            .join()
+            .unwrap()
+            .expect("idle connection closed cleanly");
+        assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
+        // Closed at once, not after the in-flight request's remaining ~800ms.
+        assert!(idle_closed.duration_since(signalled) < Duration::from_millis(500));
+    }
+    assert_eq!(sluice.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}
+
+/// A keep-alive connection that sends one request, and once it is answered (`finished`) sends
+/// nothing more: its thread ends with what it received and when the connection closed.
+type IdleConnection = std::thread::JoinHandle<Option<(String, Instant)>>;
+
+fn idle_connection(addr: std::net::SocketAddr) -> IdleConnection {
     let (answered_tx, answered) = mpsc::channel();
     let idle = std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -167,30 +205,7 @@ async fn sigterm_finishes_in_flight_requests_closes_idle_ones_and_exits_0() {
     answered
         .recv_timeout(Duration::from_secs(10))
         .expect("idle connection answered");
-
-    // A request in flight at the backend when the signal arrives.
-    let in_flight = tokio::spawn(get_owned(format!("http://{addr}/")));
-    assert!(eventually(Duration::from_secs(10), || entered
-        .load(Ordering::SeqCst)
-        == 2));
-    let signalled = Instant::now();
-    sluice.signal("TERM");
-
-    let got = in_flight.await.unwrap();
-    assert_eq!(got.status, 200);
-    assert_eq!(got.text(), "finished");
-    let (idle_text, idle_closed) = idle
-        .join()
-        .unwrap()
-        .expect("idle connection closed cleanly");
-    assert!(idle_text.starts_with("HTTP/1.1 200"), "{idle_text}");
-    // Closed at once, not after the in-flight request's remaining ~800ms.
-    assert!(idle_closed.duration_since(signalled) < Duration::from_millis(500));
-    assert_eq!(sluice.wait_exit(Duration::from_secs(10)), Some(0));
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "no longer accepting"
-    );
+    idle
 }
 
 async fn get_owned(url: String) -> Got {

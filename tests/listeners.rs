@@ -403,28 +403,71 @@ async fn a_trickled_request_head_is_cut_after_header_read_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_after_idle_timeout() {
+    // 300ms: closed by hyper's connection; 1500ms: closed dormant (idle HTTP/1 connections
+    // drop hyper's connection after a second, `listener::REST_AFTER`).
+    for (idle, earliest, latest) in [
+        ("300ms", Duration::from_millis(200), Duration::from_secs(2)),
+        (
+            "1500ms",
+            Duration::from_millis(1300),
+            Duration::from_millis(3500),
+        ),
+    ] {
+        let app = TestBackend::start("app");
+        let sluice = TestSluice::start(&config_with(
+            &[app.addr],
+            "",
+            &format!("idle_timeout = \"{idle}\"\nheader_read_timeout = \"5s\""),
+            "",
+        ));
+        let mut stream = connect(sluice.addr());
+        stream.write_all(&get_request("/once")).unwrap();
+        let response = read_response(&mut stream).expect("no response");
+        assert_eq!(response.status, 200);
+        let (closed, received) = wait_for_close(&mut stream, Duration::from_secs(5));
+        let closed = closed.expect("idle connection still open after 5s");
+        assert!(
+            closed >= earliest && closed <= latest,
+            "idle connection closed after {closed:?}; want {earliest:?}..{latest:?} (idle {idle}, head 5s)"
+        );
+        assert!(
+            received.is_empty(),
+            "unexpected bytes: {:?}",
+            String::from_utf8_lossy(&received)
+        );
+    }
+}
+
+/// An idle HTTP/1 connection goes dormant after a second (hyper's connection and its buffers
+/// are dropped, the socket stays open): its next requests, one at a time or pipelined, are
+/// served on the same connection as if nothing had happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dormant_keep_alive_connection_serves_its_next_requests() {
     let app = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(
-        &[app.addr],
-        "",
-        "idle_timeout = \"300ms\"\nheader_read_timeout = \"5s\"",
-        "",
-    ));
+    let sluice = TestSluice::start(&simple_config(&[&app]));
     let mut stream = connect(sluice.addr());
-    stream.write_all(&get_request("/once")).unwrap();
-    let response = read_response(&mut stream).expect("no response");
-    assert_eq!(response.status, 200);
-    let (closed, received) = wait_for_close(&mut stream, Duration::from_secs(5));
-    let closed = closed.expect("idle connection still open after 5s");
-    assert!(
-        closed >= Duration::from_millis(200) && closed <= Duration::from_secs(2),
-        "idle connection closed after {closed:?}; want 200ms..2s (idle 300ms, head 5s)"
-    );
-    assert!(
-        received.is_empty(),
-        "unexpected bytes: {:?}",
-        String::from_utf8_lossy(&received)
-    );
+    stream.write_all(&get_request("/before")).unwrap();
+    assert_eq!(read_response(&mut stream).expect("no response").status, 200);
+    // Past `REST_AFTER` (1s), twice: dormant, awake, dormant again.
+    for round in 0..2 {
+        std::thread::sleep(Duration::from_millis(1500));
+        stream
+            .write_all(&get_request(&format!("/after/{round}")))
+            .unwrap();
+        let response = read_response(&mut stream).expect("no response after a dormant spell");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"app");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut pipelined = get_request("/p1");
+    pipelined.extend(get_request("/p2"));
+    stream.write_all(&pipelined).unwrap();
+    for _ in 0..2 {
+        let response = read_response(&mut stream).expect("no response to a pipelined request");
+        assert_eq!(response.status, 200);
+    }
+    let paths: Vec<String> = app.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(paths, ["/before", "/after/0", "/after/1", "/p1", "/p2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

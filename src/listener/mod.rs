@@ -53,6 +53,10 @@ pub struct ConnState {
     gauge: Option<ConnectionGauge>,
     /// A WebSocket tunnel opened: what the client sends now is frames, not HTTP.
     tunnel: AtomicBool,
+    /// hyper's connection is being wound down (or is gone) while the socket stays open: an idle
+    /// HTTP/1 connection going dormant (`Served::Dormant`). hyper's end of the connection must
+    /// not shut the socket down.
+    dormant: AtomicBool,
     /// Milliseconds after `epoch` since when a write has been waiting on a client that does
     /// not read, or `NONE`.
     write_blocked_since: AtomicU64,
@@ -70,6 +74,7 @@ impl ConnState {
             h2: AtomicBool::new(false),
             framing: Mutex::new(Scanner::new(limits)),
             tunnel: AtomicBool::new(false),
+            dormant: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(NONE),
         }
     }
@@ -133,8 +138,8 @@ impl ConnState {
         }
     }
 
-    /// What the watchdog should do now.
-    fn verdict(&self, now: Instant, timeouts: &Timeouts) -> Verdict {
+    /// What the watchdog should do now. `rest`: the connection may go dormant once idle.
+    fn verdict(&self, now: Instant, timeouts: &Timeouts, rest: bool) -> Verdict {
         if self.inflight.load(Ordering::Relaxed) > 0 {
             // A request's own timeouts govern it, but a client that stops reading its answer
             // would hold the connection for ever: that is timed here.
@@ -158,7 +163,12 @@ impl ConnState {
                 NONE => 0,
                 idle => idle,
             };
-            (self.at(idle) + timeouts.idle, Verdict::Idle)
+            let idle = self.at(idle);
+            if rest && timeouts.idle > REST_AFTER {
+                (idle + REST_AFTER, Verdict::Rest)
+            } else {
+                (idle + timeouts.idle, Verdict::Idle)
+            }
         };
         if now >= deadline {
             expired
@@ -168,10 +178,18 @@ impl ConnState {
     }
 }
 
+/// How long an HTTP/1 connection stays idle before it goes dormant: hyper's connection, with
+/// its read and write buffers, is dropped, and a new one is made when the client sends again.
+/// Long enough that a connection in use never pays for the new one; short enough that idle
+/// keep-alive connections cost little memory (`docs/performance-memory.md`).
+const REST_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, PartialEq)]
 enum Verdict {
     Wait(Instant),
     Idle,
+    /// Idle for `REST_AFTER`: time to go dormant.
+    Rest,
     SlowHead,
     /// A response has waited `send_timeout` for a client that does not read.
     SlowRead,
@@ -215,6 +233,9 @@ struct WatchedIo {
     unflushed: bool,
     /// The rest of sluice's own answer, when the socket did not take it at once.
     refusal: Vec<u8>,
+    /// Bytes hyper had read but not used when the connection went dormant, for the next hyper
+    /// connection to read first (they already went through the framing scanner).
+    replay: bytes::Bytes,
 }
 
 impl WatchedIo {
@@ -248,6 +269,12 @@ impl AsyncRead for WatchedIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.answered {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            this.state.on_read();
             return Poll::Ready(Ok(()));
         }
         if this.state.tunnel.load(Ordering::Relaxed) {
@@ -327,6 +354,10 @@ impl AsyncWrite for WatchedIo {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.state.dormant.load(Ordering::Relaxed) {
+            // hyper's connection ends, the socket's does not.
+            return Poll::Ready(Ok(()));
+        }
         std::task::ready!(this.poll_refusal(cx))?;
         Pin::new(&mut this.stream).poll_shutdown(cx)
     }
@@ -683,6 +714,11 @@ type ServedIo = TokioIo<WatchedIo>;
 enum Served {
     Http1(http1::UpgradeableConnection<ServedIo, Proxy>),
     Http2(Pin<Box<http2::Connection<ServedIo, Proxy, TokioExecutor>>>),
+    /// An idle HTTP/1 connection in clear text without hyper's connection and its buffers: the
+    /// socket and the service, until the client sends again (`REST_AFTER`).
+    Dormant(ServedIo, Proxy),
+    /// Only while changing from one of the others to another.
+    Changing,
 }
 
 impl Served {
@@ -695,11 +731,56 @@ impl Served {
         }
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<hyper::Result<()>> {
-        match self {
-            Served::Http1(conn) => Pin::new(conn).poll(cx),
-            Served::Http2(conn) => conn.as_mut().poll(cx),
+    /// Serves until the connection ends. An HTTP/1 connection that ends dormant (`state.dormant`)
+    /// becomes `Dormant` and comes back as a new hyper connection once the client sends again.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        settings: &ListenerSettings,
+        state: &ConnState,
+    ) -> Poll<hyper::Result<()>> {
+        loop {
+            let done = match self {
+                Served::Http1(conn) => std::task::ready!(Pin::new(conn).poll(cx)),
+                Served::Http2(conn) => return conn.as_mut().poll(cx),
+                Served::Dormant(io, _) => {
+                    let Downstream::Plain(stream) = &io.inner().stream else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    // Data, or the end of the stream: a new hyper connection reads it.
+                    std::task::ready!(stream.poll_read_ready(cx)).ok();
+                    let Served::Dormant(io, proxy) = std::mem::replace(self, Served::Changing)
+                    else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    state.dormant.store(false, Ordering::Relaxed);
+                    *self = Served::new(settings, Protocol::Http1, io, proxy);
+                    continue;
+                }
+                Served::Changing => return Poll::Ready(Ok(())),
+            };
+            if done.is_err() || !state.dormant.load(Ordering::Relaxed) {
+                return Poll::Ready(done);
+            }
+            // hyper closed its end for dormancy: keep the socket and the service.
+            let Served::Http1(conn) = std::mem::replace(self, Served::Changing) else {
+                return Poll::Ready(Ok(()));
+            };
+            let Some(parts) = conn.into_parts() else {
+                return Poll::Ready(Ok(()));
+            };
+            let mut io = parts.io;
+            io.inner_mut().replay = parts.read_buf;
+            *self = Served::Dormant(io, parts.service);
         }
+    }
+
+    /// Whether the connection may go dormant once idle: HTTP/1 served by hyper now, not
+    /// already going dormant, and not a WebSocket tunnel (its socket belongs to the tunnel).
+    fn may_rest(&self, state: &ConnState) -> bool {
+        matches!(self, Served::Http1(_))
+            && !state.dormant.load(Ordering::Relaxed)
+            && !state.tunnel.load(Ordering::Relaxed)
     }
 
     /// Finish what is in flight, then close (HTTP/2: GOAWAY first).
@@ -707,7 +788,13 @@ impl Served {
         match self {
             Served::Http1(conn) => Pin::new(conn).graceful_shutdown(),
             Served::Http2(conn) => conn.as_mut().graceful_shutdown(),
+            Served::Dormant(..) | Served::Changing => {}
         }
+    }
+
+    /// Nothing of the connection is left to finish: a dormant connection is closed at once.
+    fn is_dormant(&self) -> bool {
+        matches!(self, Served::Dormant(..))
     }
 }
 
@@ -723,12 +810,16 @@ async fn serve(
 ) {
     let timeouts = settings.timeouts;
     let peer = ctx.peer;
+    // Only clear-text connections go dormant: a TLS session has buffers of its own, and
+    // plaintext may wait inside it where socket readiness does not show it.
+    let plain = matches!(stream, Downstream::Plain(_));
     let io = TokioIo::new(WatchedIo {
         stream,
         state: state.clone(),
         answered: false,
         unflushed: false,
         refusal: Vec::new(),
+        replay: bytes::Bytes::new(),
     });
     let mut conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
     let mut stopping = pin!(shutdown.cancelled());
@@ -743,7 +834,7 @@ async fn serve(
         idle: NONE,
     };
     let outcome = poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.poll(cx) {
+        if let Poll::Ready(result) = conn.poll(cx, settings, &state) {
             return Poll::Ready(result.err());
         }
         // The shutdown future is polled with its own waker, and again only once that waker has
@@ -760,13 +851,35 @@ async fn serve(
                 .is_ready()
             {
                 // Finish what is in flight, close idle keep-alive connections, accept no more.
+                if conn.is_dormant() {
+                    return Poll::Ready(None);
+                }
                 conn.graceful_shutdown();
                 closing = true;
                 return poll_again(cx);
             }
         }
-        match watchdog(cx, &state, &timeouts, sleep.as_mut(), &mut armed, closing) {
+        let rest = plain && !closing && conn.may_rest(&state);
+        match watchdog(
+            cx,
+            &state,
+            &timeouts,
+            sleep.as_mut(),
+            &mut armed,
+            closing,
+            rest,
+        ) {
             Action::Wait => Poll::Pending,
+            Action::Rest => {
+                // hyper closes its idle connection; `Served::poll` keeps the socket.
+                state.dormant.store(true, Ordering::Relaxed);
+                conn.graceful_shutdown();
+                poll_again(cx)
+            }
+            Action::Close(why) if conn.is_dormant() => {
+                tracing::debug!(%peer, why, "closing dormant connection");
+                Poll::Ready(None)
+            }
             Action::Close(why) => {
                 tracing::debug!(%peer, why, "closing connection");
                 conn.graceful_shutdown();
@@ -821,6 +934,8 @@ enum Action {
     Close(&'static str),
     /// Cut the connection now.
     Drop(&'static str),
+    /// Go dormant (`Served::Dormant`).
+    Rest,
 }
 
 /// The phase starts (`head_since`, `idle_since`) the timer has already taken into account.
@@ -832,7 +947,7 @@ struct Armed {
 /// Checks the connection's phase deadline without reading the clock on the common path: the
 /// armed timer only moves earlier when a new request head starts arriving (its header deadline
 /// comes before the idle one); everything else is re-evaluated when the timer fires, at most
-/// once per timeout period.
+/// once per timeout period. `rest`: the connection may go dormant once idle (see `REST_AFTER`).
 fn watchdog(
     cx: &mut Context<'_>,
     state: &ConnState,
@@ -840,6 +955,7 @@ fn watchdog(
     mut sleep: Pin<&mut Sleep>,
     armed: &mut Armed,
     closing: bool,
+    rest: bool,
 ) -> Action {
     let head = state.head_since.load(Ordering::Relaxed);
     if head != NONE && head != armed.head {
@@ -854,7 +970,12 @@ fn watchdog(
     let idle = state.idle_since.load(Ordering::Relaxed);
     if idle != NONE && idle != armed.idle && state.inflight.load(Ordering::Relaxed) == 0 {
         armed.idle = idle;
-        let deadline = state.at(idle) + timeouts.idle;
+        let deadline = state.at(idle)
+            + if rest {
+                timeouts.idle.min(REST_AFTER)
+            } else {
+                timeouts.idle
+            };
         if deadline < sleep.deadline() {
             sleep.as_mut().reset(deadline);
         }
@@ -864,13 +985,14 @@ fn watchdog(
             return Action::Wait;
         }
         let now = Instant::now();
-        match state.verdict(now, timeouts) {
+        match state.verdict(now, timeouts, rest) {
             Verdict::Wait(deadline) => sleep.as_mut().reset(deadline),
             Verdict::SlowHead => return Action::Drop("request head not received in time"),
             Verdict::SlowRead => return Action::Drop("client not reading the response"),
             Verdict::Idle if !closing => return Action::Close("idle"),
             // Already closing, and the grace period is over.
             Verdict::Idle => return Action::Drop("graceful close took too long"),
+            Verdict::Rest => return Action::Rest,
         }
     }
 }

@@ -12,41 +12,71 @@ async fn phases_give_the_right_deadlines() {
     let start = state.epoch;
     // A fresh connection must send its head within the header timeout.
     assert_eq!(
-        state.verdict(start, &T),
+        state.verdict(start, &T, false),
         Verdict::Wait(start + T.header_read)
     );
-    assert_eq!(state.verdict(start + T.header_read, &T), Verdict::SlowHead);
+    assert_eq!(
+        state.verdict(start + T.header_read, &T, false),
+        Verdict::SlowHead
+    );
 
     let active = state.request_started(false);
     let later = start + Duration::from_secs(500);
-    assert_eq!(state.verdict(later, &T), Verdict::Wait(later + T.send));
+    assert_eq!(
+        state.verdict(later, &T, false),
+        Verdict::Wait(later + T.send)
+    );
     // A response write waiting on a client that does not read: cut off after `send`.
     state.on_write(false);
     let blocked = start;
     assert_eq!(
-        state.verdict(blocked + Duration::from_secs(1), &T),
+        state.verdict(blocked + Duration::from_secs(1), &T, false),
         Verdict::Wait(blocked + T.send)
     );
-    assert_eq!(state.verdict(blocked + T.send, &T), Verdict::SlowRead);
+    assert_eq!(
+        state.verdict(blocked + T.send, &T, false),
+        Verdict::SlowRead
+    );
     // Progress clears it.
     state.on_write(true);
-    assert_eq!(state.verdict(later, &T), Verdict::Wait(later + T.send));
+    assert_eq!(
+        state.verdict(later, &T, false),
+        Verdict::Wait(later + T.send)
+    );
     tokio::time::advance(Duration::from_secs(5)).await;
     drop(active);
     // Idle: measured from the end of the last request.
     let idle_from = start + Duration::from_secs(5);
     assert_eq!(
-        state.verdict(idle_from, &T),
+        state.verdict(idle_from, &T, false),
         Verdict::Wait(idle_from + T.idle)
     );
-    assert_eq!(state.verdict(idle_from + T.idle, &T), Verdict::Idle);
+    assert_eq!(state.verdict(idle_from + T.idle, &T, false), Verdict::Idle);
+    // A connection that may go dormant does so after `REST_AFTER` of that idle time.
+    assert_eq!(
+        state.verdict(idle_from, &T, true),
+        Verdict::Wait(idle_from + REST_AFTER)
+    );
+    assert_eq!(
+        state.verdict(idle_from + REST_AFTER, &T, true),
+        Verdict::Rest
+    );
+    // Not when the idle timeout comes first.
+    let short = Timeouts {
+        idle: REST_AFTER / 2,
+        ..T
+    };
+    assert_eq!(
+        state.verdict(idle_from + REST_AFTER / 2, &short, true),
+        Verdict::Idle
+    );
 
     // The first byte of the next head switches to the header timeout.
     tokio::time::advance(Duration::from_secs(20)).await;
     state.on_read();
     let head_from = idle_from + Duration::from_secs(20);
     assert_eq!(
-        state.verdict(head_from, &T),
+        state.verdict(head_from, &T, false),
         Verdict::Wait(head_from + T.header_read)
     );
 }
@@ -73,6 +103,7 @@ async fn socket_pair() -> (WatchedIo, TcpStream) {
         answered: false,
         unflushed: false,
         refusal: Vec::new(),
+        replay: bytes::Bytes::new(),
     };
     (io, client)
 }
@@ -135,7 +166,7 @@ async fn h2_frames_between_requests_are_not_heads() {
     drop(state.request_started(true));
     state.on_read();
     let now = Instant::now();
-    assert_eq!(state.verdict(now, &T), Verdict::Wait(now + T.idle));
+    assert_eq!(state.verdict(now, &T, false), Verdict::Wait(now + T.idle));
 }
 
 #[test]
