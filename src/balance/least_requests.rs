@@ -22,7 +22,11 @@
 //! A weighted key is never below the backend's reciprocal, so the scan visits the heaviest
 //! backends first and stops once the next reciprocal alone is beyond the least key so far: a
 //! lightly loaded pool is decided by its few heaviest backends, a pool loaded in proportion to
-//! its weights is read in full.
+//! its weights is read in full. The weighted scan also keeps where the least key's group of
+//! four starts and the least of the other groups' minima (compare-and-moves on the group's
+//! minimum it computes anyway): when that is beyond the tolerance, every tie is in the least's
+//! group, and the pick is drawn among its four keys with no second walk. Its loads are tested
+//! against the clamp once per group (their bitwise or), clamped only when one is beyond it.
 //!
 //! Pools of up to eight backends, pools in slow start (ramps change every pick, and reading
 //! them costs more than comparing) and the rare pick the fast keys cannot settle exactly (a
@@ -59,6 +63,7 @@ const SMALL: usize = 8;
 /// `(in_flight + 1) × reciprocal` stays below 2^63); a pick landing on such a backend is redone
 /// exactly.
 const CLAMP: u64 = (1 << 24) - 1;
+const _: () = assert!(CLAMP & (CLAMP + 1) == 0, "CLAMP is a mask: all ones");
 
 /// Weighted loads within `least >> TOLERANCE` of the least count as tied: one part in 2^20, far
 /// above the 2^-30 error of the fixed-point reciprocals.
@@ -202,7 +207,13 @@ fn least_weighted<B: Backends + ?Sized>(
     let n = heaviest_first.len();
     let key = |&(i, reciprocal): &(usize, u64)| (backends.in_flight(i).min(CLAMP) + 1) * reciprocal;
     let position = with_keys(n, |keys| {
+        // The least key, the start of the group of four that holds its first occurrence, and
+        // the least of the other groups' minima (a group's minimum equal to the least counts):
+        // when that is beyond the tolerance and the least's own group holds no other tie, the
+        // least is the only one and needs no second walk over the keys.
         let mut least = u64::MAX;
+        let mut second = u64::MAX;
+        let mut at = 0;
         let mut scanned = 0;
         let groups = keys.chunks_exact_mut(4).zip(heaviest_first.chunks_exact(4));
         for ((group, heaviest), &stop) in groups.zip(stops) {
@@ -210,19 +221,51 @@ fn least_weighted<B: Backends + ?Sized>(
             if least < stop {
                 break;
             }
-            let [a, b, c, d] = [0, 1, 2, 3].map(|j| key(&heaviest[j]));
+            let loads = [0, 1, 2, 3].map(|j| backends.in_flight(heaviest[j].0));
+            // One test for the group instead of a clamp per key (CLAMP is all ones).
+            let [a, b, c, d] = if (loads[0] | loads[1] | loads[2] | loads[3]) <= CLAMP {
+                [0, 1, 2, 3].map(|j| (loads[j] + 1) * heaviest[j].1)
+            } else {
+                [0, 1, 2, 3].map(|j| (loads[j].min(CLAMP) + 1) * heaviest[j].1)
+            };
             group.copy_from_slice(&[a, b, c, d]);
-            least = least.min(a.min(b).min(c.min(d)));
+            let m = a.min(b).min(c.min(d));
+            second = second.min(least.max(m));
+            at = if m < least { scanned } else { at };
+            least = least.min(m);
             scanned += 4;
         }
         while scanned < n && heaviest_first[scanned].1 <= tied(least) {
-            keys[scanned] = key(&heaviest_first[scanned]);
-            least = least.min(keys[scanned]);
+            let k = key(&heaviest_first[scanned]);
+            keys[scanned] = k;
+            second = second.min(least.max(k));
+            at = if k < least { scanned } else { at };
+            least = least.min(k);
             scanned += 1;
         }
-        draw_tie(&keys[..scanned], tied(least), false)
+        let top = tied(least);
+        if second > top {
+            // Every tie is among the (up to) four keys from `at`, which hold the least.
+            let group = &keys[at..scanned.min(at + 4)];
+            return only_tie(group, top)
+                .or_else(|| draw_tie(group, top, false))
+                .map(|j| at + j);
+        }
+        draw_tie(&keys[..scanned], top, false)
     })?;
     Some(heaviest_first[position].0)
+}
+
+/// The position of the only key at most `top` in `keys`, if exactly one is.
+fn only_tie(keys: &[u64], top: u64) -> Option<usize> {
+    let mut count = 0;
+    let mut at = 0;
+    for (j, &k) in keys.iter().enumerate() {
+        let tie = k <= top;
+        count += usize::from(tie);
+        at = if tie { j } else { at };
+    }
+    (count == 1).then_some(at)
 }
 
 /// The position of the only key equal to `least` among those `least_in_flight` kept in `lane`
@@ -552,6 +595,20 @@ mod tests {
                 let got = counts(&b, 20)[p];
                 assert_eq!(got, 20, "weights spread, {n} backends, least {p}");
             }
+        }
+    }
+
+    #[test]
+    fn an_unavailable_backend_beside_the_least_does_not_hide_it() {
+        // Weights 1 to 20, loads in proportion but one backend least; the heaviest (read first,
+        // in the first group of four) unavailable, its load beyond the fast keys' clamp.
+        let weights: Vec<u32> = (1..=20).collect();
+        for p in 0..19 {
+            let mut b = Fixed::weights(&weights);
+            b.in_flight = weights.iter().map(|&w| 3 * u64::from(w)).collect();
+            b.in_flight[19] = 1 << 40;
+            b.in_flight[p] = u64::from(weights[p]);
+            assert_eq!(counts(&b, 20)[p], 20, "least {p}");
         }
     }
 
