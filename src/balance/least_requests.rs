@@ -209,8 +209,8 @@ fn least_weighted<B: Backends + ?Sized>(
     let position = with_keys(n, |keys| {
         // The least key, the start of the group of four that holds its first occurrence, and
         // the least of the other groups' minima (a group's minimum equal to the least counts):
-        // when that is beyond the tolerance and the least's own group holds no other tie, the
-        // least is the only one and needs no second walk over the keys.
+        // when that is beyond the tolerance, every tie is in the least's own group, and the
+        // pick is drawn there without a second walk over the keys.
         let mut least = u64::MAX;
         let mut second = u64::MAX;
         let mut at = 0;
