@@ -10,7 +10,10 @@
 //! 1.5 ns a backend. One of the keys tying with the least is then drawn uniformly: when ties
 //! look common (an idle or lightly loaded pool), by drawing random positions until one ties,
 //! about one draw per share of ties; otherwise by finding the first and counting those after it
-//! (a single least needs nothing more) and, if they are few, walking to a drawn one.
+//! (a single least needs nothing more) and, if they are few, walking to a drawn one. With equal
+//! weights, when only one of the four running minima (each over every fourth key) ended on the
+//! least, every tie is in that lane: its quarter of the keys is counted first, and a single
+//! least is returned from there.
 //!
 //! Equal weights key on the in-flight count itself, so ties are exact. Other weights key on
 //! `(in_flight + 1)` times a fixed-point reciprocal of the weight, `2^39 / weight` rounded,
@@ -19,7 +22,11 @@
 //! A weighted key is never below the backend's reciprocal, so the scan visits the heaviest
 //! backends first and stops once the next reciprocal alone is beyond the least key so far: a
 //! lightly loaded pool is decided by its few heaviest backends, a pool loaded in proportion to
-//! its weights is read in full.
+//! its weights is read in full. The weighted scan also keeps where the least key's group of
+//! four starts and the least of the other groups' minima (compare-and-moves on the group's
+//! minimum it computes anyway): when that is beyond the tolerance, every tie is in the least's
+//! group, and the pick is drawn among its four keys with no second walk. Its loads are tested
+//! against the clamp once per group (their bitwise or), clamped only when one is beyond it.
 //!
 //! Pools of up to eight backends, pools in slow start (ramps change every pick, and reading
 //! them costs more than comparing) and the rare pick the fast keys cannot settle exactly (a
@@ -56,6 +63,7 @@ const SMALL: usize = 8;
 /// `(in_flight + 1) × reciprocal` stays below 2^63); a pick landing on such a backend is redone
 /// exactly.
 const CLAMP: u64 = (1 << 24) - 1;
+const _: () = assert!(CLAMP & (CLAMP + 1) == 0, "CLAMP is a mask: all ones");
 
 /// Weighted loads within `least >> TOLERANCE` of the least count as tied: one part in 2^20, far
 /// above the 2^-30 error of the fixed-point reciprocals.
@@ -176,8 +184,16 @@ fn least_in_flight<B: Backends + ?Sized>(backends: &B) -> Option<usize> {
         let minimum = least[0].min(least[1]).min(least[2].min(least[3]));
         // Most of the four minima ending on the least (every one, in an idle pool) hints that
         // ties are common.
-        let common = least.iter().filter(|&&l| l == minimum).count() >= 3;
-        draw_tie(keys, minimum, common)
+        let holding = least.iter().filter(|&&l| l == minimum).count();
+        if holding == 1 {
+            // Every tie is in the one lane whose minimum is the least (the remainder counts as
+            // lane 0): a quarter of the keys settles whether the least is the only one.
+            let lane = least.iter().position(|&l| l == minimum).unwrap_or(0);
+            if let Some(j) = only_tie_in_lane(keys, lane, minimum) {
+                return Some(j);
+            }
+        }
+        draw_tie(keys, minimum, holding >= 3)
     })
 }
 
@@ -191,7 +207,13 @@ fn least_weighted<B: Backends + ?Sized>(
     let n = heaviest_first.len();
     let key = |&(i, reciprocal): &(usize, u64)| (backends.in_flight(i).min(CLAMP) + 1) * reciprocal;
     let position = with_keys(n, |keys| {
+        // The least key, the start of the group of four that holds its first occurrence, and
+        // the least of the other groups' minima (a group's minimum equal to the least counts):
+        // when that is beyond the tolerance, every tie is in the least's own group, and the
+        // pick is drawn there without a second walk over the keys.
         let mut least = u64::MAX;
+        let mut second = u64::MAX;
+        let mut at = 0;
         let mut scanned = 0;
         let groups = keys.chunks_exact_mut(4).zip(heaviest_first.chunks_exact(4));
         for ((group, heaviest), &stop) in groups.zip(stops) {
@@ -199,19 +221,74 @@ fn least_weighted<B: Backends + ?Sized>(
             if least < stop {
                 break;
             }
-            let [a, b, c, d] = [0, 1, 2, 3].map(|j| key(&heaviest[j]));
+            let loads = [0, 1, 2, 3].map(|j| backends.in_flight(heaviest[j].0));
+            // One test for the group instead of a clamp per key (CLAMP is all ones).
+            let [a, b, c, d] = if (loads[0] | loads[1] | loads[2] | loads[3]) <= CLAMP {
+                [0, 1, 2, 3].map(|j| (loads[j] + 1) * heaviest[j].1)
+            } else {
+                [0, 1, 2, 3].map(|j| (loads[j].min(CLAMP) + 1) * heaviest[j].1)
+            };
             group.copy_from_slice(&[a, b, c, d]);
-            least = least.min(a.min(b).min(c.min(d)));
+            let m = a.min(b).min(c.min(d));
+            second = second.min(least.max(m));
+            at = if m < least { scanned } else { at };
+            least = least.min(m);
             scanned += 4;
         }
         while scanned < n && heaviest_first[scanned].1 <= tied(least) {
-            keys[scanned] = key(&heaviest_first[scanned]);
-            least = least.min(keys[scanned]);
+            let k = key(&heaviest_first[scanned]);
+            keys[scanned] = k;
+            second = second.min(least.max(k));
+            at = if k < least { scanned } else { at };
+            least = least.min(k);
             scanned += 1;
         }
-        draw_tie(&keys[..scanned], tied(least), false)
+        let top = tied(least);
+        if second > top {
+            // Every tie is among the (up to) four keys from `at`, which hold the least.
+            let group = &keys[at..scanned.min(at + 4)];
+            return only_tie(group, top)
+                .or_else(|| draw_tie(group, top, false))
+                .map(|j| at + j);
+        }
+        draw_tie(&keys[..scanned], top, false)
     })?;
     Some(heaviest_first[position].0)
+}
+
+/// The position of the only key at most `top` in `keys`, if exactly one is.
+fn only_tie(keys: &[u64], top: u64) -> Option<usize> {
+    let mut count = 0;
+    let mut at = 0;
+    for (j, &k) in keys.iter().enumerate() {
+        let tie = k <= top;
+        count += usize::from(tie);
+        at = if tie { j } else { at };
+    }
+    (count == 1).then_some(at)
+}
+
+/// The position of the only key equal to `least` among those `least_in_flight` kept in `lane`
+/// (positions `lane`, `lane + 4`, ... of the groups of four, and for lane 0 the remainder
+/// too), if exactly one is; `None` also when there are more (then `draw_tie` decides).
+fn only_tie_in_lane(keys: &[u64], lane: usize, least: u64) -> Option<usize> {
+    let mut count = 0;
+    let mut at = 0;
+    let mut groups = keys.chunks_exact(4);
+    for (g, group) in (&mut groups).enumerate() {
+        let tie = group[lane & 3] == least;
+        count += usize::from(tie);
+        at = if tie { 4 * g + (lane & 3) } else { at };
+    }
+    if lane == 0 {
+        let start = keys.len() - groups.remainder().len();
+        for (j, &k) in groups.remainder().iter().enumerate() {
+            let tie = k == least;
+            count += usize::from(tie);
+            at = if tie { start + j } else { at };
+        }
+    }
+    (count == 1).then_some(at)
 }
 
 /// The keys that count as tied with a least key of `least`.
@@ -496,6 +573,70 @@ mod tests {
         b.in_flight = vec![0; 20];
         let got = counts(&b, PICKS);
         assert_shared_evenly(&got, &[0, 19], PICKS, "idle heaviest");
+    }
+
+    #[test]
+    fn a_single_least_is_found_wherever_it_is() {
+        // Every position of pools around the sizes where the scans' groups of four and their
+        // remainder change, as the only least; the others busier, with ties among them. Equal
+        // weights, and weights spread with loads in proportion to them.
+        for n in [9, 10, 11, 12, 13, 16, 17, 31, 100, 103] {
+            for p in 0..n {
+                let mut b = Fixed::weights(&vec![1; n]);
+                b.in_flight = (0..n).map(|i| 2 + (i * 7 % 5) as u64).collect();
+                b.in_flight[p] = 1;
+                let got = counts(&b, 20)[p];
+                assert_eq!(got, 20, "equal weights, {n} backends, least {p}");
+
+                let weights: Vec<u32> = (0..n).map(|i| (i * 379 % 1000) as u32 + 1).collect();
+                let mut b = Fixed::weights(&weights);
+                b.in_flight = weights.iter().map(|&w| 3 * u64::from(w)).collect();
+                b.in_flight[p] = u64::from(weights[p]);
+                let got = counts(&b, 20)[p];
+                assert_eq!(got, 20, "weights spread, {n} backends, least {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unavailable_backend_beside_the_least_does_not_hide_it() {
+        // Weights 1 to 20, loads in proportion but one backend least; the heaviest (read first,
+        // in the first group of four) unavailable, its load beyond the fast keys' clamp.
+        let weights: Vec<u32> = (1..=20).collect();
+        for p in 0..19 {
+            let mut b = Fixed::weights(&weights);
+            b.in_flight = weights.iter().map(|&w| 3 * u64::from(w)).collect();
+            b.in_flight[19] = 1 << 40;
+            b.in_flight[p] = u64::from(weights[p]);
+            assert_eq!(counts(&b, 20)[p], 20, "least {p}");
+        }
+    }
+
+    #[test]
+    fn two_weighted_ties_next_to_each_other_are_shared_evenly() {
+        // Weights 1 to 12, all at a load of 2 but the two heaviest, at 1: the scan reads them
+        // first, in the same group of four, and finds no other tie.
+        let weights: Vec<u32> = (1..=12).collect();
+        let mut b = Fixed::weights(&weights);
+        b.in_flight = weights.iter().map(|&w| 2 * u64::from(w) - 1).collect();
+        for i in [10, 11] {
+            b.in_flight[i] = u64::from(weights[i]) - 1;
+        }
+        const PICKS: usize = 30_000;
+        let got = counts(&b, PICKS);
+        assert_shared_evenly(&got, &[10, 11], PICKS, "two heaviest");
+
+        // Equal weights: two ties in the same lane of the scan (positions 1 and 5), and in the
+        // remainder after the groups of four (positions 0 and 12).
+        for tied in [[1, 5], [0, 12]] {
+            let mut b = Fixed::weights(&[1; 13]);
+            b.in_flight = vec![4; 13];
+            for i in tied {
+                b.in_flight[i] = 2;
+            }
+            let got = counts(&b, PICKS);
+            assert_shared_evenly(&got, &tied, PICKS, &format!("{tied:?}"));
+        }
     }
 
     #[test]
