@@ -1,3 +1,4 @@
+use super::protocol::{classify, sniff, PREFACE};
 use super::*;
 
 const T: Timeouts = Timeouts {

@@ -1,0 +1,251 @@
+//! Which protocol a downstream connection speaks, and hyper's server for it: HTTP/1.1 or
+//! HTTP/2 (ALPN on HTTPS; the HTTP/2 preface, peeked, in clear text), and the dormant state of
+//! an idle HTTP/1 connection.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::ReadBuf;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::watched::WatchedIo;
+use super::{ConnState, ListenerSettings};
+use crate::config;
+use crate::proxy::Proxy;
+use crate::tls::Downstream;
+
+/// The protocol a connection speaks. On HTTPS, what ALPN chose (HTTP/1.1 without ALPN, as
+/// nginx and Envoy do). In plain text, HTTP/2 when the client's first bytes are the HTTP/2
+/// preface (prior knowledge), HTTP/1.1 as soon as they differ from it: the bytes are peeked,
+/// not read, and hyper reads them again. The first request head must arrive within the
+/// listener's `header_read_timeout`, so the wait for these bytes is bounded by it. `None`: the
+/// connection is closed.
+pub(super) async fn protocol(
+    settings: &ListenerSettings,
+    stream: &Downstream,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Option<Protocol> {
+    let stream = match stream {
+        Downstream::Tls(tls) => {
+            return Some(match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            })
+        }
+        Downstream::Plain(stream) => stream,
+    };
+    let sniffing = tokio::time::timeout(settings.timeouts.header_read, sniff(stream));
+    tokio::select! {
+        done = sniffing => match done {
+            Ok(Ok(protocol)) => Some(protocol),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection failed before its first request");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "request head not received in time");
+                None
+            }
+        },
+        () = shutdown.cancelled() => None,
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113, section 3.4).
+pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What a connection's first bytes say about its protocol; `None` while they are a proper
+/// prefix of the HTTP/2 preface and more must be waited for.
+pub(super) fn classify(first: &[u8], ended: bool) -> Option<Protocol> {
+    let n = first.len().min(PREFACE.len());
+    if first[..n] != PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == PREFACE.len() {
+        Some(Protocol::Http2)
+    } else if ended {
+        // The client will send nothing more: hyper's HTTP/1 side reads what there is and
+        // closes the connection as HTTP/1 would.
+        Some(Protocol::Http1)
+    } else {
+        None
+    }
+}
+
+/// Waits for the first bytes of a plain-text connection and classifies them, without taking
+/// them off the socket.
+pub(super) async fn sniff(stream: &TcpStream) -> io::Result<Protocol> {
+    use tokio::io::Interest;
+    let mut first = [0u8; PREFACE.len()];
+    loop {
+        let ended = stream.ready(Interest::READABLE).await?.is_read_closed();
+        // Peeking inside `try_io`: when the bytes so far are only a prefix of the preface, the
+        // readiness they came with is cleared, and the next wait is for more of them (a
+        // readiness that arrived meanwhile is kept).
+        let found = stream.try_io(Interest::READABLE, || {
+            let mut peeked = ReadBuf::new(&mut first);
+            match stream.poll_peek(&mut Context::from_waker(Waker::noop()), &mut peeked) {
+                Poll::Ready(Ok(n)) => classify(peeked.filled(), ended || n == 0)
+                    .ok_or_else(|| io::ErrorKind::WouldBlock.into()),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
+        match found {
+            Ok(protocol) => return Ok(protocol),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub(super) fn http1_builder(settings: &config::Listener) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // The watchdog times heads and idle connections; hyper's timer would fight it.
+        .header_read_timeout(None)
+        .keep_alive(true)
+        // Room for the largest allowed head, so sluice's own checks answer 414 and 431 with a
+        // body and a request id; only far larger heads meet hyper's bare 431.
+        .max_buf_size(
+            settings
+                .max_header_bytes
+                .saturating_add(settings.max_uri_bytes)
+                .saturating_add(1024)
+                .max(8192),
+        );
+    builder
+}
+
+pub(super) fn http2_builder(settings: &config::Listener) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        // Bounded cost per connection: at most 100 streams at once, modest flow-control windows
+        // (what one client may make sluice buffer), streams reset before they were served
+        // counted (a rapid-reset flood ends the connection with ENHANCE_YOUR_CALM), and a
+        // peer that stops answering pings closed.
+        .max_concurrent_streams(100)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_pending_accept_reset_streams(Some(20))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
+        // RFC 8441: WebSockets over HTTP/2 (`proxy::upgrade`).
+        .enable_connect_protocol();
+    builder
+}
+
+pub(super) type ServedIo = TokioIo<WatchedIo>;
+
+/// One downstream connection as hyper serves it, in the protocol it was found to speak. An
+/// HTTP/2 connection's state is several KiB and lives on the heap, so that the idle HTTP/1
+/// connections that are most of a listener's do not each carry room for it in their task.
+#[allow(clippy::large_enum_variant)] // HTTP/1 inline on purpose: most connections speak it.
+pub(super) enum Served {
+    Http1(http1::UpgradeableConnection<ServedIo, Proxy>),
+    Http2(Pin<Box<http2::Connection<ServedIo, Proxy, TokioExecutor>>>),
+    /// An idle HTTP/1 connection in clear text without hyper's connection and its buffers: the
+    /// socket and the service, until the client sends again (`REST_AFTER`).
+    Dormant(ServedIo, Proxy),
+    /// Only while changing from one of the others to another.
+    Changing,
+}
+
+impl Served {
+    pub(super) fn new(
+        settings: &ListenerSettings,
+        protocol: Protocol,
+        io: ServedIo,
+        proxy: Proxy,
+    ) -> Served {
+        match protocol {
+            Protocol::Http1 => {
+                Served::Http1(settings.http1.serve_connection(io, proxy).with_upgrades())
+            }
+            Protocol::Http2 => Served::Http2(Box::pin(settings.http2.serve_connection(io, proxy))),
+        }
+    }
+
+    /// Serves until the connection ends. An HTTP/1 connection that ends dormant (`state.dormant`)
+    /// becomes `Dormant` and comes back as a new hyper connection once the client sends again.
+    pub(super) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        settings: &ListenerSettings,
+        state: &ConnState,
+    ) -> Poll<hyper::Result<()>> {
+        loop {
+            let done = match self {
+                Served::Http1(conn) => std::task::ready!(Pin::new(conn).poll(cx)),
+                Served::Http2(conn) => return conn.as_mut().poll(cx),
+                Served::Dormant(io, _) => {
+                    let Downstream::Plain(stream) = &io.inner().stream else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    // Data, or the end of the stream: a new hyper connection reads it.
+                    std::task::ready!(stream.poll_read_ready(cx)).ok();
+                    let Served::Dormant(io, proxy) = std::mem::replace(self, Served::Changing)
+                    else {
+                        return Poll::Ready(Ok(()));
+                    };
+                    state.dormant.store(false, Ordering::Relaxed);
+                    *self = Served::new(settings, Protocol::Http1, io, proxy);
+                    continue;
+                }
+                Served::Changing => return Poll::Ready(Ok(())),
+            };
+            if done.is_err() || !state.dormant.load(Ordering::Relaxed) {
+                return Poll::Ready(done);
+            }
+            // hyper closed its end for dormancy: keep the socket and the service.
+            let Served::Http1(conn) = std::mem::replace(self, Served::Changing) else {
+                return Poll::Ready(Ok(()));
+            };
+            let Some(parts) = conn.into_parts() else {
+                return Poll::Ready(Ok(()));
+            };
+            let mut io = parts.io;
+            io.inner_mut().replay = parts.read_buf;
+            *self = Served::Dormant(io, parts.service);
+        }
+    }
+
+    /// Whether the connection may go dormant once idle: HTTP/1 served by hyper now, not
+    /// already going dormant, and not a WebSocket tunnel (its socket belongs to the tunnel).
+    pub(super) fn may_rest(&self, state: &ConnState) -> bool {
+        matches!(self, Served::Http1(_))
+            && !state.dormant.load(Ordering::Relaxed)
+            && !state.tunnel.load(Ordering::Relaxed)
+    }
+
+    /// Finish what is in flight, then close (HTTP/2: GOAWAY first).
+    pub(super) fn graceful_shutdown(&mut self) {
+        match self {
+            Served::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            Served::Http2(conn) => conn.as_mut().graceful_shutdown(),
+            Served::Dormant(..) | Served::Changing => {}
+        }
+    }
+
+    /// Nothing of the connection is left to finish: a dormant connection is closed at once.
+    pub(super) fn is_dormant(&self) -> bool {
+        matches!(self, Served::Dormant(..))
+    }
+}
