@@ -199,8 +199,11 @@ impl Served {
                     let Downstream::Plain(stream) = &io.inner().stream else {
                         return Poll::Ready(Ok(()));
                     };
-                    // Data, or the end of the stream: a new hyper connection reads it.
-                    std::task::ready!(stream.poll_read_ready(cx)).ok();
+                    // Data, or the end of the stream: a new hyper connection reads it. Bytes
+                    // hyper had read and not used are waiting already.
+                    if io.inner().replay.is_empty() {
+                        std::task::ready!(stream.poll_read_ready(cx)).ok();
+                    }
                     let Served::Dormant(io, proxy) = std::mem::replace(self, Served::Changing)
                     else {
                         return Poll::Ready(Ok(()));

@@ -276,3 +276,33 @@ async fn sniffing_tells_http1_from_a_first_byte_shared_with_the_preface() {
         .expect("POST was not recognised");
     assert_eq!(protocol, Protocol::Http1);
 }
+
+#[tokio::test]
+async fn a_waking_connection_reads_the_replayed_bytes_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut io, mut client) = socket_pair().await;
+    io.replay = bytes::Bytes::from_static(b"GET /a HTTP/1.1\r\n");
+    client.write_all(b"Host: x\r\n\r\n").await.unwrap();
+    let want = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut got = vec![0u8; want.len()];
+    io.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, want);
+    assert!(io.replay.is_empty());
+}
+
+#[tokio::test]
+async fn going_dormant_does_not_shut_the_socket_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut io, mut client) = socket_pair().await;
+    io.state.dormant.store(true, Ordering::Relaxed);
+    // What hyper does when it closes its idle connection.
+    io.shutdown().await.unwrap();
+    io.write_all(b"still open").await.unwrap();
+    let mut got = [0u8; 10];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still open");
+    // Once awake, a shutdown is a shutdown again.
+    io.state.dormant.store(false, Ordering::Relaxed);
+    io.shutdown().await.unwrap();
+    assert_eq!(client.read(&mut got).await.unwrap(), 0, "no FIN");
+}
