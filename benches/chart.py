@@ -11,7 +11,8 @@ docs/performance.md for 2026-11-21 are drawn (the commands are given there).
 import json, os, sys
 
 # docs/performance.md, "Issue 9": `peers.py --checkout . --rust-peers hyper-ref` before and after
-# upstream::h1, and `--path /big` after it.
+# upstream::h1, and `--path /big` after it; then both again after protocol detection and dormant
+# connections (the section of that name).
 RECORDED = [
     ("10-byte responses, before issue 9 (hyper-util client)",
      {"nginx": (82780, 11.67), "haproxy": (75912, 12.96), "hyper-ref": (67809, 14.44), "sluice": (50661, 19.50)}),
@@ -19,6 +20,11 @@ RECORDED = [
      {"nginx": (85694, 11.11), "haproxy": (72692, 13.42), "hyper-ref": (67149, 14.41), "sluice": (75138, 13.16)}),
     ("64 KiB responses, with upstream::h1",
      {"nginx": (13252, 56.53), "haproxy": (17092, 41.49), "sluice": (19086, 50.51)}),
+    # "After protocol detection and dormant connections": the hyper-ref and --path /big runs.
+    ("10-byte responses, after protocol detection and dormant connections",
+     {"nginx": (75730, 12.99), "haproxy": (73207, 13.22), "hyper-ref": (69017, 14.28), "sluice": (76183, 12.99)}),
+    ("64 KiB responses, after protocol detection and dormant connections",
+     {"nginx": (14682, 50.92), "haproxy": (18852, 38.24), "sluice": (20203, 48.24)}),
 ]
 
 COLORS = {"nginx": "#3b7d3b", "haproxy": "#2f5f9e", "hyper-ref": "#8a8a8a", "sluice": "#c0562b"}
