@@ -225,7 +225,8 @@ impl Served {
                 return Poll::Ready(Ok(()));
             };
             let mut io = parts.io;
-            io.inner_mut().replay = parts.read_buf;
+            // A copy: even empty, hyper's `Bytes` can hold its whole read buffer.
+            io.inner_mut().replay = bytes::Bytes::copy_from_slice(&parts.read_buf);
             *self = Served::Dormant(io, parts.service);
         }
     }
