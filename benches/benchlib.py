@@ -47,6 +47,13 @@ def stop(p):
             pass
 
 
+def teardown(procs, run):
+    """Stops the processes a script started (last started first) and removes its run directory."""
+    for p in reversed(procs):
+        stop(p)
+    shutil.rmtree(run, ignore_errors=True)
+
+
 def group_cpu_seconds(pgid):
     """utime+stime of every live process in a process group (the proxy's master and workers)."""
     total = 0

@@ -95,9 +95,7 @@ def main():
                 print("FAIL: non-2xx responses during the rounds")
         return 0 if ok else 1
     finally:
-        for p in reversed(procs):
-            b.stop(p)
-        shutil.rmtree(run, ignore_errors=True)
+        b.teardown(procs, run)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ usage: benches/idle_conns.py [BINARY] [--conns 10000] [--workers 1] [--max-kib 1
 RLIMIT_NOFILE is raised to N + 1024 for this process and sluice (it inherits it): the hard limit
 must allow that (root may raise it).
 """
-import argparse, json, os, resource, shutil, socket, subprocess, sys, time
+import argparse, json, os, resource, socket, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as b  # noqa: E402
@@ -173,9 +173,7 @@ def main():
     finally:
         for s in clients:
             s.close()
-        for p in reversed(procs):
-            b.stop(p)
-        shutil.rmtree(run, ignore_errors=True)
+        b.teardown(procs, run)
 
 
 if __name__ == "__main__":

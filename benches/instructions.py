@@ -76,9 +76,7 @@ def measure(binary, requests, conns, path, keep=None, metrics=False):
                     shutil.copy(dump, keep)
         return total / sent
     finally:
-        for p in reversed(procs):
-            b.stop(p)
-        shutil.rmtree(run, ignore_errors=True)
+        b.teardown(procs, run)
 
 
 def main():

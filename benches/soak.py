@@ -124,9 +124,7 @@ def main():
             print("PASS" if ok else "FAIL")
         return 0 if ok else 1
     finally:
-        for p in reversed(procs):
-            b.stop(p)
-        shutil.rmtree(run, ignore_errors=True)
+        b.teardown(procs, run)
 
 
 if __name__ == "__main__":

@@ -168,12 +168,8 @@ impl ConnState {
                 NONE => 0,
                 idle => idle,
             };
-            let idle = self.at(idle);
-            if rest && timeouts.idle > REST_AFTER {
-                (idle + REST_AFTER, Verdict::Rest)
-            } else {
-                (idle + timeouts.idle, Verdict::Idle)
-            }
+            let (limit, expired) = timeouts.idle_phase(rest);
+            (self.at(idle) + limit, expired)
         };
         if now >= deadline {
             expired
@@ -224,6 +220,19 @@ struct Timeouts {
     header_read: Duration,
     idle: Duration,
     send: Duration,
+}
+
+impl Timeouts {
+    /// How long an idle connection waits for its next request before the watchdog acts, and
+    /// what it does then: go dormant, when `rest` allows it and the idle timeout is longer than
+    /// `REST_AFTER`, or close.
+    fn idle_phase(&self, rest: bool) -> (Duration, Verdict) {
+        if rest && self.idle > REST_AFTER {
+            (REST_AFTER, Verdict::Rest)
+        } else {
+            (self.idle, Verdict::Idle)
+        }
+    }
 }
 
 /// A listener's settings in the form its connections use, built once per config. A reload
@@ -377,30 +386,40 @@ async fn handshake(
     };
     // Boxed: rustls's handshake state is large, and a connection's task is as large as its
     // largest phase; it lives on the heap only while the handshake runs.
-    let accepting = tokio::time::timeout(
-        settings.timeouts.header_read,
-        Box::pin(acceptor.accept(stream)),
-    );
-    let tls = tokio::select! {
-        done = accepting => match done {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake not finished in time");
-                return None;
-            }
-        },
-        () = shutdown.cancelled() => return None,
-    };
+    let accepting = Box::pin(acceptor.accept(stream));
+    let tls = opening(settings, peer, shutdown, "TLS handshake", accepting).await?;
     let sni = tls.get_ref().1.server_name();
     let session = Session {
         certificate: resolver.choose(sni),
         resolver: resolver.clone(),
     };
     Some((Downstream::Tls(Box::new(tls)), Some(session)))
+}
+
+/// A step of opening a connection (the TLS handshake, finding its protocol), which must finish
+/// within the listener's `header_read_timeout` and is abandoned at shutdown. `None`: the
+/// connection is closed.
+async fn opening<T>(
+    settings: &ListenerSettings,
+    peer: SocketAddr,
+    shutdown: &CancellationToken,
+    step: &'static str,
+    work: impl Future<Output = io::Result<T>>,
+) -> Option<T> {
+    tokio::select! {
+        done = tokio::time::timeout(settings.timeouts.header_read, work) => match done {
+            Ok(Ok(done)) => Some(done),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, step, error = %e, "connection failed while opening");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(%peer, step, "connection opening not finished in time");
+                None
+            }
+        },
+        () = shutdown.cancelled() => None,
+    }
 }
 
 async fn accept_error(listener: &str, e: io::Error) {
@@ -588,12 +607,7 @@ fn watchdog(
     let idle = state.idle_since.load(Ordering::Relaxed);
     if idle != NONE && idle != armed.idle && state.inflight.load(Ordering::Relaxed) == 0 {
         armed.idle = idle;
-        let deadline = state.at(idle)
-            + if rest {
-                timeouts.idle.min(REST_AFTER)
-            } else {
-                timeouts.idle
-            };
+        let deadline = state.at(idle) + timeouts.idle_phase(rest).0;
         if deadline < sleep.deadline() {
             sleep.as_mut().reset(deadline);
         }

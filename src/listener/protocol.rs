@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::watched::WatchedIo;
-use super::{ConnState, ListenerSettings};
+use super::{opening, ConnState, ListenerSettings};
 use crate::config;
 use crate::proxy::Proxy;
 use crate::tls::Downstream;
@@ -43,21 +43,14 @@ pub(super) async fn protocol(
         }
         Downstream::Plain(stream) => stream,
     };
-    let sniffing = tokio::time::timeout(settings.timeouts.header_read, sniff(stream));
-    tokio::select! {
-        done = sniffing => match done {
-            Ok(Ok(protocol)) => Some(protocol),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "connection failed before its first request");
-                None
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "request head not received in time");
-                None
-            }
-        },
-        () = shutdown.cancelled() => None,
-    }
+    opening(
+        settings,
+        peer,
+        shutdown,
+        "finding the protocol",
+        sniff(stream),
+    )
+    .await
 }
 
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
