@@ -56,7 +56,12 @@ def teardown(procs, run):
 
 def group_cpu_seconds(pgid):
     """utime+stime of every live process in a process group (the proxy's master and workers)."""
-    total = 0
+    return sum(group_cpu_split(pgid))
+
+
+def group_cpu_split(pgid):
+    """(utime, stime) in seconds of every live process in a process group."""
+    user = system = 0
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -65,8 +70,9 @@ def group_cpu_seconds(pgid):
         except OSError:
             continue
         if int(f[2]) == pgid:
-            total += int(f[11]) + int(f[12])
-    return total / TICK
+            user += int(f[11])
+            system += int(f[12])
+    return user / TICK, system / TICK
 
 
 def proc_status_kib(pid, key):
@@ -112,9 +118,17 @@ http {{
 
 
 def nginx_backends(run, ports, cpu=0):
-    """One nginx worker serving `backend-N\\n` on each port (the peers.py backends)."""
+    """One nginx worker serving `backend-N\\n` on each port and a 64 KiB file at /big (the
+    peers.py backends)."""
+    big = os.path.join(run, "big.bin")
+    with open(big, "wb") as f:
+        f.write(os.urandom(64 * 1024))
+    # nginx's worker runs as an unprivileged user: it must be able to read the file.
+    os.chmod(run, 0o755)
+    os.chmod(big, 0o644)
     servers = "\n".join(
-        f'    server {{ listen 127.0.0.1:{p}; location / {{ return 200 "backend-{i + 1}\\n"; }} }}'
+        f'    server {{ listen 127.0.0.1:{p}; location / {{ return 200 "backend-{i + 1}\\n"; }}'
+        f' location /big {{ alias {big}; }} }}'
         for i, p in enumerate(ports))
     conf = os.path.join(run, "backends.nginx.conf")
     with open(conf, "w") as f:

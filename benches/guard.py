@@ -20,18 +20,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as b  # noqa: E402
 
 
-def wrk(port, seconds, conns, pgid=None):
-    cpu0 = b.group_cpu_seconds(pgid) if pgid else 0.0
+def wrk(port, seconds, conns, pgid=None, path="/"):
+    """One wrk round; with `pgid`, the CPU time that process group spent per request (user,
+    system and both, in microseconds)."""
+    cpu0 = b.group_cpu_split(pgid) if pgid else (0.0, 0.0)
     cmd = (["taskset", "-c", "0"] if shutil.which("taskset") else []) + \
-        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}/"]
+        ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
-    cpu_us = (b.group_cpu_seconds(pgid) - cpu0) * 1e6 / total if pgid and total else 0.0
-    return {"rps": rps, "requests": total, "cpu_us_per_req": cpu_us,
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": sock.group(1) if sock else ""}
+    cpu1 = b.group_cpu_split(pgid) if pgid else (0.0, 0.0)
+    user, system = ((c1 - c0) * 1e6 / total if pgid and total else 0.0 for c0, c1 in zip(cpu0, cpu1))
+    return {"rps": rps, "requests": total, "cpu_us_per_req": user + system, "user_us": user,
+            "system_us": system, "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sock.group(1) if sock else ""}
 
 
 def main():
