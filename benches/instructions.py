@@ -3,7 +3,7 @@
 that does not move with the machine's load, for comparing two builds when wall-clock and CPU
 time are too noisy (this 2-core VM varies by +-10% between runs of peers.py).
 
-usage: benches/instructions.py [BINARY ...] [--requests N] [--conns C] [--path /] [--metrics] [--keep FILE]
+usage: benches/instructions.py [BINARY ...] [--requests N] [--conns C] [--close] [--path /] [--metrics] [--keep FILE]
 
 For each binary (default: target/release/sluice): three nginx backends and sluice (one worker,
 `--workers 1`) under `valgrind --tool=callgrind`; a warm-up of C keep-alive connections, then the
@@ -16,9 +16,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib as b  # noqa: E402
 
 
-def request_all(port, conns, per_conn, path):
+def request_all(port, conns, per_conn, path, close=False):
     """Sends `per_conn` keep-alive GETs on each of `conns` connections, one at a time each,
-    reading every response in full (Content-Length bodies)."""
+    reading every response in full (Content-Length bodies). `close`: every request on a new
+    connection instead (`Connection: close`, closed once the response is read)."""
+    if close:
+        for _ in range(per_conn * conns):
+            one_request(port, path)
+        return
     socks = [socket.create_connection(("127.0.0.1", port), 30) for _ in range(conns)]
     req = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     for _ in range(per_conn):
@@ -41,7 +46,17 @@ def request_all(port, conns, per_conn, path):
         s.close()
 
 
-def measure(binary, requests, conns, path, keep=None, metrics=False):
+def one_request(port, path):
+    with socket.create_connection(("127.0.0.1", port), 30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+        if not answer.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"unexpected answer: {answer[:80]!r}")
+
+
+def measure(binary, requests, conns, path, keep=None, metrics=False, close=False):
     run = b.tempdir("sluice-instr-")
     procs = []
     try:
@@ -62,7 +77,7 @@ def measure(binary, requests, conns, path, keep=None, metrics=False):
         request_all(port, conns, 20, path)
         pid = procs[-1].pid
         subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
-        request_all(port, conns, requests // conns, path)
+        request_all(port, conns, requests // conns, path, close)
         subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
         sent = (requests // conns) * conns
         total = 0
@@ -88,6 +103,8 @@ def main():
     ap.add_argument("--keep", help="copy the callgrind dump here (for callgrind_annotate)")
     ap.add_argument("--metrics", action="store_true",
                     help="with an [admin] table, so per-request metrics are recorded")
+    ap.add_argument("--close", action="store_true",
+                    help="every request on a new connection (Connection: close): the cost of a connection")
     a = ap.parse_args()
     for tool in ("nginx", "valgrind", "callgrind_control"):
         if not shutil.which(tool):
@@ -95,8 +112,9 @@ def main():
             return 0
     for binary in a.binaries or [None]:
         binary = b.sluice_binary(binary)
-        per = measure(binary, a.requests, a.conns, a.path, a.keep, a.metrics)
-        print(f"{binary}: {per:,.0f} instructions per request ({a.requests} requests, {a.conns} connections, "
+        per = measure(binary, a.requests, a.conns, a.path, a.keep, a.metrics, a.close)
+        print(f"{binary}: {per:,.0f} instructions per request ({a.requests} requests, "
+              f"{'each on a new connection' if a.close else f'{a.conns} connections'}, "
               f"{a.path}, metrics {'on' if a.metrics else 'off'})")
     return 0
 

@@ -302,6 +302,9 @@ impl Acceptor {
     /// spawning each connection on `tracker`; it also closes the connections gracefully.
     pub async fn run(self, shutdown: CancellationToken, tracker: TaskTracker) {
         let counters = self.shared.listener_counters(self.id);
+        // One wait for shutdown for the acceptor's life: a new one per accepted connection would
+        // register with (and leave) the token's waiters, under its lock, every time.
+        let mut stopping = pin!(shutdown.cancelled());
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -311,14 +314,14 @@ impl Acceptor {
                         continue;
                     }
                 },
-                () = shutdown.cancelled() => break,
+                () = &mut stopping => break,
             };
             // Beyond `max_connections`, this acceptor waits for a slot before serving (and so
             // before accepting more): excess connections queue in the kernel's backlog. A
             // waiting acceptor holds no slot, so idle listeners never starve busy ones.
             let permit = tokio::select! {
                 permit = self.shared.connections.clone().acquire_owned() => permit,
-                () = shutdown.cancelled() => break,
+                () = &mut stopping => break,
             };
             let Ok(permit) = permit else { break };
             if let Err(e) = stream.set_nodelay(true) {

@@ -134,6 +134,11 @@ impl Exchange {
         }
     }
 
+    /// When the request's head was taken (its clock for the metrics and the access log).
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// The downstream connection the request arrived on.
     pub fn conn(&self) -> &crate::listener::ConnState {
         self._active.conn()

@@ -55,7 +55,8 @@ impl Upstream {
     /// client (`upstream::h1`) for a bodiless request that may be sent twice to a plain HTTP/1.1
     /// pool (most traffic), hyper's otherwise. Synchronous: the exchange itself happens in
     /// `finish`. The response head must come within the pool's request timeout (`limit` may
-    /// bring that forward).
+    /// bring that forward). `now`: the clock, read by the caller.
+    #[allow(clippy::too_many_arguments)] // one call site, which has them all at hand
     pub fn start(
         pool_index: usize,
         worker: usize,
@@ -64,9 +65,9 @@ impl Upstream {
         parts: Parts,
         body: UpstreamBody,
         timed: bool,
+        now: Instant,
     ) -> Upstream {
         let backend = &pool.backends[backend_index];
-        let now = Instant::now();
         // A request that may be sent twice: kept for a retry on a fresh connection.
         let replayable = is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty);
         let (response, replay) = if replayable

@@ -33,8 +33,8 @@ pub struct Facts<'a> {
     codings: usize,
     coding: Option<&'a HeaderValue>,
     upgrade_h2c: bool,
-    /// Any hop-by-hop header present (so stripping has work to do).
-    pub hop_by_hop: bool,
+    /// The hop-by-hop headers present (what stripping has to remove).
+    pub hop_by_hop: HopByHop,
     /// Bytes of the request head as sluice counts them: names, values and separators.
     pub head_bytes: usize,
 }
@@ -44,6 +44,7 @@ impl<'a> Facts<'a> {
         let mut facts = Facts::default();
         for (name, value) in headers {
             facts.head_bytes += name.as_str().len() + value.len() + 4;
+            facts.hop_by_hop.add(name);
             if name == header::HOST {
                 facts.hosts += 1;
                 facts.host.get_or_insert(value);
@@ -53,15 +54,11 @@ impl<'a> Facts<'a> {
             } else if name == header::TRANSFER_ENCODING {
                 facts.codings += 1;
                 facts.coding.get_or_insert(value);
-                facts.hop_by_hop = true;
             } else if name == header::UPGRADE {
-                facts.hop_by_hop = true;
                 facts.upgrade_h2c |= value
                     .as_bytes()
                     .split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-            } else if is_hop_by_hop(name) {
-                facts.hop_by_hop = true;
             }
         }
         facts
@@ -198,15 +195,54 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
-/// RFC 9110 section 7.6.1. (`Trailer` is end-to-end: it announces the trailer fields, and
-/// hyper drops trailers on an HTTP/1 leg whose message lacks it.)
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::TE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+/// Which hop-by-hop headers (RFC 9110 section 7.6.1) a message carries, one bit per name,
+/// found in the pass over its names that the caller makes anyway: stripping then looks up only
+/// the ones present. (`Trailer` is end-to-end: it announces the trailer fields, and hyper drops
+/// trailers on an HTTP/1 leg whose message lacks it.)
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HopByHop(u8);
+
+impl HopByHop {
+    const CONNECTION: u8 = 1;
+    const KEEP_ALIVE: u8 = 1 << 1;
+    const PROXY_CONNECTION: u8 = 1 << 2;
+    const TRANSFER_ENCODING: u8 = 1 << 3;
+    const UPGRADE: u8 = 1 << 4;
+    const TE: u8 = 1 << 5;
+
+    pub fn of(headers: &HeaderMap) -> HopByHop {
+        let mut present = HopByHop::default();
+        for name in headers.keys() {
+            present.add(name);
+        }
+        present
+    }
+
+    fn add(&mut self, name: &HeaderName) {
+        self.0 |= if name == header::CONNECTION {
+            HopByHop::CONNECTION
+        } else if name == header::TRANSFER_ENCODING {
+            HopByHop::TRANSFER_ENCODING
+        } else if name == header::UPGRADE {
+            HopByHop::UPGRADE
+        } else if name == header::TE {
+            HopByHop::TE
+        } else if name == KEEP_ALIVE {
+            HopByHop::KEEP_ALIVE
+        } else if name == PROXY_CONNECTION {
+            HopByHop::PROXY_CONNECTION
+        } else {
+            0
+        };
+    }
+
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
 }
 
 /// Headers a client or backend cannot make sluice drop by naming them in `Connection`: the ones
@@ -224,45 +260,65 @@ fn is_protected(name: &HeaderName) -> bool {
 /// Removes hop-by-hop headers (RFC 9110 section 7.6.1) and every header named in `Connection`,
 /// except protected ones. `TE: trailers` survives: it is end-to-end in practice (gRPC needs it).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than a lookup per name.
-    if headers.keys().any(is_hop_by_hop) {
-        strip_present_hop_by_hop(headers);
+    // One pass over the names is cheaper than a lookup per hop-by-hop name.
+    strip_present_hop_by_hop(headers, HopByHop::of(headers));
+}
+
+/// `strip_hop_by_hop` for a message whose hop-by-hop headers are `present`.
+pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: HopByHop) {
+    if !present.any() {
+        return;
+    }
+    if present.has(HopByHop::CONNECTION) {
+        remove_connection(headers);
+    }
+    // (A name listed in `Connection` may already be gone: removing it again is harmless.)
+    if present.has(HopByHop::KEEP_ALIVE) {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present.has(HopByHop::PROXY_CONNECTION) {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present.has(HopByHop::TRANSFER_ENCODING) {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if present.has(HopByHop::UPGRADE) {
+        headers.remove(header::UPGRADE);
+    }
+    if present.has(HopByHop::TE) {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
+        }
     }
 }
 
-/// `strip_hop_by_hop` for a message known to carry at least one hop-by-hop header.
-pub fn strip_present_hop_by_hop(headers: &mut HeaderMap) {
-    if let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) {
-        // Tokens are read from the raw bytes: one odd byte elsewhere in the value must not
-        // hide the names it lists. The usual `keep-alive` and `close` allocate nothing.
-        let mut named: Vec<HeaderName> = Vec::new();
-        for value in connection.remove_entry_mult().1 {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case(b"close")
-                    || token.eq_ignore_ascii_case(b"keep-alive")
-                {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token) {
-                    named.push(name);
-                }
+/// Removes `Connection` and every header it names, except protected ones.
+fn remove_connection(headers: &mut HeaderMap) {
+    let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) else {
+        return;
+    };
+    // Tokens are read from the raw bytes: one odd byte elsewhere in the value must not
+    // hide the names it lists. The usual `keep-alive` and `close` allocate nothing.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in connection.remove_entry_mult().1 {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+            {
+                continue;
             }
-        }
-        for name in named {
-            if !is_protected(&name) {
-                headers.remove(&name);
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
             }
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    for name in named {
+        if !is_protected(&name) {
+            headers.remove(&name);
         }
     }
 }
@@ -312,13 +368,39 @@ pub fn set_forwarded(
     }
 }
 
-/// The peer address as a header value, made once per connection.
+/// The peer address as a header value, made once per connection. IPv4 (also IPv4-mapped
+/// IPv6) is written digit by digit: `Display` costs more than the rest of a short connection's
+/// header work.
 pub fn peer_value(ip: IpAddr) -> HeaderValue {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => {
+                return HeaderValue::try_from(v6.to_string())
+                    .expect("an IP address is a valid header value")
+            }
+        },
     };
-    HeaderValue::try_from(ip.to_string()).expect("an IP address is a valid header value")
+    let mut buf = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = match octet {
+            100.. => 0,
+            10.. => 1,
+            _ => 2,
+        };
+        for digit in &digits[skip..] {
+            buf[len] = b'0' + digit;
+            len += 1;
+        }
+    }
+    HeaderValue::from_bytes(&buf[..len]).expect("digits and dots are a valid header value")
 }
 
 /// A new request id: 128 random bits as 32 hex digits.

@@ -87,7 +87,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
                 match choose::wait_for_slot(&pool, &outgoing.pick, &outgoing.tried, deadline).await
                 {
                     Ok(choice) => {
-                        let upstream = request.start(&mut outgoing, choice);
+                        let upstream = request.start(&mut outgoing, choice, Instant::now());
                         Ok(request.run(outgoing, upstream).await)
                     }
                     Err(e) => Ok(request.fail(&e)),
@@ -257,6 +257,11 @@ impl Started {
                 .and_then(|k| hash_key::key_of(k, req.headers(), req.uri(), ctx.peer.ip())),
         };
         let (mut parts, body) = req.into_parts();
+        // Room for the five headers every request gets below (the three `X-Forwarded-*`,
+        // `x-request-id`, `traceparent`): a new connection's first map is exact-size and would
+        // grow twice; later ones reuse a larger map and do not grow. (Asking for more than is
+        // added makes those grow: measured.)
+        parts.headers.reserve(5);
         let host_value = match host_header {
             Some(h) => Some(h),
             // HTTP/2 names the host in `:authority`; HTTP/1.1 to the backend needs `Host`.
@@ -272,9 +277,7 @@ impl Started {
             }
         };
         let body = upstream_body(listener, body_limit, body, exchange, &ctx.conn);
-        if hop_by_hop {
-            headers::strip_present_hop_by_hop(&mut parts.headers);
-        }
+        headers::strip_present_hop_by_hop(&mut parts.headers, hop_by_hop);
         if let Some(upgrade) = &upgrade {
             upgrade.restore(&mut parts.headers);
         }
@@ -344,15 +347,23 @@ impl Started {
         })
     }
 
-    /// Chooses a backend for the next attempt without waiting and starts it.
+    /// Chooses a backend for the first attempt without waiting and starts it.
     fn attempt(&mut self, out: &mut Outgoing) -> Result<forward::Upstream, Shortage> {
         let pool = &self.snapshot.pools[out.pool];
         let choice = choose::choose(pool, &out.pick, &out.tried)?;
-        Ok(self.start(out, choice))
+        // Everything since the request was taken ran synchronously (microseconds): its clock
+        // reading serves as the send time too, one reading fewer per request.
+        let now = self.exchange.started();
+        Ok(self.start(out, choice, now))
     }
 
-    /// Sends the request to the chosen backend, whose slot `choice` holds.
-    fn start(&mut self, out: &mut Outgoing, (index, slot): (usize, InFlight)) -> forward::Upstream {
+    /// Sends the request to the chosen backend, whose slot `choice` holds; `now`: the clock.
+    fn start(
+        &mut self,
+        out: &mut Outgoing,
+        (index, slot): (usize, InFlight),
+        now: Instant,
+    ) -> forward::Upstream {
         out.tried.add(index);
         self.exchange.set_backend(slot);
         let pool = &self.snapshot.pools[out.pool];
@@ -369,7 +380,7 @@ impl Started {
         };
         let body = out.body.take().unwrap_or(UpstreamBody::Empty);
         let timed = self.exchange.log_mut().is_some();
-        forward::Upstream::start(out.pool, out.worker, index, pool, parts, body, timed)
+        forward::Upstream::start(out.pool, out.worker, index, pool, parts, body, timed, now)
             .limit(out.deadline)
     }
 
@@ -444,7 +455,7 @@ impl Started {
             retry = out.retries,
             "retrying on another backend"
         );
-        Some(self.start(out, choice))
+        Some(self.start(out, choice, Instant::now()))
     }
 
     /// The client's answer from the backend's response, or a local answer for a failure.

@@ -164,6 +164,9 @@ fn forwarded_headers_replace_for_untrusted_and_extend_for_trusted() {
 fn mapped_ipv6_peer_prints_as_ipv4() {
     assert_eq!(peer_value("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4");
     assert_eq!(peer_value("::1".parse().unwrap()), "::1");
+    for edge in ["0.0.0.0", "255.255.255.255", "10.0.100.9", "1.22.199.200"] {
+        assert_eq!(peer_value(edge.parse().unwrap()), edge);
+    }
 }
 
 #[test]
@@ -207,5 +210,16 @@ fn hosts_with_userinfo_or_bad_bytes_are_refused_wherever_they_come_from() {
             matches!(got, Err(ProxyError::BadRequest(_))),
             "{version:?} {target} {headers:?}"
         );
+    }
+}
+
+proptest::proptest! {
+    /// The digit-by-digit IPv4 text is exactly `Display`'s, plain or IPv4-mapped.
+    #[test]
+    fn peer_value_writes_ipv4_as_display_does(bits: u32) {
+        let v4 = std::net::Ipv4Addr::from(bits);
+        let text = v4.to_string();
+        proptest::prop_assert_eq!(peer_value(IpAddr::V4(v4)), text.as_str());
+        proptest::prop_assert_eq!(peer_value(IpAddr::V6(v4.to_ipv6_mapped())), text.as_str());
     }
 }
