@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
 
 use crate::config::{self, Cidr, Config};
+use crate::listener::limit::ConnectionLimit;
 use crate::metrics::{ListenerCounters, RouteMetrics};
 use crate::proxy::route::Router;
 use crate::telemetry::LogControl;
@@ -159,8 +159,8 @@ fn route_metrics(
 #[derive(Debug)]
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
-    /// `server.max_connections`: one permit per open downstream connection.
-    pub connections: Arc<Semaphore>,
+    /// `server.max_connections`: a slot per open downstream connection.
+    pub connections: Arc<ConnectionLimit>,
     /// Reload outcomes, for the metrics.
     pub reloads: ReloadCounts,
     /// The last reload's outcome, for the status page; `None` until the first reload.
@@ -207,7 +207,7 @@ impl Shared {
         let max = snapshot.config.server.max_connections;
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
-            connections: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            connections: ConnectionLimit::new(max),
             reloads: ReloadCounts::default(),
             last_reload: Mutex::default(),
             draining: Mutex::default(),

@@ -33,6 +33,7 @@ use crate::proxy::{headers, upgrade, ConnContext, Proxy};
 use crate::state::Shared;
 use crate::tls::{Downstream, Session};
 
+pub mod limit;
 mod protocol;
 mod watched;
 
@@ -320,10 +321,9 @@ impl Acceptor {
             // before accepting more): excess connections queue in the kernel's backlog. A
             // waiting acceptor holds no slot, so idle listeners never starve busy ones.
             let permit = tokio::select! {
-                permit = self.shared.connections.clone().acquire_owned() => permit,
+                permit = self.shared.connections.acquire() => permit,
                 () = &mut stopping => break,
             };
-            let Ok(permit) = permit else { break };
             if let Err(e) = stream.set_nodelay(true) {
                 tracing::debug!(error = %e, "cannot set TCP_NODELAY");
             }
@@ -335,13 +335,15 @@ impl Acceptor {
             let streams = tracker.clone();
             tracker.spawn(async move {
                 // The handshake runs in the connection's own task, never in the accept loop.
-                let Some((stream, tls)) = handshake(&settings, stream, peer, &shutdown).await
+                let Some((mut stream, tls)) = handshake(&settings, stream, peer, &shutdown).await
                 else {
                     return;
                 };
                 // The first head's clock starts now, and runs while the protocol is found.
                 let state = Arc::new(ConnState::new(settings.limits, Some(gauge)));
-                let Some(protocol) = protocol(&settings, &stream, peer, &shutdown).await else {
+                let Some((protocol, first)) =
+                    protocol(&settings, &mut stream, peer, &shutdown).await
+                else {
                     return;
                 };
                 let ctx = ConnContext {
@@ -361,7 +363,7 @@ impl Acceptor {
                     },
                 };
                 let tunnel = ctx.tunnel.clone();
-                serve(&settings, protocol, stream, state, ctx, &shutdown).await;
+                serve(&settings, (protocol, first), stream, state, ctx, &shutdown).await;
                 // hyper handed the socket over after a 101: the tunnel lives on in this task,
                 // once the HTTP phase's future has ended (the task has room for the larger of
                 // the two, not for both: every connection's task is as large as its largest
@@ -440,9 +442,10 @@ async fn accept_error(listener: &str, e: io::Error) {
 
 /// Serves HTTP on the connection until it closes: hyper's connection, polled together with the
 /// shutdown signal and the watchdog of the connection's timeouts.
+/// `first`: the bytes read to find the protocol, which hyper reads first.
 async fn serve(
     settings: &ListenerSettings,
-    protocol: Protocol,
+    (protocol, first): (Protocol, bytes::Bytes),
     stream: Downstream,
     state: Arc<ConnState>,
     ctx: ConnContext,
@@ -459,7 +462,8 @@ async fn serve(
         answered: false,
         unflushed: false,
         refusal: Vec::new(),
-        replay: bytes::Bytes::new(),
+        replay: first,
+        scan_replay: true,
     });
     let mut conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
     let mut stopping = pin!(shutdown.cancelled());

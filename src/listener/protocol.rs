@@ -7,12 +7,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::ReadBuf;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -24,22 +24,23 @@ use crate::tls::Downstream;
 
 /// The protocol a connection speaks. On HTTPS, what ALPN chose (HTTP/1.1 without ALPN, as
 /// nginx and Envoy do). In plain text, HTTP/2 when the client's first bytes are the HTTP/2
-/// preface (prior knowledge), HTTP/1.1 as soon as they differ from it: the bytes are peeked,
-/// not read, and hyper reads them again. The first request head must arrive within the
+/// preface (prior knowledge), HTTP/1.1 as soon as they differ from it; the bytes read to tell
+/// are handed back, for hyper to read first. The first request head must arrive within the
 /// listener's `header_read_timeout`, so the wait for these bytes is bounded by it. `None`: the
 /// connection is closed.
 pub(super) async fn protocol(
     settings: &ListenerSettings,
-    stream: &Downstream,
+    stream: &mut Downstream,
     peer: SocketAddr,
     shutdown: &CancellationToken,
-) -> Option<Protocol> {
+) -> Option<(Protocol, Bytes)> {
     let stream = match stream {
         Downstream::Tls(tls) => {
-            return Some(match tls.get_ref().1.alpn_protocol() {
+            let protocol = match tls.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
-            })
+            };
+            return Some((protocol, Bytes::new()));
         }
         Downstream::Plain(stream) => stream,
     };
@@ -79,29 +80,26 @@ pub(super) fn classify(first: &[u8], ended: bool) -> Option<Protocol> {
     }
 }
 
-/// Waits for the first bytes of a plain-text connection and classifies them, without taking
-/// them off the socket.
-pub(super) async fn sniff(stream: &TcpStream) -> io::Result<Protocol> {
-    use tokio::io::Interest;
-    let mut first = [0u8; PREFACE.len()];
+/// What one read of a connection's first bytes asks for: most request heads fit, so hyper
+/// finds the whole head in them and reads the socket again only for the next request.
+const FIRST_READ: usize = 4096;
+
+/// Reads the first bytes of a plain-text connection and classifies them; returns them with the
+/// protocol, for hyper to read first. They are read, not peeked: peeking would cost every
+/// connection a second system call to read the same bytes again.
+pub(super) async fn sniff(stream: &mut TcpStream) -> io::Result<(Protocol, Bytes)> {
+    use tokio::io::AsyncReadExt;
+    let mut first = Vec::new();
     loop {
-        let ended = stream.ready(Interest::READABLE).await?.is_read_closed();
-        // Peeking inside `try_io`: when the bytes so far are only a prefix of the preface, the
-        // readiness they came with is cleared, and the next wait is for more of them (a
-        // readiness that arrived meanwhile is kept).
-        let found = stream.try_io(Interest::READABLE, || {
-            let mut peeked = ReadBuf::new(&mut first);
-            match stream.poll_peek(&mut Context::from_waker(Waker::noop()), &mut peeked) {
-                Poll::Ready(Ok(n)) => classify(peeked.filled(), ended || n == 0)
-                    .ok_or_else(|| io::ErrorKind::WouldBlock.into()),
-                Poll::Ready(Err(e)) => Err(e),
-                Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
-            }
-        });
-        match found {
-            Ok(protocol) => return Ok(protocol),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+        stream.readable().await?;
+        // Allocated only once the socket is readable, not for a connection still silent.
+        first.reserve(FIRST_READ);
+        // Through tokio's `poll_read`, which notes that a short read emptied the socket: hyper's
+        // first read of it then waits instead of asking the kernel for nothing.
+        let ended = stream.read_buf(&mut first).await? == 0;
+        // A proper prefix of the preface waits for more: it is at most 23 bytes.
+        if let Some(protocol) = classify(&first, ended) {
+            return Ok((protocol, Bytes::from(first)));
         }
     }
 }
@@ -218,8 +216,10 @@ impl Served {
                 return Poll::Ready(Ok(()));
             };
             let mut io = parts.io;
-            // A copy: even empty, hyper's `Bytes` can hold its whole read buffer.
+            // A copy: even empty, hyper's `Bytes` can hold its whole read buffer. (Scanned
+            // already, when hyper read them.)
             io.inner_mut().replay = bytes::Bytes::copy_from_slice(&parts.read_buf);
+            io.inner_mut().scan_replay = false;
             *self = Served::Dormant(io, parts.service);
         }
     }

@@ -105,6 +105,7 @@ async fn socket_pair() -> (WatchedIo, TcpStream) {
         unflushed: false,
         refusal: Vec::new(),
         replay: bytes::Bytes::new(),
+        scan_replay: false,
     };
     (io, client)
 }
@@ -221,10 +222,10 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 }
 
 #[tokio::test]
-async fn sniffing_waits_for_the_whole_preface_and_consumes_nothing() {
+async fn sniffing_waits_for_the_whole_preface_and_hands_back_what_it_read() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut client, mut server) = tcp_pair().await;
-    let mut sniffing = Box::pin(async { sniff(&server).await.unwrap() });
+    let mut sniffing = Box::pin(async { sniff(&mut server).await.unwrap() });
     client.write_all(&PREFACE[..10]).await.unwrap();
     // Ten bytes of the preface settle nothing: the sniff keeps waiting for more.
     assert!(
@@ -234,35 +235,37 @@ async fn sniffing_waits_for_the_whole_preface_and_consumes_nothing() {
         "a partial preface was classified"
     );
     client.write_all(&PREFACE[10..]).await.unwrap();
-    client.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
-    let protocol = tokio::time::timeout(Duration::from_secs(5), sniffing)
+    let (protocol, first) = tokio::time::timeout(Duration::from_secs(5), sniffing)
         .await
         .expect("the whole preface was not recognised");
     assert_eq!(protocol, Protocol::Http2);
-    // hyper reads every byte the sniff looked at.
-    let mut all = [0u8; 33];
-    server.read_exact(&mut all).await.unwrap();
-    assert_eq!(&all[..24], PREFACE);
+    // Every byte read is handed back, in order, and the socket holds what came after.
+    assert_eq!(&first[..], PREFACE);
+    client.write_all(b"\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let mut rest = [0u8; 9];
+    server.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"\0\0\0\x04\0\0\0\0\0");
 }
 
 #[tokio::test]
 async fn sniffing_settles_for_http1_when_a_prefix_ends_the_stream() {
     use tokio::io::AsyncWriteExt;
-    let (mut client, server) = tcp_pair().await;
+    let (mut client, mut server) = tcp_pair().await;
     client.write_all(b"PRI * HTTP/2").await.unwrap();
     client.shutdown().await.unwrap();
-    let protocol = tokio::time::timeout(Duration::from_secs(5), sniff(&server))
+    let (protocol, first) = tokio::time::timeout(Duration::from_secs(5), sniff(&mut server))
         .await
         .expect("sniffing hung on a stream that ended inside the preface")
         .unwrap();
     assert_eq!(protocol, Protocol::Http1);
+    assert_eq!(&first[..], b"PRI * HTTP/2");
 }
 
 #[tokio::test]
 async fn sniffing_tells_http1_from_a_first_byte_shared_with_the_preface() {
     use tokio::io::AsyncWriteExt;
-    let (mut client, server) = tcp_pair().await;
-    let mut sniffing = Box::pin(async { sniff(&server).await.unwrap() });
+    let (mut client, mut server) = tcp_pair().await;
+    let mut sniffing = Box::pin(async { sniff(&mut server).await.unwrap() });
     client.write_all(b"P").await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(100), &mut sniffing)
@@ -271,10 +274,11 @@ async fn sniffing_tells_http1_from_a_first_byte_shared_with_the_preface() {
         "\"P\" alone was classified"
     );
     client.write_all(b"OST / HTTP/1.1\r\n").await.unwrap();
-    let protocol = tokio::time::timeout(Duration::from_secs(5), sniffing)
+    let (protocol, first) = tokio::time::timeout(Duration::from_secs(5), sniffing)
         .await
         .expect("POST was not recognised");
     assert_eq!(protocol, Protocol::Http1);
+    assert_eq!(&first[..], b"POST / HTTP/1.1\r\n");
 }
 
 #[tokio::test]

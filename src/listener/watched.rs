@@ -27,12 +27,46 @@ pub(super) struct WatchedIo {
     pub(super) unflushed: bool,
     /// The rest of sluice's own answer, when the socket did not take it at once.
     pub(super) refusal: Vec<u8>,
-    /// Bytes hyper had read but not used when the connection went dormant, for the next hyper
-    /// connection to read first (they already went through the framing scanner).
+    /// Bytes for hyper to read before the socket's: the first bytes, read to find the
+    /// protocol, or those hyper had read but not used when the connection went dormant.
     pub(super) replay: bytes::Bytes,
+    /// The replayed bytes have not been through the framing scanner yet (the first bytes;
+    /// a dormant connection's went through it when hyper read them).
+    pub(super) scan_replay: bool,
 }
 
 impl WatchedIo {
+    /// Reports the bytes read into `buf` from `before` on to the connection's state and the
+    /// framing scanner. A refused head with nothing in flight before it is answered here, with
+    /// sluice's own body and request id, and never reaches hyper (which would answer some of
+    /// these itself, bare, and silently repair others): `true`, and hyper sees the end of the
+    /// stream.
+    fn scan(&mut self, buf: &mut ReadBuf<'_>, before: usize) -> bool {
+        self.state.on_read();
+        let mut scanner = self.state.framing.lock().unwrap_or_else(|e| e.into_inner());
+        scanner.feed(&buf.filled()[before..]);
+        let Some(reject) = scanner.next_refused() else {
+            return false;
+        };
+        if self.state.inflight.load(Ordering::Relaxed) != 0 || self.unflushed {
+            return false;
+        }
+        let (status, answer) = refusal(reject);
+        if let Some(counters) = self.state.listener_counters() {
+            counters.refused.add(0, status);
+        }
+        self.refusal = answer;
+        match self.stream.try_write(&self.refusal) {
+            Ok(n) => drop(self.refusal.drain(..n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => self.refusal.clear(),
+        }
+        // The rest, if any, goes out in `poll_shutdown` (or on drop).
+        buf.set_filled(before);
+        self.answered = true;
+        true
+    }
+
     /// Writes what is left of sluice's own answer; ready when all of it went out.
     fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.refusal.is_empty() {
@@ -66,9 +100,19 @@ impl AsyncRead for WatchedIo {
             return Poll::Ready(Ok(()));
         }
         if !this.replay.is_empty() {
+            let before = buf.filled().len();
             let n = this.replay.len().min(buf.remaining());
             buf.put_slice(&this.replay.split_to(n));
-            this.state.on_read();
+            if this.replay.is_empty() {
+                // Even empty, the `Bytes` holds its whole buffer.
+                this.replay = bytes::Bytes::new();
+            }
+            if !this.scan_replay {
+                this.state.on_read();
+                return Poll::Ready(Ok(()));
+            }
+            this.scan_replay = !this.replay.is_empty();
+            this.scan(buf, before);
             return Poll::Ready(Ok(()));
         }
         if this.state.tunnel.load(Ordering::Relaxed) {
@@ -76,31 +120,8 @@ impl AsyncRead for WatchedIo {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.state.on_read();
-            let mut scanner = this.state.framing.lock().unwrap_or_else(|e| e.into_inner());
-            scanner.feed(&buf.filled()[before..]);
-            // A refused head with nothing in flight before it: answer it here, with sluice's
-            // own body and request id, and never let hyper see it (hyper would answer some of
-            // these itself, bare, and silently repair others).
-            if let Some(reject) = scanner.next_refused() {
-                if this.state.inflight.load(Ordering::Relaxed) == 0 && !this.unflushed {
-                    let (status, answer) = refusal(reject);
-                    if let Some(counters) = this.state.listener_counters() {
-                        counters.refused.add(0, status);
-                    }
-                    this.refusal = answer;
-                    match this.stream.try_write(&this.refusal) {
-                        Ok(n) => drop(this.refusal.drain(..n)),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => this.refusal.clear(),
-                    }
-                    // The rest, if any, goes out in `poll_shutdown` (or on drop).
-                    buf.set_filled(before);
-                    this.answered = true;
-                    return Poll::Ready(Ok(()));
-                }
-            }
+        if buf.filled().len() > before && this.scan(buf, before) {
+            return Poll::Ready(Ok(()));
         }
         result
     }
