@@ -12,7 +12,7 @@ import json, os, sys
 
 # docs/performance.md, "Issue 9": `peers.py --checkout . --rust-peers hyper-ref` before and after
 # upstream::h1, and `--path /big` after it; then both again after protocol detection and dormant
-# connections (the section of that name).
+# connections (the section of that name); then the floor and the latest run.
 RECORDED = [
     ("10-byte responses, before issue 9 (hyper-util client)",
      {"nginx": (82780, 11.67), "haproxy": (75912, 12.96), "hyper-ref": (67809, 14.44), "sluice": (50661, 19.50)}),
@@ -25,9 +25,16 @@ RECORDED = [
      {"nginx": (75730, 12.99), "haproxy": (73207, 13.22), "hyper-ref": (69017, 14.28), "sluice": (76183, 12.99)}),
     ("64 KiB responses, after protocol detection and dormant connections",
      {"nginx": (14682, 50.92), "haproxy": (18852, 38.24), "sluice": (20203, 48.24)}),
+    # "How far below nginx a tokio proxy can get here": benches/floor.py, then peers.py after
+    # "The request path trimmed again" (a noisier machine).
+    ("10-byte responses, floor.py: nginx, sluice and the floor of a tokio proxy",
+     {"nginx": (67534, 13.07), "sluice": (57212, 16.29), "floor": (75331, 10.94)}),
+    ("10-byte responses, after the request path was trimmed again",
+     {"nginx": (79749, 12.08), "haproxy": (67711, 14.50), "hyper-ref": (63020, 15.21), "sluice": (69198, 13.50)}),
 ]
 
-COLORS = {"nginx": "#3b7d3b", "haproxy": "#2f5f9e", "hyper-ref": "#8a8a8a", "sluice": "#c0562b"}
+COLORS = {"nginx": "#3b7d3b", "haproxy": "#2f5f9e", "hyper-ref": "#8a8a8a", "sluice": "#c0562b",
+          "floor": "#b58900"}
 
 
 def load(path):

@@ -1,9 +1,9 @@
 //! Accepting and serving downstream connections: socket options, the connection limit,
 //! HTTP/1.1 and HTTP/2 (prior knowledge) on one port, per-connection timeouts, graceful shutdown.
 //!
-//! sluice finds a connection's protocol itself (ALPN on HTTPS, the first bytes, peeked, in plain
-//! text) and hands it to hyper's HTTP/1 or HTTP/2 server directly: hyper-util's auto-detecting
-//! server cost about 6.7 KiB more per idle connection.
+//! sluice finds a connection's protocol itself (ALPN on HTTPS, the first bytes, read and
+//! replayed, in plain text) and hands it to hyper's HTTP/1 or HTTP/2 server directly:
+//! hyper-util's auto-detecting server cost about 6.7 KiB more per idle connection.
 //!
 //! hyper's own header-read timer starts at different moments across versions and does not run
 //! before hyper has the connection, so sluice times connection phases itself: a

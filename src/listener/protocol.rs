@@ -1,6 +1,6 @@
 //! Which protocol a downstream connection speaks, and hyper's server for it: HTTP/1.1 or
-//! HTTP/2 (ALPN on HTTPS; the HTTP/2 preface, peeked, in clear text), and the dormant state of
-//! an idle HTTP/1 connection.
+//! HTTP/2 (ALPN on HTTPS; in clear text, whether the first bytes read are the HTTP/2 preface),
+//! and the dormant state of an idle HTTP/1 connection.
 
 use std::future::Future;
 use std::io;
