@@ -282,6 +282,71 @@ fn client_host_with_port_reaches_the_backend_unchanged() {
     assert_eq!(seen.uri, "/where?q=1");
 }
 
+/// sluice's own HTTP/1.1 client (a GET) writes the headers sluice adds straight into the head;
+/// hyper's (a POST with a body) gets them in the map. Both must send exactly the same ones,
+/// with every copy the client sent replaced, or kept where a trusted peer's are kept.
+#[test]
+fn both_upstream_clients_send_the_same_added_headers() {
+    let spoofed =
+        "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Proto: https\r\n\
+X-Forwarded-Host: forged.example\r\nX-Request-Id: client-7\r\nX-Request-Id: client-8\r\n\
+traceparent: 00-xyz\r\ntracestate: a=b\r\n";
+    let names = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+    ];
+    for (trusted, expected_for, expected_proto, expected_host) in [
+        (false, "127.0.0.1", "http", "app"),
+        (
+            true,
+            "6.6.6.6, 7.7.7.7, 127.0.0.1",
+            "https",
+            "forged.example",
+        ),
+    ] {
+        let backend = TestBackend::start("app");
+        let extra = if trusted {
+            "trusted_proxies = [\"127.0.0.0/8\"]"
+        } else {
+            ""
+        };
+        let sluice = TestSluice::start(&config_with(&[backend.addr], "", extra, ""));
+        let mut seen_by = Vec::new();
+        for request in [
+            format!("GET / HTTP/1.1\r\nHost: app\r\n{spoofed}\r\n"),
+            format!("POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 2\r\n{spoofed}\r\nhi"),
+        ] {
+            let mut conn = RawConn::open(sluice.addr());
+            conn.send(request.as_bytes());
+            assert_eq!(conn.response().status(), 200, "{request}");
+            let seen = backend.seen().pop().expect("the backend saw the request");
+            let got: Vec<Vec<String>> = names.iter().map(|n| values(&seen, n)).collect();
+            assert_eq!(got[0], [expected_for], "trusted {trusted}: {request}");
+            assert_eq!(got[1], [expected_proto], "trusted {trusted}: {request}");
+            assert_eq!(got[2], [expected_host], "trusted {trusted}: {request}");
+            // An x-request-id that came twice is not one id: the request gets its own.
+            assert_eq!(got[3].len(), 1, "{got:?}");
+            assert_eq!(got[4].len(), 1, "{got:?}");
+            assert!(
+                got[4][0].starts_with("00-") && got[4][0].len() == 55,
+                "{got:?}"
+            );
+            assert!(
+                got[5].is_empty(),
+                "an invalid context's tracestate went on: {got:?}"
+            );
+            seen_by.push(got);
+        }
+        // The same but for the generated ids.
+        let (get, post) = (&seen_by[0], &seen_by[1]);
+        assert_eq!(get[..3], post[..3]);
+    }
+}
+
 // ---- request ids ----
 
 #[test]

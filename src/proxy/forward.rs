@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::body::{BodyError, FromBackend, UpstreamBody};
 use super::error::ProxyError;
+use super::headers::Added;
 use crate::config::{Protocol, RetryOn};
 use crate::health::outlier::Verdict;
 use crate::metrics;
@@ -30,6 +31,13 @@ pub type Outcome = Result<(BackendResponse, Option<Duration>), ProxyError>;
 /// Extra attempts on a fresh connection after a stale pooled one failed. Each stale connection
 /// fails at once, so a small bound covers a backend that closed several idle connections.
 const STALE_RETRIES: usize = 2;
+
+/// A request as an attempt sends it: its head, the headers sluice adds to it, its body.
+pub struct Outbound<'a> {
+    pub parts: Parts,
+    pub added: &'a Added,
+    pub body: UpstreamBody,
+}
 
 /// An exchange with a backend in progress: the client's request is on its way.
 pub struct Upstream {
@@ -56,18 +64,21 @@ impl Upstream {
     /// pool (most traffic), hyper's otherwise. Synchronous: the exchange itself happens in
     /// `finish`. The response head must come within the pool's request timeout (`limit` may
     /// bring that forward). `now`: the clock, read by the caller.
-    #[allow(clippy::too_many_arguments)] // one call site, which has them all at hand
     pub fn start(
         pool_index: usize,
         worker: usize,
         backend_index: usize,
         pool: &Pool,
-        parts: Parts,
-        body: UpstreamBody,
+        request: Outbound<'_>,
         timed: bool,
         now: Instant,
     ) -> Upstream {
         let backend = &pool.backends[backend_index];
+        let Outbound {
+            mut parts,
+            added,
+            body,
+        } = request;
         // A request that may be sent twice: kept for a retry on a fresh connection.
         let replayable = is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty);
         let (response, replay) = if replayable
@@ -80,12 +91,14 @@ impl Upstream {
                 backend,
                 worker,
                 &parts,
+                added.fields(),
                 pool.timeouts.idle,
                 pool.dial(),
                 now.into_std(),
             );
             (Pending::H1(exchange), None)
         } else {
+            added.insert_into(&mut parts.headers);
             let (response, replay) =
                 hyper_request(pool, backend_index, worker, parts, body, replayable);
             (Pending::Hyper(response), replay)

@@ -4,8 +4,6 @@
 //! hyper accepts several ambiguous HTTP/1 framings that a proxy must not forward (request
 //! smuggling), so `check_request` re-checks what hyper let through.
 
-use std::cell::Cell;
-use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -35,6 +33,8 @@ pub struct Facts<'a> {
     upgrade_h2c: bool,
     /// The hop-by-hop headers present (what stripping has to remove).
     pub hop_by_hop: HopByHop,
+    /// The headers sluice sets itself that the request arrived with.
+    pub own: Own,
     /// Bytes of the request head as sluice counts them: names, values and separators.
     pub head_bytes: usize,
 }
@@ -45,6 +45,7 @@ impl<'a> Facts<'a> {
         for (name, value) in headers {
             facts.head_bytes += name.as_str().len() + value.len() + 4;
             facts.hop_by_hop.add(name);
+            facts.own.add(name);
             if name == header::HOST {
                 facts.hosts += 1;
                 facts.host.get_or_insert(value);
@@ -323,9 +324,169 @@ fn remove_connection(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted peer the existing chain is
-/// extended and its `-Proto`/`-Host` kept; from anyone else they are replaced, so a client
-/// cannot forge its address.
+/// Which of the headers sluice sets itself a message carries (a bit per name), noted in the pass
+/// over its names that `Facts` makes: the ones absent are never looked up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Own(u8);
+
+impl Own {
+    const FORWARDED_FOR: u8 = 1;
+    const FORWARDED_PROTO: u8 = 1 << 1;
+    const FORWARDED_HOST: u8 = 1 << 2;
+    const REQUEST_ID: u8 = 1 << 3;
+    const TRACESTATE: u8 = 1 << 4;
+
+    pub fn of(headers: &HeaderMap) -> Own {
+        let mut own = Own::default();
+        for name in headers.keys() {
+            own.add(name);
+        }
+        own
+    }
+
+    fn add(&mut self, name: &HeaderName) {
+        // All five are custom names: a standard one (most of a request's) differs at once.
+        self.0 |= if *name == X_FORWARDED_FOR {
+            Own::FORWARDED_FOR
+        } else if *name == X_FORWARDED_PROTO {
+            Own::FORWARDED_PROTO
+        } else if *name == X_FORWARDED_HOST {
+            Own::FORWARDED_HOST
+        } else if *name == X_REQUEST_ID {
+            Own::REQUEST_ID
+        } else if *name == trace::TRACESTATE {
+            Own::TRACESTATE
+        } else {
+            0
+        };
+    }
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    pub fn tracestate(self) -> bool {
+        self.has(Own::TRACESTATE)
+    }
+}
+
+/// Where a request came from, for the `X-Forwarded-*` headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The peer's address (`peer_value`).
+    pub peer: &'a HeaderValue,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` are extended or kept, not replaced.
+    pub trusted: bool,
+    pub proto: &'static str,
+}
+
+/// The headers sluice adds to every request it forwards, kept apart from the request's header
+/// map: sluice's HTTP/1.1 client writes them straight into the head (`fields`), without a map
+/// insert and its hashing each; hyper's client gets them inserted (`insert_into`).
+#[derive(Debug, Clone)]
+pub struct Added {
+    forwarded_for: HeaderValue,
+    /// `None`: a trusted peer's own is kept.
+    forwarded_proto: Option<HeaderValue>,
+    /// `None`: a trusted peer's own is kept, or there is no host to name.
+    forwarded_host: Option<HeaderValue>,
+    request_id: HeaderValue,
+    /// `None`: the client's valid trace context is kept.
+    traceparent: Option<HeaderValue>,
+}
+
+impl Added {
+    /// Takes the request's own copies of what sluice sets out of `headers` (`own`: which it
+    /// has): the `X-Forwarded-*` (`take_forwarded`), `x-request-id` (replaced by `request_id`,
+    /// the client's own when it sent a usable one) and, when `trace::outgoing` made a new
+    /// `traceparent`, that.
+    pub fn take(
+        headers: &mut HeaderMap,
+        own: Own,
+        origin: Origin<'_>,
+        host: Option<HeaderValue>,
+        request_id: HeaderValue,
+        traceparent: Option<HeaderValue>,
+    ) -> Added {
+        let [forwarded_for, forwarded_proto, forwarded_host] =
+            take_forwarded(headers, own, origin, host);
+        if own.has(Own::REQUEST_ID) {
+            headers.remove(&X_REQUEST_ID);
+        }
+        Added {
+            forwarded_for: forwarded_for.unwrap_or_else(|| origin.peer.clone()),
+            forwarded_proto,
+            forwarded_host,
+            request_id,
+            traceparent,
+        }
+    }
+
+    /// The headers to add, in order.
+    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        [
+            (&X_FORWARDED_FOR, Some(&self.forwarded_for)),
+            (&X_FORWARDED_PROTO, self.forwarded_proto.as_ref()),
+            (&X_FORWARDED_HOST, self.forwarded_host.as_ref()),
+            (&X_REQUEST_ID, Some(&self.request_id)),
+            (&trace::TRACEPARENT, self.traceparent.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+
+    /// Adds them to a request's map (for hyper's client).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        // One growth at most: a new connection's first map is exact-size.
+        headers.reserve(5);
+        for (name, value) in self.fields() {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// `X-Forwarded-For`, `-Proto` and `-Host` for a request, with the request's own copies of the
+/// ones replaced taken out of `headers`. From a trusted peer the existing chain is extended and
+/// its `-Proto`/`-Host` kept (`None`); from anyone else they are replaced, so a client cannot
+/// forge its address. `-For` is always `Some`; `-Host` is `None` without a host to name.
+fn take_forwarded(
+    headers: &mut HeaderMap,
+    own: Own,
+    origin: Origin<'_>,
+    host: Option<HeaderValue>,
+) -> [Option<HeaderValue>; 3] {
+    let chain = match origin.trusted && own.has(Own::FORWARDED_FOR) {
+        true => {
+            let mut joined = Vec::with_capacity(64);
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(origin.peer.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        false => None,
+    };
+    let mut replaced = |name: &HeaderName, bit: u8| {
+        let kept = origin.trusted && own.has(bit) && bit != Own::FORWARDED_FOR;
+        if own.has(bit) && !kept {
+            headers.remove(name);
+        }
+        !kept
+    };
+    let forwarded_for = replaced(&X_FORWARDED_FOR, Own::FORWARDED_FOR)
+        .then(|| chain.unwrap_or_else(|| origin.peer.clone()));
+    let forwarded_proto = replaced(&X_FORWARDED_PROTO, Own::FORWARDED_PROTO)
+        .then(|| HeaderValue::from_static(origin.proto));
+    let forwarded_host = match replaced(&X_FORWARDED_HOST, Own::FORWARDED_HOST) {
+        true => host,
+        false => None,
+    };
+    [forwarded_for, forwarded_proto, forwarded_host]
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host` in `headers` (`take_forwarded`'s rules), for
+/// callers with only a map.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: &HeaderValue,
@@ -333,37 +494,18 @@ pub fn set_forwarded(
     proto: &'static str,
     host: Option<HeaderValue>,
 ) {
-    let chain = if trusted {
-        let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-        if existing.peek().is_some() {
-            let mut joined = Vec::with_capacity(64);
-            for v in existing {
-                joined.extend_from_slice(v.as_bytes());
-                joined.extend_from_slice(b", ");
-            }
-            joined.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&joined).ok()
-        } else {
-            None
-        }
-    } else {
-        None
+    let origin = Origin {
+        peer,
+        trusted,
+        proto,
     };
-    headers.insert(
-        X_FORWARDED_FOR.clone(),
-        chain.unwrap_or_else(|| peer.clone()),
-    );
-    if !(trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    }
-    if !(trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST.clone(), host);
-            }
-            None => {
-                headers.remove(&X_FORWARDED_HOST);
-            }
+    let values = take_forwarded(headers, Own::of(headers), origin, host);
+    for (name, value) in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST]
+        .into_iter()
+        .zip(values)
+    {
+        if let Some(value) = value {
+            headers.insert(name.clone(), value);
         }
     }
 }
@@ -403,40 +545,28 @@ pub fn peer_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..len]).expect("digits and dots are a valid header value")
 }
 
-/// A new request id: 128 random bits as 32 hex digits.
+/// A new request id: 128 random bits as 32 hex digits. (The balancers' per-thread random
+/// source: ids need uniqueness, not secrecy.)
 pub fn new_request_id() -> HeaderValue {
-    thread_local! {
-        static RNG: Cell<(u64, u64)> = Cell::new({
-            let s = RandomState::new();
-            (s.hash_one(1u8) | 1, s.hash_one(2u8) | 1)
-        });
-    }
-    let (hi, lo) = RNG.with(|rng| {
-        let (mut a, mut b) = rng.get();
-        let mut next = || {
-            // xorshift128+: fast, and ids need uniqueness, not secrecy.
-            let (mut s1, s0) = (a, b);
-            a = s0;
-            s1 ^= s1 << 23;
-            b = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
-            b.wrapping_add(s0)
-        };
-        let out = (next(), next());
-        rng.set((a, b));
-        out
-    });
     let mut buf = [0u8; 32];
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, byte) in hi
-        .to_be_bytes()
-        .iter()
-        .chain(lo.to_be_bytes().iter())
-        .enumerate()
-    {
-        buf[2 * i] = HEX[usize::from(byte >> 4)];
-        buf[2 * i + 1] = HEX[usize::from(byte & 0xf)];
-    }
+    write_hex(
+        &mut buf[..16],
+        &crate::balance::rng::next_u64().to_be_bytes(),
+    );
+    write_hex(
+        &mut buf[16..],
+        &crate::balance::rng::next_u64().to_be_bytes(),
+    );
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+}
+
+/// Writes `bytes` as lowercase hex into `out`, two digits per byte (`out` is twice as long).
+pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
 }
 
 #[cfg(test)]

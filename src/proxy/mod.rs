@@ -128,6 +128,8 @@ struct Outgoing {
     deadline: Option<Instant>,
     /// A WebSocket upgrade request: never retried; a 101 opens the tunnel.
     upgrade: Option<Box<upgrade::Pending>>,
+    /// The headers sluice adds, for every attempt.
+    added: headers::Added,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -220,7 +222,7 @@ impl Started {
         if listener.redirect_https && ctx.tls.is_none() {
             return Err(redirect_https(&req));
         }
-        let hop_by_hop = facts.hop_by_hop;
+        let (hop_by_hop, own) = (facts.hop_by_hop, facts.own);
         let host_header = facts.host.cloned();
 
         let host = match &host_header {
@@ -257,11 +259,6 @@ impl Started {
                 .and_then(|k| hash_key::key_of(k, req.headers(), req.uri(), ctx.peer.ip())),
         };
         let (mut parts, body) = req.into_parts();
-        // Room for the five headers every request gets below (the three `X-Forwarded-*`,
-        // `x-request-id`, `traceparent`): a new connection's first map is exact-size and would
-        // grow twice; later ones reuse a larger map and do not grow. (Asking for more than is
-        // added makes those grow: measured.)
-        parts.headers.reserve(5);
         let host_value = match host_header {
             Some(h) => Some(h),
             // HTTP/2 names the host in `:authority`; HTTP/1.1 to the backend needs `Host`.
@@ -293,24 +290,27 @@ impl Started {
                 HeaderValue::from_static("chunked"),
             );
         }
-        let trusted = listener
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(ctx.peer.ip()));
-        headers::set_forwarded(
-            &mut parts.headers,
-            &ctx.peer_value,
-            trusted,
-            if ctx.tls.is_some() { "https" } else { "http" },
-            host_value,
-        );
-        parts
-            .headers
-            .insert(X_REQUEST_ID.clone(), self.request_id.clone());
-        let trace_id = trace::propagate(&mut parts.headers, trace);
+        let origin = headers::Origin {
+            peer: &ctx.peer_value,
+            trusted: listener
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(ctx.peer.ip())),
+            proto: if ctx.tls.is_some() { "https" } else { "http" },
+        };
+        let (trace_id, traceparent) = trace::outgoing(&mut parts.headers, trace, own.tracestate());
         if let Some(log) = exchange.log_mut() {
             log.trace_id = Some(trace_id);
         }
+        // Added to the head as it is sent (`forward::Upstream::start`), not to the map.
+        let added = headers::Added::take(
+            &mut parts.headers,
+            own,
+            origin,
+            host_value,
+            self.request_id.clone(),
+            traceparent,
+        );
 
         let idempotent = forward::is_idempotent(&parts.method);
         let deadline = match self.grpc {
@@ -344,6 +344,7 @@ impl Started {
             retries: 0,
             deadline,
             upgrade: upgrade.map(Box::new),
+            added,
         })
     }
 
@@ -380,7 +381,12 @@ impl Started {
         };
         let body = out.body.take().unwrap_or(UpstreamBody::Empty);
         let timed = self.exchange.log_mut().is_some();
-        forward::Upstream::start(out.pool, out.worker, index, pool, parts, body, timed, now)
+        let request = forward::Outbound {
+            parts,
+            added: &out.added,
+            body,
+        };
+        forward::Upstream::start(out.pool, out.worker, index, pool, request, timed, now)
             .limit(out.deadline)
     }
 

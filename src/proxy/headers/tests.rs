@@ -176,6 +176,9 @@ fn request_ids_are_hex_and_distinct() {
     assert_ne!(a, b);
     assert_eq!(a.len(), 32);
     assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
+    let mut hex = [0u8; 8];
+    write_hex(&mut hex, &[0x00, 0x9f, 0xa0, 0xff]);
+    assert_eq!(&hex, b"009fa0ff");
 }
 
 #[test]

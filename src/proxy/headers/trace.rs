@@ -95,13 +95,35 @@ fn hex(digits: &[u8]) -> Option<u128> {
 /// `tracestate`), otherwise a new one replaces it and `tracestate` goes. The trace id the
 /// backend sees.
 pub fn propagate(headers: &mut HeaderMap, incoming: Incoming) -> TraceId {
-    if let Incoming::Valid(id) = incoming {
-        return id;
+    let tracestate = headers.contains_key(&TRACESTATE);
+    let (id, made) = outgoing(headers, incoming, tracestate);
+    if let Some(value) = made {
+        headers.insert(TRACEPARENT.clone(), value);
     }
-    let (id, value) = new_traceparent();
-    headers.insert(TRACEPARENT.clone(), value);
-    headers.remove(&TRACESTATE);
     id
+}
+
+/// `propagate` without the insert: the trace id, and the new `traceparent` when one is made
+/// (the caller adds it; the request's invalid one and its `tracestate`, when `tracestate`
+/// says there is one, are removed).
+pub fn outgoing(
+    headers: &mut HeaderMap,
+    incoming: Incoming,
+    tracestate: bool,
+) -> (TraceId, Option<HeaderValue>) {
+    match incoming {
+        Incoming::Valid(id) => (id, None),
+        Incoming::Missing | Incoming::Invalid => {
+            if incoming == Incoming::Invalid {
+                headers.remove(&TRACEPARENT);
+            }
+            if tracestate {
+                headers.remove(&TRACESTATE);
+            }
+            let (id, value) = new_traceparent();
+            (id, Some(value))
+        }
+    }
 }
 
 /// A new `traceparent`, `00-<random trace id>-<random parent id>-00`, and its trace id.
@@ -118,19 +140,10 @@ pub fn new_traceparent() -> (TraceId, HeaderValue) {
         }
     };
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    write_hex(&mut buf[3..35], trace.get());
-    write_hex(&mut buf[36..52], u128::from(parent.get()));
+    super::write_hex(&mut buf[3..35], &trace.get().to_be_bytes());
+    super::write_hex(&mut buf[36..52], &parent.get().to_be_bytes());
     let value = HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid value");
     (TraceId(trace), value)
-}
-
-/// Writes `n`'s low `out.len()` hex digits, most significant first.
-fn write_hex(out: &mut [u8], mut n: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for slot in out.iter_mut().rev() {
-        *slot = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
-    }
 }
 
 #[cfg(test)]

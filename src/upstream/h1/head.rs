@@ -13,9 +13,15 @@ use super::Error;
 /// Response heads with more fields are refused (hyper's client allows 100 too).
 const MAX_HEADERS: usize = 100;
 
-/// Writes `parts` as an HTTP/1.1 request head into `out` (cleared first). `host`: the `Host` to
-/// send when the request has none (an HTTP/1.0 client's).
-pub fn encode(parts: &Parts, host: &str, out: &mut Vec<u8>) {
+/// Writes `parts` as an HTTP/1.1 request head into `out` (cleared first), with the fields of
+/// `extra` after its own. `host`: the `Host` to send when the request has none (an HTTP/1.0
+/// client's).
+pub fn encode<'a>(
+    parts: &Parts,
+    extra: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    host: &str,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -31,11 +37,17 @@ pub fn encode(parts: &Parts, host: &str, out: &mut Vec<u8>) {
     if parts.method == Method::PUT && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
-    for (name, value) in &parts.headers {
+    let mut field = |name: &HeaderName, value: &HeaderValue| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in &parts.headers {
+        field(name, value);
+    }
+    for (name, value) in extra {
+        field(name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -244,16 +256,20 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        encode(&parts, "10.0.0.1:80", &mut out);
+        let (name, value) = (
+            HeaderName::from_static("x-added"),
+            HeaderValue::from_static("2"),
+        );
+        encode(&parts, [(&name, &value)], "10.0.0.1:80", &mut out);
         assert_eq!(
             out,
-            b"GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\n\r\n"
+            b"GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\nx-added: 2\r\n\r\n"
         );
         parts
             .headers
             .insert(http::header::HOST, HeaderValue::from_static("example.com"));
         parts.method = Method::PUT;
-        encode(&parts, "10.0.0.1:80", &mut out);
+        encode(&parts, [], "10.0.0.1:80", &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("PUT /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n"));
         assert!(text.contains("host: example.com\r\n"));

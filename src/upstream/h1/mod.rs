@@ -25,6 +25,7 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response};
 use tokio::io::AsyncWrite;
@@ -233,12 +234,13 @@ pub struct Dial<'a> {
 }
 
 impl Exchange {
-    /// Starts `parts` (a request without a body) on an idle connection of `worker` to
-    /// `backend`, or a new one; `now`: the caller's clock reading.
-    pub fn start(
+    /// Starts `parts` (a request without a body) with the fields of `extra` after its own, on an
+    /// idle connection of `worker` to `backend`, or a new one; `now`: the caller's clock reading.
+    pub fn start<'a>(
         backend: &Arc<Backend>,
         worker: usize,
         parts: &Parts,
+        extra: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
         max_idle: Duration,
         dial: Dial<'_>,
         now: Instant,
@@ -252,7 +254,7 @@ impl Exchange {
             }
             None => (State::Connecting(connect(backend.addr, dial)), Vec::new()),
         };
-        head::encode(parts, backend.authority.as_str(), &mut head);
+        head::encode(parts, extra, backend.authority.as_str(), &mut head);
         Exchange {
             state,
             head,
