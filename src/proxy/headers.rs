@@ -297,6 +297,15 @@ pub fn strip_present_hop_by_hop(headers: &mut HeaderMap, present: HopByHop) {
 
 /// Removes `Connection` and every header it names, except protected ones.
 fn remove_connection(headers: &mut HeaderMap) {
+    // The usual one value naming only the connection's fate names no header: one removal.
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    if let (Some(only), None) = (values.next(), values.next()) {
+        let value = only.as_bytes().trim_ascii();
+        if value.eq_ignore_ascii_case(b"keep-alive") || value.eq_ignore_ascii_case(b"close") {
+            headers.remove(header::CONNECTION);
+            return;
+        }
+    }
     let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION) else {
         return;
     };
