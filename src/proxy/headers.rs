@@ -203,38 +203,42 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct HopByHop(u8);
 
+/// `HopByHop`'s names, in the order of its bits.
+static HOP_BY_HOP: [&HeaderName; 6] = [
+    &header::CONNECTION,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::TE,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
+
+/// `name`'s bit among `names` (1 << its position), 0 when it is not one of them.
+fn bit_among(name: &HeaderName, names: &[&HeaderName]) -> u8 {
+    names
+        .iter()
+        .position(|n| *n == name)
+        .map_or(0, |at| 1 << at)
+}
+
 impl HopByHop {
     const CONNECTION: u8 = 1;
-    const KEEP_ALIVE: u8 = 1 << 1;
-    const PROXY_CONNECTION: u8 = 1 << 2;
-    const TRANSFER_ENCODING: u8 = 1 << 3;
-    const UPGRADE: u8 = 1 << 4;
-    const TE: u8 = 1 << 5;
+    const TRANSFER_ENCODING: u8 = 1 << 1;
+    const UPGRADE: u8 = 1 << 2;
+    const TE: u8 = 1 << 3;
+    const KEEP_ALIVE: u8 = 1 << 4;
+    const PROXY_CONNECTION: u8 = 1 << 5;
 
     pub fn of(headers: &HeaderMap) -> HopByHop {
-        let mut present = HopByHop::default();
-        for name in headers.keys() {
-            present.add(name);
-        }
-        present
+        HopByHop(
+            headers
+                .keys()
+                .fold(0, |bits, name| bits | bit_among(name, &HOP_BY_HOP)),
+        )
     }
 
     fn add(&mut self, name: &HeaderName) {
-        self.0 |= if name == header::CONNECTION {
-            HopByHop::CONNECTION
-        } else if name == header::TRANSFER_ENCODING {
-            HopByHop::TRANSFER_ENCODING
-        } else if name == header::UPGRADE {
-            HopByHop::UPGRADE
-        } else if name == header::TE {
-            HopByHop::TE
-        } else if name == KEEP_ALIVE {
-            HopByHop::KEEP_ALIVE
-        } else if name == PROXY_CONNECTION {
-            HopByHop::PROXY_CONNECTION
-        } else {
-            0
-        };
+        self.0 |= bit_among(name, &HOP_BY_HOP);
     }
 
     pub fn any(self) -> bool {
@@ -338,6 +342,16 @@ fn remove_connection(headers: &mut HeaderMap) {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Own(u8);
 
+/// `Own`'s names, in the order of its bits. All custom names: a standard one (most of a
+/// request's) differs from each at once.
+static OWN: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REQUEST_ID,
+    &trace::TRACESTATE,
+];
+
 impl Own {
     const FORWARDED_FOR: u8 = 1;
     const FORWARDED_PROTO: u8 = 1 << 1;
@@ -346,28 +360,13 @@ impl Own {
     const TRACESTATE: u8 = 1 << 4;
 
     pub fn of(headers: &HeaderMap) -> Own {
-        let mut own = Own::default();
-        for name in headers.keys() {
-            own.add(name);
-        }
-        own
+        Own(headers
+            .keys()
+            .fold(0, |bits, name| bits | bit_among(name, &OWN)))
     }
 
     fn add(&mut self, name: &HeaderName) {
-        // All five are custom names: a standard one (most of a request's) differs at once.
-        self.0 |= if *name == X_FORWARDED_FOR {
-            Own::FORWARDED_FOR
-        } else if *name == X_FORWARDED_PROTO {
-            Own::FORWARDED_PROTO
-        } else if *name == X_FORWARDED_HOST {
-            Own::FORWARDED_HOST
-        } else if *name == X_REQUEST_ID {
-            Own::REQUEST_ID
-        } else if *name == trace::TRACESTATE {
-            Own::TRACESTATE
-        } else {
-            0
-        };
+        self.0 |= bit_among(name, &OWN);
     }
 
     fn has(self, bit: u8) -> bool {

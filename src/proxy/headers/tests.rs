@@ -226,3 +226,30 @@ proptest::proptest! {
         proptest::prop_assert_eq!(peer_value(IpAddr::V6(v4.to_ipv6_mapped())), text.as_str());
     }
 }
+
+#[test]
+fn each_name_sets_its_own_bit() {
+    let hop_by_hop = [
+        (header::CONNECTION, HopByHop::CONNECTION),
+        (header::TRANSFER_ENCODING, HopByHop::TRANSFER_ENCODING),
+        (header::UPGRADE, HopByHop::UPGRADE),
+        (header::TE, HopByHop::TE),
+        (KEEP_ALIVE.clone(), HopByHop::KEEP_ALIVE),
+        (PROXY_CONNECTION.clone(), HopByHop::PROXY_CONNECTION),
+    ];
+    for (name, bit) in hop_by_hop {
+        assert_eq!(bit_among(&name, &HOP_BY_HOP), bit, "{name}");
+    }
+    let own = [
+        (X_FORWARDED_FOR.clone(), Own::FORWARDED_FOR),
+        (X_FORWARDED_PROTO.clone(), Own::FORWARDED_PROTO),
+        (X_FORWARDED_HOST.clone(), Own::FORWARDED_HOST),
+        (X_REQUEST_ID.clone(), Own::REQUEST_ID),
+        (trace::TRACESTATE.clone(), Own::TRACESTATE),
+    ];
+    for (name, bit) in own {
+        assert_eq!(bit_among(&name, &OWN), bit, "{name}");
+    }
+    assert_eq!(bit_among(&header::HOST, &HOP_BY_HOP), 0);
+    assert_eq!(bit_among(&header::HOST, &OWN), 0);
+}
