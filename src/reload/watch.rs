@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+
+mod dirs;
+use dirs::Dirs;
 
 /// A burst that never goes quiet (a log file written beside the config, say) is looked at anyway
 /// after this many `debounce` periods, so noise elsewhere in the directory cannot hold a change
@@ -35,8 +36,9 @@ pub struct WatchOptions {
     /// How long the directory must stay quiet before the file is read: an editor's save or a
     /// ConfigMap update is several events, and this makes them one signal. Default 200 ms.
     pub debounce: Duration,
-    /// Whether to use the OS's file notifications (inotify, FSEvents, kqueue, ...). When they
-    /// cannot be set up, a warning is logged and only polling remains. Default `true`.
+    /// Whether to use the OS's file notifications (inotify; Linux only, elsewhere there is only
+    /// polling). When they cannot be set up, a warning is logged and only polling remains.
+    /// Default `true`.
     pub notify: bool,
     /// `config::content_hash` of the text the running config was loaded from: a file that
     /// differs from it when the watcher starts (changed during start-up) is signalled at once.
@@ -133,7 +135,7 @@ struct Watch {
     options: WatchOptions,
     /// The OS notifications, when they are on and could be set up.
     dirs: Option<Dirs>,
-    /// Woken by the notification thread on every event that may mean a change.
+    /// Woken by the notifications on every batch of events that may mean a change.
     poke: Arc<Notify>,
     /// Hash of the content last signalled (at first: at start); `None` while there was none.
     signalled: Option<u64>,
@@ -250,87 +252,6 @@ impl Watch {
     }
 }
 
-/// The OS notifications on the directories that hold the config file.
-struct Dirs {
-    watcher: RecommendedWatcher,
-    /// Directories watched now.
-    watched: Vec<PathBuf>,
-    /// Directories that could not be watched, retried on every look; warned about once.
-    failed: Vec<PathBuf>,
-}
-
-impl Dirs {
-    /// Sets up notifications for `path` (blocking); `None`, with a warning, when the OS won't.
-    fn start(path: &Path, poke: Arc<Notify>) -> Option<Dirs> {
-        let shown = path.display().to_string();
-        let handler = move |event: notify::Result<notify::Event>| match event {
-            Ok(event) if maybe_changed(&event.kind) => poke.notify_one(),
-            Ok(_) => {}
-            // Typically a dropped event (queue overflow): anything may have changed.
-            Err(e) => {
-                tracing::warn!(path = %shown, error = %e, "config file notification error");
-                poke.notify_one();
-            }
-        };
-        let watcher = match notify::recommended_watcher(handler) {
-            Ok(watcher) => watcher,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot set up config file notifications; relying on polling");
-                return None;
-            }
-        };
-        let mut dirs = Dirs {
-            watcher,
-            watched: Vec::new(),
-            failed: Vec::new(),
-        };
-        dirs.retarget(path, wanted_dirs(path));
-        Some(dirs)
-    }
-
-    fn watches_exactly(&self, wanted: &[PathBuf]) -> bool {
-        self.watched.len() == wanted.len() && wanted.iter().all(|dir| self.watched.contains(dir))
-    }
-
-    /// Watches exactly the `wanted` directories, as far as the OS lets it (blocking).
-    fn retarget(&mut self, path: &Path, wanted: Vec<PathBuf>) {
-        for dir in self.watched.iter().filter(|dir| !wanted.contains(dir)) {
-            // Fails when the directory is gone (an old ConfigMap revision), which is harmless.
-            if let Err(e) = self.watcher.unwatch(dir) {
-                tracing::debug!(path = %path.display(), dir = %dir.display(), error = %e, "config directory unwatch failed");
-            }
-        }
-        self.watched.retain(|dir| wanted.contains(dir));
-        self.failed.retain(|dir| wanted.contains(dir));
-        for dir in wanted {
-            if self.watched.contains(&dir) {
-                continue;
-            }
-            match self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.failed.retain(|failed| *failed != dir);
-                    self.watched.push(dir);
-                }
-                Err(e) if !self.failed.contains(&dir) => {
-                    tracing::warn!(path = %path.display(), dir = %dir.display(), error = %e, "cannot watch config directory; relying on polling there");
-                    self.failed.push(dir);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-}
-
-/// Whether an event may mean the content changed. Opening and reading do not, and must be
-/// ignored: the watcher's own reads would otherwise wake it again, for ever.
-fn maybe_changed(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
-    }
-}
-
 /// The directory holding `path` as given, and, when `path` is (or passes through) a symlink,
 /// the directory of the file it finally resolves to: an in-place write there is seen too.
 /// Canonical where possible, so one directory is never watched under two names.
@@ -385,7 +306,6 @@ async fn tick(poll: &mut Option<Interval>) {
 mod tests {
     use super::*;
 
-    use notify::event::{CreateKind, MetadataKind, ModifyKind, RemoveKind, RenameMode};
     use tokio::time::timeout;
 
     /// Generous for a test, so a loaded machine pausing between a write's syscalls does not split
@@ -456,33 +376,29 @@ mod tests {
         assert!(got.is_err(), "expected no signal, got {got:?}");
     }
 
-    #[test]
-    fn only_access_without_write_is_ignored() {
-        let cases = [
-            (EventKind::Access(AccessKind::Open(AccessMode::Any)), false),
-            (EventKind::Access(AccessKind::Read), false),
-            (
-                EventKind::Access(AccessKind::Close(AccessMode::Read)),
-                false,
-            ),
-            (
-                EventKind::Access(AccessKind::Close(AccessMode::Write)),
-                true,
-            ),
-            (EventKind::Create(CreateKind::File), true),
-            (EventKind::Modify(ModifyKind::Any), true),
-            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), true),
-            (
-                EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
-                true,
-            ),
-            (EventKind::Remove(RemoveKind::File), true),
-            (EventKind::Any, true),
-            (EventKind::Other, true),
-        ];
-        for (kind, expected) in cases {
-            assert_eq!(maybe_changed(&kind), expected, "{kind:?}");
+    /// Opening and reading (the watcher's own reads, or anything else's in the directory) are
+    /// not in the mask: they must not even wake the watcher.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn opening_and_reading_files_beside_the_config_wakes_nothing() {
+        let dir = TempDir::new("opens");
+        let (path, busy) = (dir.join("sluice.toml"), dir.join("big.bin"));
+        std::fs::write(&path, "a").unwrap();
+        std::fs::write(&busy, [0u8; 1024]).unwrap();
+        let poke = Arc::new(Notify::new());
+        let dirs = Dirs::start(&path, poke.clone()).expect("inotify is available");
+        for _ in 0..20 {
+            std::fs::read(&busy).unwrap();
+            std::fs::read(&path).unwrap();
         }
+        // Long enough for an event to have been read, were there one.
+        tokio::time::sleep(QUIET_WINDOW).await;
+        assert_eq!(dirs.batches(), 0, "opening and reading woke the watcher");
+        std::fs::write(&path, "b").unwrap();
+        timeout(SIGNAL_DEADLINE, poke.notified())
+            .await
+            .expect("a write wakes the watcher");
+        assert!(dirs.batches() > 0);
     }
 
     #[test]
