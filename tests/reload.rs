@@ -39,6 +39,8 @@ mod refused;
 mod report;
 #[path = "reload/signal.rs"]
 mod signal;
+// The file notifications these tests time are Linux-only (elsewhere sluice polls every 5 s).
+#[cfg(target_os = "linux")]
 #[path = "reload/watch.rs"]
 mod watch;
 #[path = "reload/weights.rs"]

@@ -417,6 +417,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")] // notifications: Linux-only
     #[tokio::test]
     async fn in_place_write_signals_once() {
         let dir = TempDir::new("in-place");
@@ -429,6 +430,7 @@ mod tests {
         expect_quiet(&mut rx).await;
     }
 
+    #[cfg(target_os = "linux")] // notifications: Linux-only
     #[tokio::test]
     async fn write_to_temp_then_rename_signals_every_time() {
         let dir = TempDir::new("rename");
@@ -447,6 +449,7 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[cfg(target_os = "linux")] // notifications: Linux-only
     #[tokio::test]
     async fn kubernetes_configmap_symlink_swap_signals() {
         use std::os::unix::fs::symlink;
@@ -477,6 +480,7 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[cfg(target_os = "linux")] // notifications: Linux-only
     #[tokio::test]
     async fn in_place_write_to_a_symlink_target_elsewhere_signals() {
         let dir = TempDir::new("symlink-target");
@@ -516,6 +520,7 @@ mod tests {
         expect_signal(&mut rx).await;
     }
 
+    #[cfg(target_os = "linux")] // notifications: Linux-only
     #[tokio::test]
     async fn burst_of_writes_signals_exactly_once() {
         let dir = TempDir::new("burst");
@@ -557,6 +562,7 @@ mod tests {
         expect_signal(&mut rx).await;
     }
 
+    #[cfg(target_os = "linux")] // notifications: Linux-only
     #[tokio::test]
     async fn a_file_that_differs_from_what_was_loaded_is_signalled_at_once() {
         let dir = TempDir::new("loaded");
