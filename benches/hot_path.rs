@@ -73,14 +73,16 @@ fn header_rules(c: &mut Criterion) {
             || request().into_parts().0.headers,
             |mut h| {
                 headers::strip_hop_by_hop(&mut h);
-                headers::set_forwarded(
-                    &mut h,
-                    &peer,
-                    false,
-                    "http",
-                    Some(HeaderValue::from_static("api.example.com")),
-                );
-                h
+                let origin = headers::Origin {
+                    peer: &peer,
+                    trusted: false,
+                    proto: "http",
+                };
+                let host = Some(HeaderValue::from_static("api.example.com"));
+                let id = HeaderValue::from_static("id");
+                let own = headers::Own::of(&h);
+                let added = headers::Added::take(&mut h, own, origin, host, id, None);
+                (h, added)
             },
             criterion::BatchSize::SmallInput,
         )

@@ -493,31 +493,6 @@ fn take_forwarded(
     [forwarded_for, forwarded_proto, forwarded_host]
 }
 
-/// Sets `X-Forwarded-For`, `-Proto` and `-Host` in `headers` (`take_forwarded`'s rules), for
-/// callers with only a map.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: &HeaderValue,
-    trusted: bool,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-) {
-    let origin = Origin {
-        peer,
-        trusted,
-        proto,
-    };
-    let values = take_forwarded(headers, Own::of(headers), origin, host);
-    for (name, value) in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST]
-        .into_iter()
-        .zip(values)
-    {
-        if let Some(value) = value {
-            headers.insert(name.clone(), value);
-        }
-    }
-}
-
 /// The peer address as a header value, made once per connection. IPv4 (also IPv4-mapped
 /// IPv6) is written digit by digit: `Display` costs more than the rest of a short connection's
 /// header work.

@@ -123,6 +123,18 @@ fn te_trailers_survives() {
     assert_eq!(h.get(header::TE).unwrap(), "trailers");
 }
 
+/// The request path's way: the client's copies taken out, sluice's added (`Added`).
+fn forward(h: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
+    let origin = Origin {
+        peer,
+        trusted,
+        proto: "http",
+    };
+    let host = Some(HeaderValue::from_static("a.com"));
+    let id = HeaderValue::from_static("id");
+    Added::take(h, Own::of(h), origin, host, id, None).insert_into(h);
+}
+
 #[test]
 fn forwarded_headers_replace_for_untrusted_and_extend_for_trusted() {
     let peer = peer_value("10.0.0.9".parse().unwrap());
@@ -134,26 +146,14 @@ fn forwarded_headers_replace_for_untrusted_and_extend_for_trusted() {
         h
     };
     let mut h = spoofed();
-    set_forwarded(
-        &mut h,
-        &peer,
-        false,
-        "http",
-        Some(HeaderValue::from_static("a.com")),
-    );
+    forward(&mut h, &peer, false);
     assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
     assert_eq!(h[&X_FORWARDED_PROTO], "http");
     assert_eq!(h[&X_FORWARDED_HOST], "a.com");
 
     let mut h = spoofed();
     h.append(&X_FORWARDED_FOR, HeaderValue::from_static("7.7.7.7"));
-    set_forwarded(
-        &mut h,
-        &peer,
-        true,
-        "http",
-        Some(HeaderValue::from_static("a.com")),
-    );
+    forward(&mut h, &peer, true);
     assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 7.7.7.7, 10.0.0.9");
     assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
     assert_eq!(h[&X_FORWARDED_PROTO], "https");

@@ -91,21 +91,10 @@ fn hex(digits: &[u8]) -> Option<u128> {
     })
 }
 
-/// Makes sure the request carries a valid `traceparent`: a valid one stays (with its
-/// `tracestate`), otherwise a new one replaces it and `tracestate` goes. The trace id the
-/// backend sees.
-pub fn propagate(headers: &mut HeaderMap, incoming: Incoming) -> TraceId {
-    let tracestate = headers.contains_key(&TRACESTATE);
-    let (id, made) = outgoing(headers, incoming, tracestate);
-    if let Some(value) = made {
-        headers.insert(TRACEPARENT.clone(), value);
-    }
-    id
-}
-
-/// `propagate` without the insert: the trace id, and the new `traceparent` when one is made
-/// (the caller adds it; the request's invalid one and its `tracestate`, when `tracestate`
-/// says there is one, are removed).
+/// Makes sure the request will carry a valid `traceparent`: a valid one stays (with its
+/// `tracestate`), otherwise a new one is made (returned, for the caller to add) and the
+/// request's invalid one and its `tracestate` (when `tracestate` says there is one) are removed.
+/// The trace id the backend sees.
 pub fn outgoing(
     headers: &mut HeaderMap,
     incoming: Incoming,
@@ -149,6 +138,16 @@ pub fn new_traceparent() -> (TraceId, HeaderValue) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `outgoing` with the new `traceparent` added, as the request path ends up.
+    fn propagate(headers: &mut HeaderMap, incoming: Incoming) -> TraceId {
+        let tracestate = headers.contains_key(&TRACESTATE);
+        let (id, made) = outgoing(headers, incoming, tracestate);
+        if let Some(value) = made {
+            headers.insert(TRACEPARENT.clone(), value);
+        }
+        id
+    }
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
