@@ -128,7 +128,7 @@ impl Upstream {
     /// Waits for the backend's response head within the pool's request timeout, retrying the
     /// keep-alive race on a fresh connection. Returns the response and, when timed, how long
     /// the backend took.
-    pub async fn finish(mut self, snapshot: &Snapshot) -> Outcome {
+    pub async fn finish(&mut self, snapshot: &Snapshot) -> Outcome {
         let pool = &snapshot.pools[self.pool];
         let backend = &pool.backends[self.backend];
         let mut retries = 0;

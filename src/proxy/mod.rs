@@ -79,7 +79,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
             Err(e) => return Box::pin(std::future::ready(Ok(request.fail(&e)))),
         };
         match request.attempt(&mut outgoing) {
-            Ok(upstream) => Box::pin(async move { Ok(request.run(outgoing, upstream).await) }),
+            Ok(upstream) => Box::pin(request.run(outgoing, upstream)),
             // Every backend that may take traffic is at its connection limit: wait for a slot.
             Err(Shortage::AtLimit) => Box::pin(async move {
                 let pool = request.snapshot.pools[outgoing.pool].clone();
@@ -88,7 +88,7 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
                 {
                     Ok(choice) => {
                         let upstream = request.start(&mut outgoing, choice, Instant::now());
-                        Ok(request.run(outgoing, upstream).await)
+                        request.run(outgoing, upstream).await
                     }
                     Err(e) => Ok(request.fail(&e)),
                 }
@@ -391,24 +391,31 @@ impl Started {
     }
 
     /// Runs attempts until one gives the client's answer.
-    async fn run(
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` moves its arguments into
+    /// locals of its own, so its future held each of them twice (the request's future was
+    /// 3 952 bytes, copied as a whole into its box); the block uses them where they are.
+    #[allow(clippy::manual_async_fn)] // see above: the `async fn` form is what doubled it
+    fn run(
         mut self,
         mut out: Outgoing,
         mut upstream: forward::Upstream,
-    ) -> Response<ResponseBody> {
-        loop {
-            let result = upstream.finish(&self.snapshot).await;
-            if let Some(log) = self.exchange.log_mut() {
-                let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
-                log.upstream_status.push(status);
-                log.retries = out.retries;
-            }
-            match self.retry(&mut out, &result) {
-                Some(next) => upstream = next,
-                None => {
-                    return match out.upgrade.take() {
-                        Some(pending) => upgrade::respond(self, result, *pending),
-                        None => self.respond(result),
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send {
+        async move {
+            loop {
+                let result = upstream.finish(&self.snapshot).await;
+                if let Some(log) = self.exchange.log_mut() {
+                    let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
+                    log.upstream_status.push(status);
+                    log.retries = out.retries;
+                }
+                match self.retry(&mut out, &result) {
+                    Some(next) => upstream = next,
+                    None => {
+                        return Ok(match out.upgrade.take() {
+                            Some(pending) => upgrade::respond(self, result, *pending),
+                            None => self.respond(result),
+                        })
                     }
                 }
             }
