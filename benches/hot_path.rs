@@ -79,9 +79,8 @@ fn header_rules(c: &mut Criterion) {
                     proto: "http",
                 };
                 let host = Some(HeaderValue::from_static("api.example.com"));
-                let id = HeaderValue::from_static("id");
                 let own = headers::Own::of(&h);
-                let added = headers::Added::take(&mut h, own, origin, host, id, None);
+                let added = headers::Added::take(&mut h, own, origin, host, None);
                 (h, added)
             },
             criterion::BatchSize::SmallInput,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderMap, Method, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper_util::client::legacy::{self, ResponseFuture};
 use tokio::time::Instant;
 
@@ -32,10 +32,12 @@ pub type Outcome = Result<(BackendResponse, Option<Duration>), ProxyError>;
 /// fails at once, so a small bound covers a backend that closed several idle connections.
 const STALE_RETRIES: usize = 2;
 
-/// A request as an attempt sends it: its head, the headers sluice adds to it, its body.
+/// A request as an attempt sends it: its head, the headers sluice adds to it with its id, its
+/// body.
 pub struct Outbound<'a> {
     pub parts: Parts,
     pub added: &'a Added,
+    pub request_id: &'a HeaderValue,
     pub body: UpstreamBody,
 }
 
@@ -77,6 +79,7 @@ impl Upstream {
         let Outbound {
             mut parts,
             added,
+            request_id,
             body,
         } = request;
         // A request that may be sent twice: kept for a retry on a fresh connection.
@@ -91,14 +94,14 @@ impl Upstream {
                 backend,
                 worker,
                 &parts,
-                added.fields(),
+                |out: &mut Vec<u8>| added.write(request_id, out),
                 pool.timeouts.idle,
                 pool.dial(),
                 now.into_std(),
             );
             (Pending::H1(exchange), None)
         } else {
-            added.insert_into(&mut parts.headers);
+            added.insert_into(request_id, &mut parts.headers);
             let (response, replay) =
                 hyper_request(pool, backend_index, worker, parts, body, replayable);
             (Pending::Hyper(response), replay)

@@ -10,6 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
 use super::error::ProxyError;
+use crate::upstream::h1;
 
 pub mod trace;
 
@@ -389,8 +390,11 @@ pub struct Origin<'a> {
 }
 
 /// The headers sluice adds to every request it forwards, kept apart from the request's header
-/// map: sluice's HTTP/1.1 client writes them straight into the head (`fields`), without a map
-/// insert and its hashing each; hyper's client gets them inserted (`insert_into`).
+/// map: sluice's HTTP/1.1 client writes them straight into the head (`write`), without a map
+/// insert and its hashing each; hyper's client gets them inserted (`insert_into`). The request
+/// id is the request's own (`Started`), lent for each attempt rather than copied here (a copy
+/// of a new id's bytes cost an allocation), and a new `traceparent` stays two numbers until
+/// written.
 #[derive(Debug, Clone)]
 pub struct Added {
     forwarded_for: HeaderValue,
@@ -398,23 +402,21 @@ pub struct Added {
     forwarded_proto: Option<HeaderValue>,
     /// `None`: a trusted peer's own is kept, or there is no host to name.
     forwarded_host: Option<HeaderValue>,
-    request_id: HeaderValue,
     /// `None`: the client's valid trace context is kept.
-    traceparent: Option<HeaderValue>,
+    traceparent: Option<trace::NewContext>,
 }
 
 impl Added {
     /// Takes the request's own copies of what sluice sets out of `headers` (`own`: which it
-    /// has): the `X-Forwarded-*` (`take_forwarded`), `x-request-id` (replaced by `request_id`,
-    /// the client's own when it sent a usable one) and, when `trace::outgoing` made a new
-    /// `traceparent`, that.
+    /// has): the `X-Forwarded-*` (`take_forwarded`) and `x-request-id` (replaced by the
+    /// request's id, the client's own when it sent a usable one); `traceparent`: the new trace
+    /// context `trace::outgoing` started, if it did.
     pub fn take(
         headers: &mut HeaderMap,
         own: Own,
         origin: Origin<'_>,
         host: Option<HeaderValue>,
-        request_id: HeaderValue,
-        traceparent: Option<HeaderValue>,
+        traceparent: Option<trace::NewContext>,
     ) -> Added {
         let [forwarded_for, forwarded_proto, forwarded_host] =
             take_forwarded(headers, own, origin, host);
@@ -425,30 +427,42 @@ impl Added {
             forwarded_for: forwarded_for.unwrap_or_else(|| origin.peer.clone()),
             forwarded_proto,
             forwarded_host,
-            request_id,
             traceparent,
         }
     }
 
-    /// The headers to add, in order.
-    pub fn fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        [
-            (&X_FORWARDED_FOR, Some(&self.forwarded_for)),
-            (&X_FORWARDED_PROTO, self.forwarded_proto.as_ref()),
-            (&X_FORWARDED_HOST, self.forwarded_host.as_ref()),
-            (&X_REQUEST_ID, Some(&self.request_id)),
-            (&trace::TRACEPARENT, self.traceparent.as_ref()),
-        ]
-        .into_iter()
-        .filter_map(|(name, value)| Some((name, value?)))
+    /// Writes them as HTTP/1.1 head fields into `out`, in order, with `request_id`.
+    pub fn write(&self, request_id: &HeaderValue, out: &mut Vec<u8>) {
+        let mut field = |name: &HeaderName, value: &[u8]| h1::write_field(out, name, value);
+        field(&X_FORWARDED_FOR, self.forwarded_for.as_bytes());
+        if let Some(proto) = &self.forwarded_proto {
+            field(&X_FORWARDED_PROTO, proto.as_bytes());
+        }
+        if let Some(host) = &self.forwarded_host {
+            field(&X_FORWARDED_HOST, host.as_bytes());
+        }
+        field(&X_REQUEST_ID, request_id.as_bytes());
+        if let Some(context) = &self.traceparent {
+            field(&trace::TRACEPARENT, &context.value());
+        }
     }
 
-    /// Adds them to a request's map (for hyper's client).
-    pub fn insert_into(&self, headers: &mut HeaderMap) {
+    /// Adds them, with `request_id`, to a request's map (for hyper's client).
+    pub fn insert_into(&self, request_id: &HeaderValue, headers: &mut HeaderMap) {
         // One growth at most: a new connection's first map is exact-size.
         headers.reserve(5);
-        for (name, value) in self.fields() {
-            headers.insert(name.clone(), value.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), self.forwarded_for.clone());
+        if let Some(proto) = &self.forwarded_proto {
+            headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+        }
+        if let Some(host) = &self.forwarded_host {
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(context) = &self.traceparent {
+            let value = HeaderValue::from_bytes(&context.value())
+                .expect("hex digits and dashes are a valid value");
+            headers.insert(trace::TRACEPARENT.clone(), value);
         }
     }
 }
@@ -532,24 +546,39 @@ pub fn peer_value(ip: IpAddr) -> HeaderValue {
 /// source: ids need uniqueness, not secrecy.)
 pub fn new_request_id() -> HeaderValue {
     let mut buf = [0u8; 32];
-    write_hex(
-        &mut buf[..16],
-        &crate::balance::rng::next_u64().to_be_bytes(),
-    );
-    write_hex(
-        &mut buf[16..],
-        &crate::balance::rng::next_u64().to_be_bytes(),
-    );
+    random_hex(&mut buf);
     HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
 }
 
-/// Writes `bytes` as lowercase hex into `out`, two digits per byte (`out` is twice as long).
-pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
+/// Fills `buf` with random hex digits. Not inlined: where the compiler could follow the digits
+/// into `HeaderValue`'s check of them, it checked them byte by byte out of registers, at twice
+/// the cost of the plain loop over memory.
+#[inline(never)]
+fn random_hex(buf: &mut [u8; 32]) {
+    buf[..16].copy_from_slice(&hex_u64(crate::balance::rng::next_u64()));
+    buf[16..].copy_from_slice(&hex_u64(crate::balance::rng::next_u64()));
+}
+
+/// `n` as 16 lowercase hex digits, most significant first. Branch- and table-free: each nibble
+/// is spread to a byte of its own in four shift-and-mask steps, then all sixteen are turned
+/// into digits at once (a table lookup per nibble cost about ten times as much).
+pub fn hex_u64(n: u64) -> [u8; 16] {
+    /// `byte` in every byte of a `u128`.
+    const fn each(byte: u8) -> u128 {
+        u128::from_ne_bytes([byte; 16])
     }
+    let n = u128::from(n);
+    // Nibble i (counting from the least significant) ends in byte i.
+    let mut v = (n & 0xffff_ffff_0000_0000) << 32 | (n & 0xffff_ffff);
+    v = (v & 0x0000_0000_ffff_0000_0000_0000_ffff_0000) << 16
+        | (v & 0x0000_0000_0000_ffff_0000_0000_0000_ffff);
+    v = (v & 0x0000_ff00_0000_ff00_0000_ff00_0000_ff00) << 8
+        | (v & 0x0000_00ff_0000_00ff_0000_00ff_0000_00ff);
+    v = (v & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4
+        | (v & 0x000f_000f_000f_000f_000f_000f_000f_000f);
+    // 1 in the bytes holding 10 to 15, which become letters: `'a'` is 39 past `'0' + 10`.
+    let letters = ((v + each(6)) >> 4) & each(1);
+    (v + each(b'0') + letters * 39).to_be_bytes()
 }
 
 #[cfg(test)]

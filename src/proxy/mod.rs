@@ -303,14 +303,7 @@ impl Started {
             log.trace_id = Some(trace_id);
         }
         // Added to the head as it is sent (`forward::Upstream::start`), not to the map.
-        let added = headers::Added::take(
-            &mut parts.headers,
-            own,
-            origin,
-            host_value,
-            self.request_id.clone(),
-            traceparent,
-        );
+        let added = headers::Added::take(&mut parts.headers, own, origin, host_value, traceparent);
 
         let idempotent = forward::is_idempotent(&parts.method);
         let deadline = match self.grpc {
@@ -384,6 +377,7 @@ impl Started {
         let request = forward::Outbound {
             parts,
             added: &out.added,
+            request_id: &self.request_id,
             body,
         };
         forward::Upstream::start(out.pool, out.worker, index, pool, request, timed, now)

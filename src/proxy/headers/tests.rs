@@ -132,7 +132,7 @@ fn forward(h: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
     };
     let host = Some(HeaderValue::from_static("a.com"));
     let id = HeaderValue::from_static("id");
-    Added::take(h, Own::of(h), origin, host, id, None).insert_into(h);
+    Added::take(h, Own::of(h), origin, host, None).insert_into(&id, h);
 }
 
 #[test]
@@ -176,9 +176,30 @@ fn request_ids_are_hex_and_distinct() {
     assert_ne!(a, b);
     assert_eq!(a.len(), 32);
     assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit));
-    let mut hex = [0u8; 8];
-    write_hex(&mut hex, &[0x00, 0x9f, 0xa0, 0xff]);
-    assert_eq!(&hex, b"009fa0ff");
+}
+
+proptest::proptest! {
+    #[test]
+    fn hex_digits_are_formats(n: u64) {
+        let expected = format!("{n:016x}");
+        proptest::prop_assert_eq!(&hex_u64(n), expected.as_bytes());
+    }
+}
+
+#[test]
+fn hex_digits_of_edge_values() {
+    let edges = [
+        0,
+        9,
+        10,
+        15,
+        16,
+        0x0123_4567_89ab_cdef,
+        0xfedc_ba98_7654_3210,
+    ];
+    for n in edges.into_iter().chain([u64::MAX]) {
+        assert_eq!(&hex_u64(n), format!("{n:016x}").as_bytes(), "{n:#x}");
+    }
 }
 
 #[test]

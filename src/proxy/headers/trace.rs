@@ -15,7 +15,7 @@
 use std::fmt;
 use std::num::{NonZeroU128, NonZeroU64};
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName};
 
 use crate::balance::rng;
 
@@ -99,7 +99,7 @@ pub fn outgoing(
     headers: &mut HeaderMap,
     incoming: Incoming,
     tracestate: bool,
-) -> (TraceId, Option<HeaderValue>) {
+) -> (TraceId, Option<NewContext>) {
     match incoming {
         Incoming::Valid(id) => (id, None),
         Incoming::Missing | Incoming::Invalid => {
@@ -109,41 +109,60 @@ pub fn outgoing(
             if tracestate {
                 headers.remove(&TRACESTATE);
             }
-            let (id, value) = new_traceparent();
-            (id, Some(value))
+            let context = NewContext::random();
+            (context.trace, Some(context))
         }
     }
 }
 
-/// A new `traceparent`, `00-<random trace id>-<random parent id>-00`, and its trace id.
-pub fn new_traceparent() -> (TraceId, HeaderValue) {
-    let trace = loop {
-        let id = u128::from(rng::next_u64()) << 64 | u128::from(rng::next_u64());
-        if let Some(id) = NonZeroU128::new(id) {
-            break id;
+/// A trace context sluice starts: random trace and parent ids, not sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewContext {
+    pub trace: TraceId,
+    parent: NonZeroU64,
+}
+
+impl NewContext {
+    pub fn random() -> NewContext {
+        let trace = loop {
+            let id = u128::from(rng::next_u64()) << 64 | u128::from(rng::next_u64());
+            if let Some(id) = NonZeroU128::new(id) {
+                break id;
+            }
+        };
+        let parent = loop {
+            if let Some(id) = NonZeroU64::new(rng::next_u64()) {
+                break id;
+            }
+        };
+        NewContext {
+            trace: TraceId(trace),
+            parent,
         }
-    };
-    let parent = loop {
-        if let Some(id) = NonZeroU64::new(rng::next_u64()) {
-            break id;
-        }
-    };
-    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
-    super::write_hex(&mut buf[3..35], &trace.get().to_be_bytes());
-    super::write_hex(&mut buf[36..52], &parent.get().to_be_bytes());
-    let value = HeaderValue::from_bytes(&buf).expect("hex digits and dashes are a valid value");
-    (TraceId(trace), value)
+    }
+
+    /// The `traceparent` value: `00-<trace id>-<parent id>-00`.
+    pub fn value(&self) -> [u8; LEN] {
+        let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        let trace = self.trace.0.get();
+        buf[3..19].copy_from_slice(&super::hex_u64((trace >> 64) as u64));
+        buf[19..35].copy_from_slice(&super::hex_u64(trace as u64));
+        buf[36..52].copy_from_slice(&super::hex_u64(self.parent.get()));
+        buf
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     /// `outgoing` with the new `traceparent` added, as the request path ends up.
     fn propagate(headers: &mut HeaderMap, incoming: Incoming) -> TraceId {
         let tracestate = headers.contains_key(&TRACESTATE);
         let (id, made) = outgoing(headers, incoming, tracestate);
-        if let Some(value) = made {
+        if let Some(context) = made {
+            let value = HeaderValue::from_bytes(&context.value()).unwrap();
             headers.insert(TRACEPARENT.clone(), value);
         }
         id
@@ -205,12 +224,12 @@ mod tests {
 
     #[test]
     fn new_ones_are_valid_distinct_and_unsampled() {
-        let (a, value_a) = new_traceparent();
-        let (b, value_b) = new_traceparent();
-        assert_ne!(a, b);
-        assert_ne!(value_a, value_b);
-        for (id, value) in [(a, value_a), (b, value_b)] {
-            let text = value.to_str().unwrap();
+        let (a, b) = (NewContext::random(), NewContext::random());
+        assert_ne!(a.trace, b.trace);
+        assert_ne!(a.value(), b.value());
+        for context in [a, b] {
+            let (id, value) = (context.trace, context.value());
+            let text = std::str::from_utf8(&value).unwrap();
             assert_eq!(parse(text.as_bytes()), Some(id), "{text}");
             assert_eq!(&text[..3], "00-");
             assert_eq!(&text[3..35], id.to_string());

@@ -13,15 +13,10 @@ use super::Error;
 /// Response heads with more fields are refused (hyper's client allows 100 too).
 const MAX_HEADERS: usize = 100;
 
-/// Writes `parts` as an HTTP/1.1 request head into `out` (cleared first), with the fields of
-/// `extra` after its own. `host`: the `Host` to send when the request has none (an HTTP/1.0
-/// client's).
-pub fn encode<'a>(
-    parts: &Parts,
-    extra: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
-    host: &str,
-    out: &mut Vec<u8>,
-) {
+/// Writes `parts` as an HTTP/1.1 request head into `out` (cleared first), with the fields
+/// `extra` writes after its own. `host`: the `Host` to send when the request has none (an
+/// HTTP/1.0 client's).
+pub fn encode(parts: &Parts, extra: impl FnOnce(&mut Vec<u8>), host: &str, out: &mut Vec<u8>) {
     out.clear();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -37,18 +32,18 @@ pub fn encode<'a>(
     if parts.method == Method::PUT && !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
-    let mut field = |name: &HeaderName, value: &HeaderValue| {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    };
     for (name, value) in &parts.headers {
-        field(name, value);
+        write_field(out, name, value.as_bytes());
     }
-    for (name, value) in extra {
-        field(name, value);
-    }
+    extra(out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one head field, `name: value` and its line end.
+pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -260,7 +255,8 @@ mod tests {
             HeaderName::from_static("x-added"),
             HeaderValue::from_static("2"),
         );
-        encode(&parts, [(&name, &value)], "10.0.0.1:80", &mut out);
+        let extra = |out: &mut Vec<u8>| write_field(out, &name, value.as_bytes());
+        encode(&parts, extra, "10.0.0.1:80", &mut out);
         assert_eq!(
             out,
             b"GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\nx-added: 2\r\n\r\n"
@@ -269,7 +265,7 @@ mod tests {
             .headers
             .insert(http::header::HOST, HeaderValue::from_static("example.com"));
         parts.method = Method::PUT;
-        encode(&parts, [], "10.0.0.1:80", &mut out);
+        encode(&parts, |_| {}, "10.0.0.1:80", &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("PUT /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n"));
         assert!(text.contains("host: example.com\r\n"));

@@ -14,6 +14,8 @@
 mod body;
 mod head;
 
+pub use self::head::write_field;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -25,7 +27,6 @@ use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response};
 use tokio::io::AsyncWrite;
@@ -234,13 +235,14 @@ pub struct Dial<'a> {
 }
 
 impl Exchange {
-    /// Starts `parts` (a request without a body) with the fields of `extra` after its own, on an
-    /// idle connection of `worker` to `backend`, or a new one; `now`: the caller's clock reading.
-    pub fn start<'a>(
+    /// Starts `parts` (a request without a body) with the fields `extra` writes after its own,
+    /// on an idle connection of `worker` to `backend`, or a new one; `now`: the caller's clock
+    /// reading.
+    pub fn start(
         backend: &Arc<Backend>,
         worker: usize,
         parts: &Parts,
-        extra: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+        extra: impl FnOnce(&mut Vec<u8>),
         max_idle: Duration,
         dial: Dial<'_>,
         now: Instant,

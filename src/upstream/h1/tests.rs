@@ -90,7 +90,16 @@ async fn exchange(backend: &Arc<Backend>, parts: &Parts) -> Result<Response<Body
         timeout: Duration::from_secs(5),
         opened: &opened,
     };
-    Exchange::start(backend, 0, parts, [], IDLE, dial, std::time::Instant::now()).await
+    Exchange::start(
+        backend,
+        0,
+        parts,
+        |_| {},
+        IDLE,
+        dial,
+        std::time::Instant::now(),
+    )
+    .await
 }
 
 /// The whole body: its data and trailers.
