@@ -476,6 +476,7 @@ async fn serve(
     let mut armed = Armed {
         head: 0,
         idle: NONE,
+        waiting: false,
     };
     let outcome = poll_fn(|cx| {
         if let Poll::Ready(result) = conn.poll(cx, settings, &state) {
@@ -530,6 +531,7 @@ async fn serve(
                 closing = true;
                 // A graceful close gets the header timeout to finish before it is cut.
                 sleep.as_mut().reset(Instant::now() + timeouts.header_read);
+                armed.waiting = false;
                 poll_again(cx)
             }
             Action::Drop(why) => {
@@ -586,6 +588,10 @@ enum Action {
 struct Armed {
     head: u64,
     idle: u64,
+    /// The timer was polled since it was last set, so it holds the task's waker (the same for
+    /// the task's life) and will wake it: until it has fired, there is no need to poll it on
+    /// every wake of a busy connection (that was two timer polls per request).
+    waiting: bool,
 }
 
 /// Checks the connection's phase deadline without reading the clock on the common path: the
@@ -609,6 +615,7 @@ fn watchdog(
         let deadline = state.at(head) + timeouts.header_read.min(timeouts.send);
         if deadline < sleep.deadline() {
             sleep.as_mut().reset(deadline);
+            armed.waiting = false;
         }
     }
     let idle = state.idle_since.load(Ordering::Relaxed);
@@ -617,12 +624,18 @@ fn watchdog(
         let deadline = state.at(idle) + timeouts.idle_phase(rest).0;
         if deadline < sleep.deadline() {
             sleep.as_mut().reset(deadline);
+            armed.waiting = false;
         }
+    }
+    if armed.waiting && !sleep.is_elapsed() {
+        return Action::Wait;
     }
     loop {
         if sleep.as_mut().poll(cx).is_pending() {
+            armed.waiting = true;
             return Action::Wait;
         }
+        armed.waiting = false;
         let now = Instant::now();
         match state.verdict(now, timeouts, rest) {
             Verdict::Wait(deadline) => sleep.as_mut().reset(deadline),
