@@ -542,6 +542,17 @@ pub fn peer_value(ip: IpAddr) -> HeaderValue {
     HeaderValue::from_bytes(&buf[..len]).expect("digits and dots are a valid header value")
 }
 
+/// An owned copy of a request header's value. The request's values are slices of hyper's
+/// read buffer: one kept past the request's head (in its answer, its log record) keeps that
+/// buffer shared, and hyper then allocates a new one, 8 KiB, for the connection's next request
+/// where this copies a few bytes.
+pub fn detach(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(value.as_bytes()))
+        .unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 /// A new request id: 128 random bits as 32 hex digits. (The balancers' per-thread random
 /// source: ids need uniqueness, not secrecy.)
 pub fn new_request_id() -> HeaderValue {

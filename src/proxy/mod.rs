@@ -128,8 +128,8 @@ struct Outgoing {
     deadline: Option<Instant>,
     /// A WebSocket upgrade request: never retried; a 101 opens the tunnel.
     upgrade: Option<Box<upgrade::Pending>>,
-    /// The headers sluice adds, for every attempt.
-    added: headers::Added,
+    /// The headers sluice adds, for every attempt; taken by the last (`Started::start`).
+    added: Option<headers::Added>,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -153,7 +153,7 @@ impl Started {
         // `usize::MAX` when a reload removed the listener while this connection drains.
         let listener = snapshot.listener_index(ctx.listener).unwrap_or(usize::MAX);
         let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.len() <= 200 => id.clone(),
+            Some(id) if !id.is_empty() && id.len() <= 200 => headers::detach(id),
             _ => headers::new_request_id(),
         };
         let log = snapshot.access_log.then(|| {
@@ -168,8 +168,8 @@ impl Started {
                 path: req.uri().path().to_owned(),
                 request_id: request_id.clone(),
                 trace_id: None,
-                user_agent: req.headers().get(header::USER_AGENT).cloned(),
-                referer: req.headers().get(header::REFERER).cloned(),
+                user_agent: req.headers().get(header::USER_AGENT).map(headers::detach),
+                referer: req.headers().get(header::REFERER).map(headers::detach),
                 pool: None,
                 upstream: None,
                 retries: 0,
@@ -337,7 +337,7 @@ impl Started {
             retries: 0,
             deadline,
             upgrade: upgrade.map(Box::new),
-            added,
+            added: Some(added),
         })
     }
 
@@ -374,9 +374,22 @@ impl Started {
         };
         let body = out.body.take().unwrap_or(UpstreamBody::Empty);
         let timed = self.exchange.log_mut().is_some();
+        // An attempt without a copy kept for another is the last: it takes the added headers,
+        // which go once it is sent. Kept to the answer, their `X-Forwarded-Host` (a slice of
+        // hyper's read buffer, see `headers::detach`) made hyper allocate a new buffer for
+        // the connection's next request.
+        let last;
+        let added = match out.again {
+            Some(_) => out.added.as_ref(),
+            None => {
+                last = out.added.take();
+                last.as_ref()
+            }
+        }
+        .expect("no attempt follows the last");
         let request = forward::Outbound {
             parts,
-            added: &out.added,
+            added,
             request_id: &self.request_id,
             body,
         };
