@@ -26,20 +26,22 @@ pub const MAX_TRIES: usize = 11;
 /// Backends a request has tried already.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Tried {
-    list: [usize; MAX_TRIES],
-    len: usize,
+    /// Backend indices. (32 bits: a pool of more backends than that is not a config sluice
+    /// can load; the smaller list keeps the request's future small.)
+    list: [u32; MAX_TRIES],
+    len: u8,
 }
 
 impl Tried {
     pub fn add(&mut self, i: usize) {
-        if self.len < MAX_TRIES {
-            self.list[self.len] = i;
+        if usize::from(self.len) < MAX_TRIES {
+            self.list[usize::from(self.len)] = i as u32;
             self.len += 1;
         }
     }
 
     pub fn contains(&self, i: usize) -> bool {
-        self.list[..self.len].contains(&i)
+        u32::try_from(i).is_ok_and(|i| self.list[..usize::from(self.len)].contains(&i))
     }
 }
 
