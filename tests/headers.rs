@@ -219,6 +219,42 @@ fn hop_by_hop_response_headers_are_removed() {
     assert_eq!(response.header("x-public"), Some("yes"));
 }
 
+/// The usual case, a `Connection` naming no other field: sluice's HTTP/1.1 client leaves the
+/// hop-by-hop fields out as it reads the head (no strip pass), for a GET and a HEAD, on a
+/// connection it keeps using.
+#[test]
+fn hop_by_hop_response_headers_naming_nothing_else_are_removed() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let handler: Handler = Arc::new(|_req| {
+        Box::pin(async {
+            Response::builder()
+                .header("connection", "keep-alive")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-connection", "keep-alive")
+                .header("upgrade", "h2c")
+                .header("x-public", "yes")
+                .body(full("hello"))
+                .unwrap()
+        })
+    });
+    let backend = TestBackend::with_handler("app", seen, handler);
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let mut conn = RawConn::open(sluice.addr());
+    for method in ["GET", "HEAD", "GET"] {
+        conn.send(format!("{method} / HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes());
+        let response = match method {
+            "HEAD" => conn.head_response(),
+            _ => conn.response(),
+        };
+        assert_eq!(response.status_line, "HTTP/1.1 200 OK");
+        for name in ["connection", "keep-alive", "proxy-connection", "upgrade"] {
+            assert_eq!(response.header(name), None, "{method}: client saw {name}");
+        }
+        assert_eq!(response.header("x-public"), Some("yes"), "{method}");
+    }
+    assert_eq!(backend.connections_accepted(), 1);
+}
+
 // ---- forwarding headers ----
 
 #[test]

@@ -246,6 +246,11 @@ impl HopByHop {
         self.0 != 0
     }
 
+    /// Whether `name` is one of the hop-by-hop headers.
+    pub fn includes(name: &HeaderName) -> bool {
+        bit_among(name, &HOP_BY_HOP) != 0
+    }
+
     fn has(self, bit: u8) -> bool {
         self.0 & bit != 0
     }

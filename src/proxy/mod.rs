@@ -28,7 +28,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use self::body::{ResponseBody, UpstreamBody};
+use self::body::{FromBackend, ResponseBody, UpstreamBody};
 use self::choose::{Shortage, Tried};
 use self::error::ProxyError;
 use self::exchange::{AccessRecord, Exchange, UpstreamStatus};
@@ -482,7 +482,10 @@ impl Started {
     fn respond(mut self, result: forward::Outcome) -> Response<ResponseBody> {
         match result {
             Ok((mut response, upstream_time)) => {
-                headers::strip_hop_by_hop(response.headers_mut());
+                // sluice's own client leaves them out as it reads the head, usually.
+                if !matches!(response.body(), FromBackend::H1(b) if b.hop_by_hop_removed()) {
+                    headers::strip_hop_by_hop(response.headers_mut());
+                }
                 if self.grpc && self.version != Version::HTTP_2 {
                     grpc::announce_trailers(response.headers_mut());
                 }

@@ -113,8 +113,8 @@ impl RawConn {
         self.buf.drain(..n).collect()
     }
 
-    /// Reads one complete response (`Content-Length`, chunked, or until close).
-    pub fn response(&mut self) -> RawResponse {
+    /// Reads a response's status line and fields, up to its body.
+    fn head(&mut self) -> (String, Vec<(String, String)>) {
         let status_line = self.take_line();
         let mut headers = Vec::new();
         loop {
@@ -125,6 +125,22 @@ impl RawConn {
             let (name, value) = line.split_once(':').expect("header line has a colon");
             headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
         }
+        (status_line, headers)
+    }
+
+    /// Reads the answer to a HEAD request: a head, never a body.
+    pub fn head_response(&mut self) -> RawResponse {
+        let (status_line, headers) = self.head();
+        RawResponse {
+            status_line,
+            headers,
+            body: Vec::new(),
+        }
+    }
+
+    /// Reads one complete response (`Content-Length`, chunked, or until close).
+    pub fn response(&mut self) -> RawResponse {
+        let (status_line, headers) = self.head();
         let get = |name: &str| {
             headers
                 .iter()

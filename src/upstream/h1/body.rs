@@ -39,6 +39,8 @@ pub struct Body {
     state: State,
     keep_alive: bool,
     home: Option<Home>,
+    /// The response's map has no hop-by-hop fields (`head::Head::hop_by_hop_removed`).
+    pub(super) hop_by_hop_removed: bool,
 }
 
 impl Body {
@@ -54,11 +56,17 @@ impl Body {
             state,
             keep_alive,
             home: Some(home),
+            hop_by_hop_removed: false,
         };
         if matches!(body.state, State::Done) {
             body.release();
         }
         body
+    }
+
+    /// Whether the response's header map was made without its hop-by-hop fields.
+    pub fn hop_by_hop_removed(&self) -> bool {
+        self.hop_by_hop_removed
     }
 
     /// The body has been read to its end: the connection can serve the next request, if it

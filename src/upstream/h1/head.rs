@@ -9,6 +9,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 use super::Error;
+use crate::proxy::headers::HopByHop;
 
 /// Response heads with more fields are refused (hyper's client allows 100 too).
 const MAX_HEADERS: usize = 100;
@@ -64,6 +65,8 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once the body is read.
     pub keep_alive: bool,
+    /// The hop-by-hop fields were left out of the map (`Connection` named no other field).
+    pub hop_by_hop_removed: bool,
 }
 
 pub enum Parsed {
@@ -121,11 +124,17 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
     let count = response.headers.len();
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
+    // The hop-by-hop fields are read (`facts`) but not kept, which spares the proxy a pass to
+    // strip them; unless `Connection` names other fields, which that pass then removes too.
+    let strip = !facts.names_others;
     for &(ns, ne, vs, ve) in &indices[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Invalid("invalid response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Error::Invalid("invalid response header value"))?;
+        if strip && HopByHop::includes(&name) {
+            continue;
+        }
         headers.append(name, value);
     }
     let bodiless = *method == Method::HEAD
@@ -171,6 +180,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
         response,
         framing,
         keep_alive,
+        hop_by_hop_removed: strip,
     }))
 }
 
@@ -183,6 +193,8 @@ struct Facts {
     chunked_last: bool,
     close: bool,
     keep_alive: bool,
+    /// `Connection` names a field (a token other than `close` and `keep-alive`).
+    names_others: bool,
 }
 
 impl Facts {
@@ -209,8 +221,11 @@ impl Facts {
             }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                self.names_others |= !(close || keep_alive || token.is_empty());
             }
         }
         Ok(())
@@ -364,5 +379,32 @@ mod tests {
             complete("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n");
         assert!(ten.keep_alive);
         assert_eq!(ten.response.version(), Version::HTTP_10);
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_but_not_kept() {
+        let head = complete(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Transfer-Encoding: chunked\r\nProxy-Connection: x\r\nTE: trailers\r\n\
+             Upgrade: y\r\nX-Kept: 1\r\nTrailer: grpc-status\r\n\r\n",
+        );
+        assert!(head.hop_by_hop_removed);
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.keep_alive);
+        let names: Vec<&str> = head.response.headers().keys().map(|n| n.as_str()).collect();
+        // `Trailer` is end-to-end (see `HopByHop`).
+        assert_eq!(names, ["x-kept", "trailer"]);
+
+        // A `Connection` naming another field: everything is kept, for the proxy's strip pass
+        // to remove that field as well.
+        let head = complete(
+            "HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: t\r\n\
+             Content-Length: 0\r\n\r\n",
+        );
+        assert!(!head.hop_by_hop_removed);
+        assert!(!head.keep_alive);
+        for name in ["connection", "x-hop", "keep-alive", "content-length"] {
+            assert!(head.response.headers().contains_key(name), "{name}");
+        }
     }
 }

@@ -366,7 +366,8 @@ impl Exchange {
             return Err(Error::Invalid("exchange already finished"));
         };
         conn.head = std::mem::take(&mut self.head);
-        let body = Body::new(conn, parsed.framing, parsed.keep_alive, home);
+        let mut body = Body::new(conn, parsed.framing, parsed.keep_alive, home);
+        body.hop_by_hop_removed = parsed.hop_by_hop_removed;
         Ok(parsed.response.map(|()| body))
     }
 }
