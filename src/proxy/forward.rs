@@ -36,6 +36,8 @@ const STALE_RETRIES: usize = 2;
 /// body.
 pub struct Outbound<'a> {
     pub parts: Parts,
+    /// A WebSocket upgrade (`Upgrade` restored in `parts`): hyper's client carries it.
+    pub upgrade: bool,
     pub added: &'a Added,
     pub request_id: &'a HeaderValue,
     pub body: UpstreamBody,
@@ -78,34 +80,32 @@ impl Upstream {
         let backend = &pool.backends[backend_index];
         let Outbound {
             mut parts,
+            upgrade,
             added,
             request_id,
             body,
         } = request;
         // A request that may be sent twice: kept for a retry on a fresh connection.
         let replayable = is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty);
-        let (response, replay) = if replayable
-            && pool.protocol == Protocol::Http1
-            && pool.tls.is_none()
-            && !parts.headers.contains_key(http::header::UPGRADE)
-        {
-            // The exchange keeps its encoded head for a retry: no copy needed here.
-            let exchange = h1::Exchange::start(
-                backend,
-                worker,
-                &parts,
-                |out: &mut Vec<u8>| added.write(request_id, out),
-                pool.timeouts.idle,
-                pool.dial(),
-                now.into_std(),
-            );
-            (Pending::H1(exchange), None)
-        } else {
-            added.insert_into(request_id, &mut parts.headers);
-            let (response, replay) =
-                hyper_request(pool, backend_index, worker, parts, body, replayable);
-            (Pending::Hyper(response), replay)
-        };
+        let (response, replay) =
+            if replayable && pool.protocol == Protocol::Http1 && pool.tls.is_none() && !upgrade {
+                // The exchange keeps its encoded head for a retry: no copy needed here.
+                let exchange = h1::Exchange::start(
+                    backend,
+                    worker,
+                    &parts,
+                    |out: &mut Vec<u8>| added.write(request_id, out),
+                    pool.timeouts.idle,
+                    pool.dial(),
+                    now.into_std(),
+                );
+                (Pending::H1(exchange), None)
+            } else {
+                added.insert_into(request_id, &mut parts.headers);
+                let (response, replay) =
+                    hyper_request(pool, backend_index, worker, parts, body, replayable);
+                (Pending::Hyper(response), replay)
+            };
         Upstream {
             pool: pool_index,
             worker,

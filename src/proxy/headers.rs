@@ -214,7 +214,9 @@ static HOP_BY_HOP: [&HeaderName; 6] = [
     &PROXY_CONNECTION,
 ];
 
-/// `name`'s bit among `names` (1 << its position), 0 when it is not one of them.
+/// `name`'s bit among `names` (1 << its position), 0 when it is not one of them. (Inlined:
+/// then the lists are constants and the comparisons unrolled.)
+#[inline(always)]
 fn bit_among(name: &HeaderName, names: &[&HeaderName]) -> u8 {
     names
         .iter()
@@ -246,9 +248,9 @@ impl HopByHop {
         self.0 != 0
     }
 
-    /// Whether `name` is one of the hop-by-hop headers.
-    pub fn includes(name: &HeaderName) -> bool {
-        bit_among(name, &HOP_BY_HOP) != 0
+    /// Whether `Upgrade` is present (only then can the request be a WebSocket upgrade).
+    pub fn upgrade(self) -> bool {
+        self.has(HopByHop::UPGRADE)
     }
 
     fn has(self, bit: u8) -> bool {
@@ -350,12 +352,13 @@ pub struct Own(u8);
 
 /// `Own`'s names, in the order of its bits. All custom names: a standard one (most of a
 /// request's) differs from each at once.
-static OWN: [&HeaderName; 5] = [
+static OWN: [&HeaderName; 6] = [
     &X_FORWARDED_FOR,
     &X_FORWARDED_PROTO,
     &X_FORWARDED_HOST,
     &X_REQUEST_ID,
     &trace::TRACESTATE,
+    &trace::TRACEPARENT,
 ];
 
 impl Own {
@@ -364,6 +367,7 @@ impl Own {
     const FORWARDED_HOST: u8 = 1 << 2;
     const REQUEST_ID: u8 = 1 << 3;
     const TRACESTATE: u8 = 1 << 4;
+    const TRACEPARENT: u8 = 1 << 5;
 
     pub fn of(headers: &HeaderMap) -> Own {
         Own(headers
@@ -381,6 +385,10 @@ impl Own {
 
     pub fn tracestate(self) -> bool {
         self.has(Own::TRACESTATE)
+    }
+
+    pub fn traceparent(self) -> bool {
+        self.has(Own::TRACEPARENT)
     }
 }
 

@@ -220,14 +220,17 @@ impl Started {
             .get(self.listener)
             .ok_or(ProxyError::ListenerGone)?;
         let exchange = &mut self.exchange;
-        let trace = trace::Incoming::of(req.headers());
-        if let (trace::Incoming::Valid(id), Some(log)) = (trace, exchange.log_mut()) {
-            log.trace_id = Some(id);
-        }
         // RFC 8441: an HTTP/2 WebSocket arrives as `CONNECT` with `:protocol websocket`; from
         // here on it is the `GET` it goes to the backend as.
         let connect = upgrade::Pending::connect(&mut req, &ctx.runner);
         let facts = headers::Facts::of(req.headers());
+        let trace = match facts.own.traceparent() {
+            true => trace::Incoming::of(req.headers()),
+            false => trace::Incoming::Missing,
+        };
+        if let (trace::Incoming::Valid(id), Some(log)) = (trace, exchange.log_mut()) {
+            log.trace_id = Some(id);
+        }
         check_limits(listener, &req, facts.head_bytes)?;
         headers::check_request_with(&req, &facts)?;
         if listener.redirect_https && ctx.tls.is_none() {
@@ -262,7 +265,10 @@ impl Started {
             log.pool = Some(pool.name.clone());
         }
 
-        let upgrade = connect.or_else(|| upgrade::Pending::of(&mut req, &ctx.tunnel));
+        let upgrade = match hop_by_hop.upgrade() {
+            true => connect.or_else(|| upgrade::Pending::of(&mut req, &ctx.tunnel)),
+            false => connect,
+        };
         let pick = Pick {
             key: pool
                 .hash_key
@@ -382,6 +388,7 @@ impl Started {
         .expect("no attempt follows the last");
         let request = forward::Outbound {
             parts,
+            upgrade: out.upgrade.is_some(),
             added,
             request_id: &self.request_id,
             body,

@@ -267,6 +267,7 @@ fn each_name_sets_its_own_bit() {
         (X_FORWARDED_HOST.clone(), Own::FORWARDED_HOST),
         (X_REQUEST_ID.clone(), Own::REQUEST_ID),
         (trace::TRACESTATE.clone(), Own::TRACESTATE),
+        (trace::TRACEPARENT.clone(), Own::TRACEPARENT),
     ];
     for (name, bit) in own {
         assert_eq!(bit_among(&name, &OWN), bit, "{name}");

@@ -9,7 +9,6 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 use super::Error;
-use crate::proxy::headers::HopByHop;
 
 /// Response heads with more fields are refused (hyper's client allows 100 too).
 const MAX_HEADERS: usize = 100;
@@ -109,8 +108,12 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
     let base = buf.as_ptr() as usize;
     let mut indices = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut facts = Facts::default();
-    for (slot, header) in indices.iter_mut().zip(response.headers.iter()) {
-        facts.note(header.name, header.value)?;
+    // Bit i: field i is hop-by-hop (`MAX_HEADERS` fits).
+    let mut hop_by_hop = 0u128;
+    for (i, (slot, header)) in indices.iter_mut().zip(response.headers.iter()).enumerate() {
+        if facts.note(header.name, header.value)? {
+            hop_by_hop |= 1 << i;
+        }
         let name = header.name.as_ptr() as usize - base;
         let value = header.value.as_ptr() as usize - base;
         // Offsets within a head of at most the read limit: they fit in 32 bits.
@@ -127,14 +130,14 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
     // The hop-by-hop fields are read (`facts`) but not kept, which spares the proxy a pass to
     // strip them; unless `Connection` names other fields, which that pass then removes too.
     let strip = !facts.names_others;
-    for &(ns, ne, vs, ve) in &indices[..count] {
+    for (i, &(ns, ne, vs, ve)) in indices[..count].iter().enumerate() {
+        if strip && hop_by_hop & (1 << i) != 0 {
+            continue;
+        }
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Invalid("invalid response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Error::Invalid("invalid response header value"))?;
-        if strip && HopByHop::includes(&name) {
-            continue;
-        }
         headers.append(name, value);
     }
     let bodiless = *method == Method::HEAD
@@ -198,37 +201,54 @@ struct Facts {
 }
 
 impl Facts {
-    fn note(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
-        if name.eq_ignore_ascii_case("content-length") {
-            // `Content-Length: 5, 5` and repeated equal fields are one length; any other
-            // disagreement makes the body's end unknowable.
-            for part in value.split(|&b| b == b',') {
-                let n = parse_length(part.trim_ascii())
-                    .ok_or(Error::Invalid("invalid Content-Length"))?;
-                if self.length.is_some_and(|l| l != n) {
-                    return Err(Error::Invalid("conflicting Content-Length"));
+    /// Notes what the field `name: value` says about framing and the connection, and whether
+    /// it is hop-by-hop (RFC 9110 section 7.6.1; `Trailer` is end-to-end, as in
+    /// `proxy::headers::HopByHop`). Names are told apart by length first: most fields are none
+    /// of these, and cost one comparison.
+    fn note(&mut self, name: &str, value: &[u8]) -> Result<bool, Error> {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        let hop_by_hop = match name.len() {
+            14 if is("content-length") => {
+                // `Content-Length: 5, 5` and repeated equal fields are one length; any other
+                // disagreement makes the body's end unknowable.
+                for part in value.split(|&b| b == b',') {
+                    let n = parse_length(part.trim_ascii())
+                        .ok_or(Error::Invalid("invalid Content-Length"))?;
+                    if self.length.is_some_and(|l| l != n) {
+                        return Err(Error::Invalid("conflicting Content-Length"));
+                    }
+                    self.length = Some(n);
                 }
-                self.length = Some(n);
+                false
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            self.transfer_encoding = true;
-            if let Some(last) = value
-                .split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .rfind(|t| !t.is_empty())
-            {
-                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            17 if is("transfer-encoding") => {
+                self.transfer_encoding = true;
+                if let Some(last) = value
+                    .split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .rfind(|t| !t.is_empty())
+                {
+                    self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+                }
+                true
             }
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let close = token.eq_ignore_ascii_case(b"close");
-                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                self.close |= close;
-                self.keep_alive |= keep_alive;
-                self.names_others |= !(close || keep_alive || token.is_empty());
+            10 if is("connection") => {
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let close = token.eq_ignore_ascii_case(b"close");
+                    let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                    self.close |= close;
+                    self.keep_alive |= keep_alive;
+                    self.names_others |= !(close || keep_alive || token.is_empty());
+                }
+                true
             }
-        }
-        Ok(())
+            10 => is("keep-alive"),
+            16 => is("proxy-connection"),
+            7 => is("upgrade"),
+            2 => is("te"),
+            _ => false,
+        };
+        Ok(hop_by_hop)
     }
 }
 
