@@ -161,23 +161,30 @@ X-Forwarded-For: 6.6.6.6\r\nContent-Length: 4\r\n\r\nbody",
 
 // ---- hop-by-hop, response direction ----
 
-#[test]
-fn hop_by_hop_response_headers_are_removed() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let handler: Handler = Arc::new(|_req| {
-        Box::pin(async {
-            Response::builder()
-                .header("connection", "x-internal")
-                .header("x-internal", "1")
-                .header("keep-alive", "timeout=5")
-                .header("proxy-connection", "keep-alive")
-                .header("upgrade", "websocket")
-                .header("x-public", "yes")
-                .body(full("hello"))
-                .unwrap()
+/// A backend answering every request with `fields` and the body `hello`.
+fn answering_with(fields: &'static [(&'static str, &'static str)]) -> TestBackend {
+    let handler: Handler = Arc::new(move |_req| {
+        Box::pin(async move {
+            let mut response = Response::builder();
+            for (name, value) in fields {
+                response = response.header(*name, *value);
+            }
+            response.body(full("hello")).unwrap()
         })
     });
-    let backend = TestBackend::with_handler("app", seen, handler);
+    TestBackend::with_handler("app", Arc::new(Mutex::new(Vec::new())), handler)
+}
+
+#[test]
+fn hop_by_hop_response_headers_are_removed() {
+    let backend = answering_with(&[
+        ("connection", "x-internal"),
+        ("x-internal", "1"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("upgrade", "websocket"),
+        ("x-public", "yes"),
+    ]);
     let sluice = TestSluice::start(&simple_config(&[&backend]));
 
     // Control: the backend really puts these on the wire, so their absence below is sluice's.
@@ -224,20 +231,13 @@ fn hop_by_hop_response_headers_are_removed() {
 /// connection it keeps using.
 #[test]
 fn hop_by_hop_response_headers_naming_nothing_else_are_removed() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let handler: Handler = Arc::new(|_req| {
-        Box::pin(async {
-            Response::builder()
-                .header("connection", "keep-alive")
-                .header("keep-alive", "timeout=5")
-                .header("proxy-connection", "keep-alive")
-                .header("upgrade", "h2c")
-                .header("x-public", "yes")
-                .body(full("hello"))
-                .unwrap()
-        })
-    });
-    let backend = TestBackend::with_handler("app", seen, handler);
+    let backend = answering_with(&[
+        ("connection", "keep-alive"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("upgrade", "h2c"),
+        ("x-public", "yes"),
+    ]);
     let sluice = TestSluice::start(&simple_config(&[&backend]));
     let mut conn = RawConn::open(sluice.addr());
     for method in ["GET", "HEAD", "GET"] {
