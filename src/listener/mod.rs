@@ -66,6 +66,10 @@ pub struct ConnState {
     /// Milliseconds after `epoch` since when a write has been waiting on a client that does
     /// not read, or `NONE`.
     write_blocked_since: AtomicU64,
+    /// Milliseconds after `epoch` (rounded up) by which the HTTP/1 request in flight must have
+    /// its response head, or `NONE`: the watchdog's timer wakes the connection then
+    /// (`watch_request`).
+    request_deadline: AtomicU64,
 }
 
 impl ConnState {
@@ -82,6 +86,7 @@ impl ConnState {
             tunnel: AtomicBool::new(false),
             dormant: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(NONE),
+            request_deadline: AtomicU64::new(NONE),
         }
     }
 
@@ -119,6 +124,23 @@ impl ConnState {
 
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Has the watchdog's timer wake the connection's task by `deadline`, in place of a timer
+    /// of the request's own (inserted into and removed from tokio's timer wheel per request):
+    /// on HTTP/1 the request's future is polled by that task, which then sees the deadline has
+    /// passed. `false` on HTTP/2, whose requests run in tasks of their own. Cleared when the
+    /// returned guard drops.
+    pub fn watch_request(&self, deadline: Instant) -> Option<WatchedDeadline<'_>> {
+        if self.h2.load(Ordering::Relaxed) {
+            return None;
+        }
+        let after = deadline.saturating_duration_since(self.epoch);
+        // Rounded up: the timer must not fire before the deadline, or the request would check,
+        // find time left, and not be woken again.
+        let ms = u64::try_from(after.as_nanos().div_ceil(1_000_000)).unwrap_or(NONE - 1);
+        self.request_deadline.store(ms, Ordering::Relaxed);
+        Some(WatchedDeadline(self))
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -195,6 +217,15 @@ enum Verdict {
     SlowHead,
     /// A response has waited `send_timeout` for a client that does not read.
     SlowRead,
+}
+
+/// RAII: the watchdog times an HTTP/1 request's response head (`ConnState::watch_request`).
+pub struct WatchedDeadline<'a>(&'a ConnState);
+
+impl Drop for WatchedDeadline<'_> {
+    fn drop(&mut self) {
+        self.0.request_deadline.store(NONE, Ordering::Relaxed);
+    }
 }
 
 /// RAII: one request in flight on a connection.
@@ -476,6 +507,7 @@ async fn serve(
     let mut armed = Armed {
         head: 0,
         idle: NONE,
+        request: NONE,
         waiting: false,
     };
     let outcome = poll_fn(|cx| {
@@ -584,10 +616,12 @@ enum Action {
     Rest,
 }
 
-/// The phase starts (`head_since`, `idle_since`) the timer has already taken into account.
+/// The phase starts (`head_since`, `idle_since`) and the request deadline (`request_deadline`) the
+/// timer has already taken into account.
 struct Armed {
     head: u64,
     idle: u64,
+    request: u64,
     /// The timer was polled since it was last set, so it holds the task's waker (the same for
     /// the task's life) and will wake it: until it has fired, there is no need to poll it on
     /// every wake of a busy connection (that was two timer polls per request).
@@ -622,6 +656,15 @@ fn watchdog(
     if idle != NONE && idle != armed.idle && state.inflight.load(Ordering::Relaxed) == 0 {
         armed.idle = idle;
         let deadline = state.at(idle) + timeouts.idle_phase(rest).0;
+        if deadline < sleep.deadline() {
+            sleep.as_mut().reset(deadline);
+            armed.waiting = false;
+        }
+    }
+    let request = state.request_deadline.load(Ordering::Relaxed);
+    if request != NONE && request != armed.request {
+        armed.request = request;
+        let deadline = state.at(request);
         if deadline < sleep.deadline() {
             sleep.as_mut().reset(deadline);
             armed.waiting = false;

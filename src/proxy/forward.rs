@@ -3,8 +3,11 @@
 //! backend closed at the moment it was reused.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::request::Parts;
@@ -18,6 +21,7 @@ use super::error::ProxyError;
 use super::headers::Added;
 use crate::config::{Protocol, RetryOn};
 use crate::health::outlier::Verdict;
+use crate::listener::ConnState;
 use crate::metrics;
 use crate::state::Snapshot;
 use crate::upstream::{h1, Pool};
@@ -130,15 +134,37 @@ impl Upstream {
 
     /// Waits for the backend's response head within the pool's request timeout, retrying the
     /// keep-alive race on a fresh connection. Returns the response and, when timed, how long
-    /// the backend took.
-    pub async fn finish(&mut self, snapshot: &Snapshot) -> Outcome {
+    /// the backend took. `conn`: the client's connection, whose watchdog times the wait on
+    /// HTTP/1 (`ConnState::watch_request`); HTTP/2 requests get a timer of their own.
+    pub async fn finish(&mut self, snapshot: &Snapshot, conn: &ConnState) -> Outcome {
         let pool = &snapshot.pools[self.pool];
         let backend = &pool.backends[self.backend];
         let mut retries = 0;
+        let watched = conn.watch_request(self.deadline);
+        // The attempt was started just before the first poll, with its deadline ahead.
+        let mut first = true;
         // One await point, in a loop: the future stays small.
         loop {
-            let failure = match tokio::time::timeout_at(self.deadline, &mut self.response).await {
-                Ok(Ok(response)) => {
+            let deadline = self.deadline;
+            let response = &mut self.response;
+            let head = match &watched {
+                Some(_) => {
+                    std::future::poll_fn(|cx| match Pin::new(&mut *response).poll(cx) {
+                        Poll::Ready(head) => Poll::Ready(Some(head)),
+                        Poll::Pending if first => {
+                            first = false;
+                            Poll::Pending
+                        }
+                        // Woken by the watchdog at the deadline, or by the exchange before it.
+                        Poll::Pending if Instant::now() >= deadline => Poll::Ready(None),
+                        Poll::Pending => Poll::Pending,
+                    })
+                    .await
+                }
+                None => tokio::time::timeout_at(deadline, response).await.ok(),
+            };
+            let failure = match head {
+                Some(Ok(response)) => {
                     let now = Instant::now();
                     let took = now - self.sent;
                     // A 5xx is a failure for latency purposes: a backend answering errors fast
@@ -149,8 +175,8 @@ impl Upstream {
                     record_outcome(&snapshot.pools[self.pool], self.backend, !failed);
                     return Ok((response, self.timed.then_some(took)));
                 }
-                Ok(Err(e)) => e,
-                Err(_) => Failure::Timeout,
+                Some(Err(e)) => e,
+                None => Failure::Timeout,
             };
             if let (Failure::H1(e), Pending::H1(exchange)) = (&failure, &mut self.response) {
                 if retries < STALE_RETRIES && exchange.reused() && e.is_stale_connection() {

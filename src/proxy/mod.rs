@@ -410,7 +410,7 @@ impl Started {
     ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send {
         async move {
             loop {
-                let result = upstream.finish(&self.snapshot).await;
+                let result = upstream.finish(&self.snapshot, self.exchange.conn()).await;
                 if let Some(log) = self.exchange.log_mut() {
                     let status = result.as_ref().ok().map(|(r, _)| r.status().as_u16());
                     log.upstream_status.push(status);
