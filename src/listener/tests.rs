@@ -171,6 +171,27 @@ async fn h2_frames_between_requests_are_not_heads() {
     assert_eq!(state.verdict(now, &T, false), Verdict::Wait(now + T.idle));
 }
 
+/// The watchdog times an HTTP/1 request's deadline: never before it (rounded up to the
+/// millisecond), cleared with the guard; HTTP/2 requests are not handed to it.
+#[tokio::test(start_paused = true)]
+async fn request_deadlines_are_rounded_up_and_cleared() {
+    let state = Arc::new(ConnState::new(framing::Limits::NONE, None));
+    let deadline = state.epoch + Duration::from_micros(1_500);
+    let watched = state.watch_request(deadline);
+    assert!(watched.is_some());
+    assert_eq!(state.request_deadline.load(Ordering::Relaxed), 2);
+    assert!(state.at(2) >= deadline);
+    drop(watched);
+    assert_eq!(state.request_deadline.load(Ordering::Relaxed), NONE);
+    let exact = state.watch_request(state.epoch + Duration::from_millis(7));
+    assert_eq!(state.request_deadline.load(Ordering::Relaxed), 7);
+    drop(exact);
+
+    drop(state.request_started(true));
+    assert!(state.watch_request(deadline).is_none());
+    assert_eq!(state.request_deadline.load(Ordering::Relaxed), NONE);
+}
+
 #[test]
 fn first_bytes_choose_the_protocol() {
     let cases: &[(&[u8], bool, Option<Protocol>)] = &[
