@@ -185,6 +185,39 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() {
     );
 }
 
+/// On HTTP/1 the connection's watchdog times the wait for the response head, and the watchdog
+/// also re-arms itself for its own checks (every `send_timeout` while a request is in flight):
+/// a re-arm must not carry it past the request's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_timeout_holds_when_the_watchdog_rearms_before_it() {
+    let slow = TestBackend::with_handler(
+        "slow",
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(|_req| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                Response::new(full("late"))
+            })
+        }),
+    );
+    // The watchdog fires at 200 ms (the head's deadline) and re-arms for the send check 1.5 s
+    // later, past the request's 1 s deadline.
+    let sluice = TestSluice::start(&config_with(
+        &[slow.addr],
+        "",
+        "header_read_timeout = \"200ms\"\nsend_timeout = \"1500ms\"",
+        "[pool.app.timeouts]\nrequest = \"1s\"",
+    ));
+    let start = Instant::now();
+    let got = get(&sluice.url("/")).await;
+    let elapsed = start.elapsed();
+    assert_local_answer(&got, 504);
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1500),
+        "504 after {elapsed:?}; want 0.9..1.5 s (timeout 1 s, watchdog re-armed for 1.7 s)"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_kept_alive_and_reused() {
     let backend = CountingBackend::start();

@@ -681,7 +681,20 @@ fn watchdog(
         armed.waiting = false;
         let now = Instant::now();
         match state.verdict(now, timeouts, rest) {
-            Verdict::Wait(deadline) => sleep.as_mut().reset(deadline),
+            Verdict::Wait(deadline) => {
+                // A request's deadline (`watch_request`) must not be carried past by a re-arm
+                // for the connection's own checks.
+                let deadline = match state.request_deadline.load(Ordering::Relaxed) {
+                    NONE => deadline,
+                    ms if state.at(ms) > now => deadline.min(state.at(ms)),
+                    // Due, and its future not polled since: have the task poll it now.
+                    _ => {
+                        cx.waker().wake_by_ref();
+                        deadline
+                    }
+                };
+                sleep.as_mut().reset(deadline);
+            }
             Verdict::SlowHead => return Action::Drop("request head not received in time"),
             Verdict::SlowRead => return Action::Drop("client not reading the response"),
             Verdict::Idle if !closing => return Action::Close("idle"),
