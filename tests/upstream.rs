@@ -156,15 +156,16 @@ async fn connect_failure_is_502() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_backend_gets_504_after_the_request_timeout() {
+/// The time sluice takes to answer a GET with its own 504, through a listener with
+/// `listener_settings`, from a pool with a `request` timeout, to a backend that answers after
+/// `backend_delay` (simulated slowness inside the backend).
+async fn time_to_504(listener_settings: &str, request: &str, backend_delay: Duration) -> Duration {
     let slow = TestBackend::with_handler(
         "slow",
         Arc::new(Mutex::new(Vec::new())),
-        Arc::new(|_req| {
-            Box::pin(async {
-                // Simulated slowness inside the backend.
-                tokio::time::sleep(Duration::from_secs(2)).await;
+        Arc::new(move |_req| {
+            Box::pin(async move {
+                tokio::time::sleep(backend_delay).await;
                 Response::new(full("late"))
             })
         }),
@@ -172,13 +173,19 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() {
     let sluice = TestSluice::start(&config_with(
         &[slow.addr],
         "",
-        "",
-        "[pool.app.timeouts]\nrequest = \"200ms\"",
+        listener_settings,
+        &format!("[pool.app.timeouts]\nrequest = \"{request}\""),
     ));
     let start = Instant::now();
     let got = get(&sluice.url("/")).await;
     let elapsed = start.elapsed();
     assert_local_answer(&got, 504);
+    elapsed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_backend_gets_504_after_the_request_timeout() {
+    let elapsed = time_to_504("", "200ms", Duration::from_secs(2)).await;
     assert!(
         elapsed >= Duration::from_millis(150) && elapsed < Duration::from_millis(1500),
         "504 after {elapsed:?}; want 150ms..1.5s (timeout 200ms, backend 2s)"
@@ -190,28 +197,10 @@ async fn a_slow_backend_gets_504_after_the_request_timeout() {
 /// a re-arm must not carry it past the request's deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_timeout_holds_when_the_watchdog_rearms_before_it() {
-    let slow = TestBackend::with_handler(
-        "slow",
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(|_req| {
-            Box::pin(async {
-                tokio::time::sleep(Duration::from_secs(4)).await;
-                Response::new(full("late"))
-            })
-        }),
-    );
     // The watchdog fires at 200 ms (the head's deadline) and re-arms for the send check 1.5 s
     // later, past the request's 1 s deadline.
-    let sluice = TestSluice::start(&config_with(
-        &[slow.addr],
-        "",
-        "header_read_timeout = \"200ms\"\nsend_timeout = \"1500ms\"",
-        "[pool.app.timeouts]\nrequest = \"1s\"",
-    ));
-    let start = Instant::now();
-    let got = get(&sluice.url("/")).await;
-    let elapsed = start.elapsed();
-    assert_local_answer(&got, 504);
+    let listener = "header_read_timeout = \"200ms\"\nsend_timeout = \"1500ms\"";
+    let elapsed = time_to_504(listener, "1s", Duration::from_secs(4)).await;
     assert!(
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1500),
         "504 after {elapsed:?}; want 0.9..1.5 s (timeout 1 s, watchdog re-armed for 1.7 s)"

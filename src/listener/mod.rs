@@ -686,12 +686,14 @@ fn watchdog(
                 // for the connection's own checks.
                 let deadline = match state.request_deadline.load(Ordering::Relaxed) {
                     NONE => deadline,
-                    ms if state.at(ms) > now => deadline.min(state.at(ms)),
-                    // Due, and its future not polled since: have the task poll it now.
-                    _ => {
-                        cx.waker().wake_by_ref();
-                        deadline
-                    }
+                    ms => match state.at(ms) {
+                        request if request > now => deadline.min(request),
+                        // Due, and its future not polled since: have the task poll it now.
+                        _ => {
+                            cx.waker().wake_by_ref();
+                            deadline
+                        }
+                    },
                 };
                 sleep.as_mut().reset(deadline);
             }
