@@ -100,10 +100,10 @@ http {{
 
 PROXY_NGINX = """
 # nginx as the peer reverse proxy: round robin over three backends, upstream keep-alive.
-worker_processes 1;
+worker_processes {workers};
 daemon off;
-pid {run}/proxy-nginx.pid;
-error_log {run}/proxy-nginx.err warn;
+pid {run}/proxy-{port}.pid;
+error_log {run}/proxy-{port}.err warn;
 events {{ worker_connections 4096; }}
 http {{
     access_log off;
@@ -137,13 +137,15 @@ def nginx_backends(run, ports, cpu=0):
                  os.path.join(run, "backends.log"), cpu)
 
 
-def nginx_proxy(run, port, backend_ports, cpu=1):
+def nginx_proxy(run, port, backend_ports, cpu=1, workers=1, group=None):
+    """nginx as a reverse proxy on `port`; `group` wraps its command (benches/scaling.py: a
+    cgroup)."""
     servers = " ".join(f"server 127.0.0.1:{p};" for p in backend_ports)
-    conf = os.path.join(run, "proxy.nginx.conf")
+    conf = os.path.join(run, f"proxy-{port}.nginx.conf")
     with open(conf, "w") as f:
-        f.write(PROXY_NGINX.format(run=run, servers=servers, port=port))
-    return start(["nginx", "-c", conf, "-p", run, "-e", os.path.join(run, "proxy-nginx.err")],
-                 os.path.join(run, "proxy-nginx.log"), cpu)
+        f.write(PROXY_NGINX.format(run=run, servers=servers, port=port, workers=workers))
+    cmd = ["nginx", "-c", conf, "-p", run, "-e", os.path.join(run, f"proxy-{port}.err")]
+    return start(group(cmd) if group else cmd, os.path.join(run, f"proxy-{port}.log"), cpu)
 
 
 def sluice_config(path, port, backend_ports, admin_port=None, extra_server="", extra_listener="", state_dir=None):
