@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod registry;
 pub mod reload;
 pub mod server;
+pub mod shard;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

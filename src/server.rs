@@ -290,6 +290,9 @@ async fn serve_worker(
     shutdown: CancellationToken,
     grace: std::time::Duration,
 ) -> io::Result<()> {
+    // A per-core worker's tasks all run on this thread: they count into its copies. (The
+    // shared runtime has one worker, 0, and one copy of each.)
+    crate::shard::enter(worker);
     let tracker = TaskTracker::new();
     let mut acceptors = Vec::new();
     tokio::spawn(sweep_idle(shared.clone(), worker, shutdown.clone()));

@@ -88,7 +88,7 @@ impl Snapshot {
                     redirect_https: l.redirect_https,
                     hsts: l.hsts.clone(),
                     routes: if metrics {
-                        route_metrics(&config, id, previous)
+                        route_metrics(&config, id, previous, workers)
                     } else {
                         Box::default()
                     },
@@ -133,11 +133,12 @@ impl Snapshot {
 }
 
 /// The route metrics of listener `id` for `config`'s pools (and no pool), continuing those of
-/// the same listener and pool in `previous`.
+/// the same listener and pool in `previous`; new ones with a copy per worker.
 fn route_metrics(
     config: &Config,
     id: usize,
     previous: Option<&Snapshot>,
+    workers: usize,
 ) -> Box<[Arc<RouteMetrics>]> {
     let old = previous.and_then(|s| Some((s, &s.listeners[s.listener_index(id)?])));
     let carried = |name: &str| {
@@ -151,7 +152,7 @@ fn route_metrics(
     };
     let names = config.pools.iter().map(|p| p.name.as_str()).chain([""]);
     names
-        .map(|name| carried(name).unwrap_or_default())
+        .map(|name| carried(name).unwrap_or_else(|| Arc::new(RouteMetrics::new(workers))))
         .collect()
 }
 

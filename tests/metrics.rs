@@ -412,3 +412,49 @@ async fn counters_survive_a_reload_and_a_removed_backends_series_go_once_it_drai
     }
     drop(sluice);
 }
+
+/// Each worker counts into copies of its own (`shard`): the page adds them up, so requests
+/// served by either of two workers are all counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_served_by_two_workers_are_all_counted() {
+    let (a, b) = (TestBackend::start("a"), TestBackend::start("b"));
+    let sluice = TestSluice::start_with(
+        &config(&[&a, &b], closed_port(), ""),
+        2,
+        sluice::server::RuntimeKind::PerCore,
+    );
+    let web = sluice.addrs[0];
+    // Each on a new connection: the kernel spreads them over both workers' sockets (all 40 on
+    // one worker has a chance of 2^-39).
+    for _ in 0..40 {
+        assert_eq!(get(&format!("http://{web}/api/x")).await.status, 200);
+    }
+    let text = scrape(sluice.admin.unwrap()).await;
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let per_backend = |name: &str, labels: &str| {
+        [&a_addr, &b_addr].map(|addr| {
+            value(
+                &text,
+                &format!("{name}{{pool=\"app\",backend=\"{addr}\"{labels}}}"),
+            )
+        })
+    };
+    let answered = [&a_addr, &b_addr].map(|addr| {
+        value(
+            &text,
+            &format!(
+                "sluice_requests_total{{listener=\"web\",pool=\"app\",backend=\"{addr}\",code=\"200\"}}"
+            ),
+        )
+    });
+    assert_eq!(answered[0] + answered[1], 40.0, "{answered:?}");
+    let upstream = per_backend("sluice_upstream_duration_seconds_count", "");
+    assert_eq!(upstream[0] + upstream[1], 40.0, "{upstream:?}");
+    assert_eq!(
+        value(
+            &text,
+            "sluice_request_duration_seconds_count{listener=\"web\",pool=\"app\"}"
+        ),
+        40.0
+    );
+}

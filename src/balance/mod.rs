@@ -99,6 +99,13 @@ impl Balancer {
         }
     }
 
+    /// Whether picks read the backends' latency estimates (`Backends::latency`): if not, the
+    /// request path need not feed them (two writes per response to a line every worker
+    /// writes).
+    pub fn reads_latency(&self) -> bool {
+        matches!(self, Balancer::PeakEwma(_))
+    }
+
     /// Backend indices in the order to try them: the algorithm's choice, then the rest.
     pub fn select<B: Backends + ?Sized>(&self, backends: &B, pick: &Pick) -> Selection {
         if backends.is_empty() {
@@ -165,6 +172,60 @@ mod tests {
         assert_eq!(Selection::rotating(2, 4).collect::<Vec<_>>(), [2, 3, 0, 1]);
         assert_eq!(Selection::rotating(9, 4).collect::<Vec<_>>(), [1, 2, 3, 0]);
         assert_eq!(Selection::rotating(0, 0).count(), 0);
+    }
+
+    /// Latency estimates are fed only for the algorithms `reads_latency` names: one that read
+    /// them without being named would see none.
+    #[test]
+    fn only_algorithms_that_say_so_read_latency() {
+        struct Watched(testing::Fixed, std::cell::Cell<usize>);
+        impl Backends for Watched {
+            fn len(&self) -> usize {
+                self.0.len()
+            }
+            fn weight(&self, i: usize) -> u32 {
+                self.0.weight(i)
+            }
+            fn ramp(&self, i: usize) -> f64 {
+                self.0.ramp(i)
+            }
+            fn settled(&self) -> bool {
+                self.0.settled()
+            }
+            fn in_flight(&self, i: usize) -> u64 {
+                self.0.in_flight(i)
+            }
+            fn latency(&self, i: usize, now: std::time::Instant) -> Option<f64> {
+                self.1.set(self.1.get() + 1);
+                self.0.latency(i, now)
+            }
+        }
+        let mut fixed = testing::Fixed::weights(&[1, 2, 3, 4]);
+        fixed.latency = vec![Some(0.004), Some(0.001), Some(0.003), Some(0.002)];
+        let backends = Watched(fixed, std::cell::Cell::new(0));
+        use Algorithm::*;
+        let all = [
+            RoundRobin,
+            PeakEwma,
+            RingHash,
+            Maglev,
+            WeightedRoundRobin,
+            Random,
+            LeastRequests,
+            PowerOfTwo,
+        ];
+        for algorithm in all {
+            let balancer = Balancer::new(algorithm, &backends.0.specs());
+            backends.1.set(0);
+            for key in 0..50 {
+                let _ = balancer.select(&backends, &Pick { key: Some(key) }).next();
+            }
+            assert_eq!(
+                backends.1.get() > 0,
+                balancer.reads_latency(),
+                "{algorithm:?}"
+            );
+        }
     }
 }
 

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::shard::PerWorker;
+
 /// Histogram bucket bounds in seconds: from half a millisecond (a backend on the same host) to a
 /// minute (long polls, slow uploads), roughly 1-2.5-5 per decade.
 pub const BUCKETS: [f64; 16] = [
@@ -36,9 +38,14 @@ const BOUNDS_NS: [u64; 16] = {
 };
 
 /// A latency histogram: one counter per bucket (not cumulative: an observation touches one) and
-/// the sum in nanoseconds.
+/// the sum in nanoseconds, a copy of each per worker (`shard`).
 #[derive(Debug, Default)]
 pub struct Histogram {
+    shards: PerWorker<HistogramCounts>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCounts {
     /// `counts[i]`: observations in `(BUCKETS[i-1], BUCKETS[i]]`; the last one is `+Inf`.
     counts: [AtomicU64; 17],
     sum_ns: AtomicU64,
@@ -59,31 +66,50 @@ impl HistogramValues {
 }
 
 impl Histogram {
+    /// One copy per worker.
+    pub fn new(workers: usize) -> Histogram {
+        Histogram {
+            shards: PerWorker::new(workers),
+        }
+    }
+
+    /// Counts into the calling worker's copy.
     pub fn observe(&self, took: Duration) {
         let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BOUNDS_NS.partition_point(|&bound| bound < ns);
-        self.counts[bucket].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
+        let shard = self.shards.local();
+        shard.counts[bucket].fetch_add(1, Relaxed);
+        shard.sum_ns.fetch_add(ns, Relaxed);
     }
 
     pub fn values(&self) -> HistogramValues {
         let mut cumulative = [0u64; 17];
-        let mut total = 0;
-        for (slot, count) in cumulative.iter_mut().zip(&self.counts) {
-            total += count.load(Relaxed);
-            *slot = total;
+        let mut sum_ns = 0u64;
+        for shard in self.shards.iter() {
+            let mut total = 0;
+            for (slot, count) in cumulative.iter_mut().zip(&shard.counts) {
+                total += count.load(Relaxed);
+                *slot += total;
+            }
+            sum_ns = sum_ns.wrapping_add(shard.sum_ns.load(Relaxed));
         }
         HistogramValues {
             cumulative,
-            sum_seconds: self.sum_ns.load(Relaxed) as f64 / 1e9,
+            sum_seconds: sum_ns as f64 / 1e9,
         }
     }
 }
 
-/// Requests counted by (listener id, status code): a small lock-free table, since a backend sees
-/// a handful of codes per listener. Past `SLOTS` distinct pairs the rest go to a locked list.
+/// Requests counted by (listener id, status code), a copy per worker (`shard`).
 #[derive(Debug, Default)]
 pub struct CodeCounts {
+    shards: PerWorker<CodeTable>,
+}
+
+/// A small lock-free table, since a backend sees a handful of codes per listener. Past `SLOTS`
+/// distinct pairs the rest go to a locked list.
+#[derive(Debug, Default)]
+struct CodeTable {
     /// `listener << 16 | code`, plus one so that zero marks a free slot.
     keys: [AtomicU32; SLOTS],
     counts: [AtomicU64; SLOTS],
@@ -93,8 +119,39 @@ pub struct CodeCounts {
 const SLOTS: usize = 16;
 
 impl CodeCounts {
-    /// Counts one request of `listener` answered with `code`.
+    /// One copy per worker.
+    pub fn new(workers: usize) -> CodeCounts {
+        CodeCounts {
+            shards: PerWorker::new(workers),
+        }
+    }
+
+    /// Counts one request of `listener` answered with `code`, in the calling worker's copy.
     pub fn add(&self, listener: usize, code: u16) {
+        self.shards.local().add(listener, code);
+    }
+
+    /// Every (listener id, code, count) counted so far, by every worker.
+    pub fn values(&self) -> Vec<(usize, u16, u64)> {
+        let mut values: Vec<(usize, u16, u64)> = Vec::new();
+        for shard in self.shards.iter() {
+            shard.values_into(&mut values);
+        }
+        values.sort_unstable();
+        // The same pair counted by several workers: one entry with the sum.
+        values.dedup_by(|later, kept| {
+            let same = (later.0, later.1) == (kept.0, kept.1);
+            if same {
+                kept.2 += later.2;
+            }
+            same
+        });
+        values
+    }
+}
+
+impl CodeTable {
+    fn add(&self, listener: usize, code: u16) {
         let key = ((listener as u32 & 0xffff) << 16 | u32::from(code)) + 1;
         // Fibonacci hashing spreads the few keys over the slots; probe linearly from there.
         let start = (key.wrapping_mul(0x9e37_79b9) >> 28) as usize;
@@ -119,30 +176,27 @@ impl CodeCounts {
         }
     }
 
-    /// Every (listener id, code, count) counted so far.
-    pub fn values(&self) -> Vec<(usize, u16, u64)> {
+    fn values_into(&self, values: &mut Vec<(usize, u16, u64)>) {
         let split = |key: u32| (((key - 1) >> 16) as usize, ((key - 1) & 0xffff) as u16);
-        let mut values: Vec<(usize, u16, u64)> = self
-            .keys
-            .iter()
-            .zip(&self.counts)
-            .filter_map(|(key, count)| {
-                let key = key.load(Relaxed);
-                // A slot just claimed may not be counted yet: skip it until it is.
-                let count = count.load(Relaxed);
-                (key != 0 && count != 0).then(|| {
-                    let (listener, code) = split(key);
-                    (listener, code, count)
-                })
-            })
-            .collect();
+        values.extend(
+            self.keys
+                .iter()
+                .zip(&self.counts)
+                .filter_map(|(key, count)| {
+                    let key = key.load(Relaxed);
+                    // A slot just claimed may not be counted yet: skip it until it is.
+                    let count = count.load(Relaxed);
+                    (key != 0 && count != 0).then(|| {
+                        let (listener, code) = split(key);
+                        (listener, code, count)
+                    })
+                }),
+        );
         let overflow = self.overflow.lock().unwrap_or_else(|e| e.into_inner());
         values.extend(overflow.iter().map(|&(key, count)| {
             let (listener, code) = split(key);
             (listener, code, count)
         }));
-        values.sort_unstable();
-        values
     }
 }
 
@@ -182,6 +236,15 @@ impl Failure {
 }
 
 impl BackendMetrics {
+    /// Counters with a copy per worker where every request writes.
+    pub fn new(workers: usize) -> BackendMetrics {
+        BackendMetrics {
+            codes: CodeCounts::new(workers),
+            upstream: Histogram::new(workers),
+            failures: Default::default(),
+        }
+    }
+
     pub fn failed(&self, failure: Failure) {
         self.failures[failure as usize].fetch_add(1, Relaxed);
     }
@@ -194,6 +257,16 @@ pub struct RouteMetrics {
     pub duration: Histogram,
     /// Requests sluice answered itself (`backend=""`), by code; the listener is implied.
     pub local: CodeCounts,
+}
+
+impl RouteMetrics {
+    /// Counters with a copy per worker.
+    pub fn new(workers: usize) -> RouteMetrics {
+        RouteMetrics {
+            duration: Histogram::new(workers),
+            local: CodeCounts::new(workers),
+        }
+    }
 }
 
 /// A listener's counters, for its whole life across reloads (keyed by listener id).
@@ -297,5 +370,42 @@ mod tests {
         let values = c.values();
         assert_eq!(values.iter().map(|v| v.2).sum::<u64>(), 40_000);
         assert_eq!(values.len(), 80);
+    }
+
+    #[test]
+    fn each_worker_counts_into_its_own_copy_and_values_add_them_up() {
+        let h = std::sync::Arc::new(Histogram::new(2));
+        let c = std::sync::Arc::new(CodeCounts::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|worker| {
+                let (h, c) = (h.clone(), c.clone());
+                std::thread::spawn(move || {
+                    crate::shard::enter(worker);
+                    h.observe(Duration::from_millis(2 + 10 * worker as u64)); // ≤ 2.5 ms, ≤ 25 ms
+                    c.add(0, 200);
+                    c.add(worker, 503);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Written apart: each copy holds one worker's observation.
+        for (worker, shard) in h.shards.iter().enumerate() {
+            assert_eq!(
+                shard.counts.iter().map(|n| n.load(Relaxed)).sum::<u64>(),
+                1,
+                "{worker}"
+            );
+        }
+        let v = h.values();
+        assert_eq!(
+            (v.cumulative[1], v.cumulative[2], v.cumulative[4], v.count()),
+            (0, 1, 1, 2)
+        );
+        assert_eq!(v.cumulative[5], 2);
+        assert!((v.sum_seconds - 0.014).abs() < 1e-9, "{}", v.sum_seconds);
+        // The pair both workers counted is one entry with the sum.
+        assert_eq!(c.values(), [(0, 200, 2), (0, 503, 1), (1, 503, 1)]);
     }
 }

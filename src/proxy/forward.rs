@@ -170,9 +170,12 @@ impl Upstream {
                     // A 5xx is a failure for latency purposes: a backend answering errors fast
                     // must not look attractive.
                     let failed = response.status().is_server_error();
-                    backend.observe(if failed { Err(()) } else { Ok(took) }, now.into_std());
+                    let pool = &snapshot.pools[self.pool];
+                    if pool.balancer.reads_latency() {
+                        backend.observe(if failed { Err(()) } else { Ok(took) }, now.into_std());
+                    }
                     backend.metrics.upstream.observe(took);
-                    record_outcome(&snapshot.pools[self.pool], self.backend, !failed);
+                    record_outcome(pool, self.backend, !failed);
                     return Ok((response, self.timed.then_some(took)));
                 }
                 Some(Err(e)) => e,
@@ -214,8 +217,11 @@ impl Upstream {
                     if let Some(failure) = failure {
                         backend.metrics.failed(failure);
                         backend.metrics.upstream.observe(self.sent.elapsed());
-                        backend.observe(Err(()), std::time::Instant::now());
-                        record_outcome(&snapshot.pools[self.pool], self.backend, false);
+                        let pool = &snapshot.pools[self.pool];
+                        if pool.balancer.reads_latency() {
+                            backend.observe(Err(()), std::time::Instant::now());
+                        }
+                        record_outcome(pool, self.backend, false);
                     }
                     return Err(error);
                 }

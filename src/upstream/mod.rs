@@ -21,6 +21,7 @@ use crate::health::outlier::Outliers;
 use crate::health::Health;
 use crate::metrics::BackendMetrics;
 use crate::proxy::body::UpstreamBody;
+use crate::shard::PerWorker;
 use crate::tls::{UpstreamIo, UpstreamTls};
 
 pub mod h1;
@@ -112,8 +113,11 @@ pub struct Backend {
     pub health: Health,
     /// The pool's waiting requests, woken when a request to this backend finishes.
     waiters: Arc<Waiters>,
+    /// In flight now: one count for all workers, since `max_connections_per_backend` and the
+    /// least-loaded algorithms need the backend's whole load.
     active: AtomicU64,
-    total: AtomicU64,
+    /// Requests started, a count per worker (`shard`).
+    total: PerWorker<AtomicU64>,
     /// Its requests by listener and status, and its response times.
     pub metrics: BackendMetrics,
     /// Idle connections of sluice's own HTTP/1.1 client, per worker (`h1`).
@@ -140,8 +144,8 @@ impl Backend {
             health: Health::new(checked),
             waiters,
             active: AtomicU64::new(0),
-            total: AtomicU64::new(0),
-            metrics: BackendMetrics::default(),
+            total: PerWorker::new(workers),
+            metrics: BackendMetrics::new(workers),
             idle: h1::Idle::new(workers),
         }
     }
@@ -156,7 +160,7 @@ impl Backend {
     }
 
     pub fn requests_total(&self) -> u64 {
-        self.total.load(Ordering::Relaxed)
+        self.total.iter().map(|t| t.load(Ordering::Relaxed)).sum()
     }
 
     /// Feeds the latency estimate: `Ok(rtt)` for an answer, `Err(())` for a failure (connect
@@ -179,7 +183,7 @@ impl Backend {
             self.active.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
-        self.total.fetch_add(1, Ordering::Relaxed);
+        self.total.local().fetch_add(1, Ordering::Relaxed);
         Some(InFlight(self.clone()))
     }
 }

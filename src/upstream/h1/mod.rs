@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 pub use body::Body;
 
 use super::Backend;
+use crate::shard::PerWorker;
 
 /// Idle connections kept per backend and worker (hyper-util's pool allowed as many).
 const MAX_IDLE: usize = 4096;
@@ -128,18 +129,19 @@ impl Conn {
 /// worker that opened it, so the lock is never contended.
 #[derive(Debug)]
 pub struct Idle {
-    lists: Box<[Mutex<VecDeque<Conn>>]>,
+    /// On cache lines of their own: two workers taking their own locks must not share a line.
+    lists: PerWorker<Mutex<VecDeque<Conn>>>,
 }
 
 impl Idle {
     pub fn new(workers: usize) -> Idle {
         Idle {
-            lists: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
+            lists: PerWorker::new(workers),
         }
     }
 
     fn list(&self, worker: usize) -> MutexGuard<'_, VecDeque<Conn>> {
-        let list = &self.lists[worker.min(self.lists.len() - 1)];
+        let list = self.lists.of(worker);
         list.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
