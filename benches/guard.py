@@ -62,7 +62,8 @@ def main():
         procs.append(b.nginx_proxy(run, nport, bports, cpu=1))
         pg = {"nginx": procs[-1].pid}
         conf = os.path.join(run, "sluice.toml")
-        b.sluice_config(conf, sport, bports)
+        # Metrics on, as issue 9 asks and users run it (an [admin] table).
+        b.sluice_config(conf, sport, bports, admin_port=b.free_port())
         procs.append(b.start([binary, "run", "--config", conf, "--workers", "1"], os.path.join(run, "sluice.log"), 1))
         pg["sluice"] = procs[-1].pid
         targets = {"nginx": nport, "sluice": sport}

@@ -5,6 +5,7 @@ saturates, even on a machine with as few cores as the benchmark VM (2): two work
 the quota should serve twice the requests, unless they contend (a shared lock, a shared counter,
 a shared queue).
 
+sluice runs with its metrics on (an `[admin]` table), so every request also writes its counters.
 For each target (sluice's per-core runtimes, sluice's one shared multi-thread runtime,
 `SLUICE_RUNTIME=shared`, and nginx), with 1 and with 2 workers: the proxy runs in its own cgroup
 with a quota of `workers x --share` of a CPU (period 10 ms), free to run on every core; wrk
@@ -15,7 +16,8 @@ req/s(2 workers) / req/s(1 worker). 2.0 is perfect scaling.
 Needs root (to create cgroups: v1 `cpu` controller or v2 `cpu.max`), nginx and wrk; otherwise
 prints "skipped: ..." and exits 0.
 
-usage: benches/scaling.py [--binary target/release/sluice] [--rounds 3] [--seconds 4] [--share 0.4]
+usage: benches/scaling.py [--binary BIN ...] [--rounds 3] [--seconds 4] [--share 0.4]
+(`--binary` more than once compares builds: each is run per-core, named by its path.)
 """
 import argparse, os, re, shutil, statistics, subprocess, sys
 
@@ -74,7 +76,8 @@ def wrk(port, seconds, pgid):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", default=None)
+    ap.add_argument("--binary", action="append", default=None,
+                    help="sluice binary (default target/release/sluice); repeat to compare builds")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--share", type=float, default=0.4, help="CPUs of quota per worker")
@@ -83,7 +86,11 @@ def main():
     if missing:
         print(f"skipped: nginx/wrk not installed (missing: {', '.join(missing)})")
         return 0
-    binary = b.sluice_binary(a.binary)
+    binaries = [b.sluice_binary(x) for x in a.binary] if a.binary else [b.sluice_binary(None)]
+    # (name, binary, runtime): with one build, both of its runtimes; with several, per-core each.
+    sluices = ([("sluice", binaries[0], "per-core"), ("sluice-shared", binaries[0], "shared")]
+               if len(binaries) == 1 else [(x, x, "per-core") for x in binaries])
+    names = [n for n, _, _ in sluices] + ["nginx"]
     run = b.tempdir("sluice-scaling-")
     procs, groups = [], []
     try:
@@ -91,9 +98,9 @@ def main():
         procs.append(b.nginx_backends(run, bports, cpu=None))
         targets = {}  # (name, workers) -> (port, pgid)
         for workers in (1, 2):
-            for name in ("sluice", "sluice-shared", "nginx"):
+            for name in names:
                 try:
-                    group = Cgroup(f"sluice-scaling-{os.getpid()}-{name}-{workers}", workers * a.share)
+                    group = Cgroup(f"sluice-scaling-{os.getpid()}-{len(targets)}", workers * a.share)
                 except OSError as e:
                     print(f"skipped: cannot create a CPU-quota cgroup ({e}); run as root")
                     return 0
@@ -102,11 +109,13 @@ def main():
                 if name == "nginx":
                     p = b.nginx_proxy(run, port, bports, cpu=None, workers=workers, group=group.wrap)
                 else:
-                    conf = os.path.join(run, f"{name}-{workers}.toml")
-                    b.sluice_config(conf, port, bports)
-                    env = {**os.environ, "SLUICE_RUNTIME": "shared" if name == "sluice-shared" else "per-core"}
+                    _, binary, runtime = next(s for s in sluices if s[0] == name)
+                    conf = os.path.join(run, f"sluice-{len(targets)}.toml")
+                    # Metrics on, as users run it (an [admin] table): every request counts.
+                    b.sluice_config(conf, port, bports, admin_port=b.free_port())
+                    env = {**os.environ, "SLUICE_RUNTIME": runtime}
                     p = subprocess.Popen(group.wrap([binary, "run", "--config", conf, "--workers", str(workers)]),
-                                         stdout=open(os.path.join(run, f"{name}-{workers}.log"), "w"),
+                                         stdout=open(os.path.join(run, f"sluice-{len(targets)}.log"), "w"),
                                          stderr=subprocess.STDOUT, start_new_session=True, env=env)
                 procs.append(p)
                 targets[(name, workers)] = (port, p.pid)
@@ -121,12 +130,13 @@ def main():
             for t, (port, pgid) in targets.items():
                 runs[t].append(wrk(port, a.seconds, pgid))
         print(f"quota {a.share:g} CPU per worker, {a.rounds} rounds of {a.seconds} s, medians")
-        print(f"{'target':14} {'workers':>7} {'req/s':>9} {'cpu us/req':>10}")
+        width = max(len(n) for n in names)
+        print(f"{'target':{width}} {'workers':>7} {'req/s':>9} {'cpu us/req':>10}")
         med = {t: {k: statistics.median(r[k] for r in rs) for k in ("rps", "cpu_us")} for t, rs in runs.items()}
         for (name, workers), m in med.items():
-            print(f"{name:14} {workers:7d} {m['rps']:9.0f} {m['cpu_us']:10.2f}")
-        for name in ("sluice", "sluice-shared", "nginx"):
-            print(f"{name:14} scaling x{med[(name, 2)]['rps'] / med[(name, 1)]['rps']:.2f} "
+            print(f"{name:{width}} {workers:7d} {m['rps']:9.0f} {m['cpu_us']:10.2f}")
+        for name in names:
+            print(f"{name:{width}} scaling x{med[(name, 2)]['rps'] / med[(name, 1)]['rps']:.2f} "
                   f"(cpu/req x{med[(name, 2)]['cpu_us'] / med[(name, 1)]['cpu_us']:.2f})")
         errors = sum(r["errors"] for rs in runs.values() for r in rs)
         if errors:
