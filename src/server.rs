@@ -200,6 +200,11 @@ impl Server {
             let (shared, shutdown) = (self.shared.clone(), shutdown.clone());
             let name = format!("sluice-worker-{worker}");
             threads.push(spawn_runtime(&name, threads_in_runtime, move || {
+                if per_core {
+                    // All of this worker's tasks run on this thread: they count into its
+                    // copies and share its handle on the snapshot (`shard`, `state`).
+                    crate::shard::enter(worker);
+                }
                 serve_worker(shared, worker, commands, shutdown, grace)
             })?);
         }
@@ -290,9 +295,6 @@ async fn serve_worker(
     shutdown: CancellationToken,
     grace: std::time::Duration,
 ) -> io::Result<()> {
-    // A per-core worker's tasks all run on this thread: they count into its copies. (The
-    // shared runtime has one worker, 0, and one copy of each.)
-    crate::shard::enter(worker);
     let tracker = TaskTracker::new();
     let mut acceptors = Vec::new();
     tokio::spawn(sweep_idle(shared.clone(), worker, shutdown.clone()));
@@ -334,6 +336,7 @@ async fn serve_worker(
             "shutdown timeout reached; cutting the remaining connections"
         );
     }
+    crate::state::forget_handle();
     Ok(())
 }
 
@@ -349,6 +352,7 @@ async fn sweep_idle(shared: Arc<Shared>, worker: usize, shutdown: CancellationTo
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
+        shared.release_stale_handle();
         let snapshot = shared.snapshot();
         for pool in &snapshot.pools {
             for backend in &pool.backends {

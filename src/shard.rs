@@ -6,20 +6,28 @@
 
 use std::cell::Cell;
 
+/// What `worker()` gives on a thread that is no worker: it shares the last copy.
+const NO_WORKER: usize = usize::MAX;
+
 thread_local! {
-    static WORKER: Cell<usize> = const { Cell::new(0) };
+    static WORKER: Cell<usize> = const { Cell::new(NO_WORKER) };
 }
 
 /// Marks the calling thread as worker `index`: what it counts goes to that worker's copies.
-/// Threads that are no worker count as worker 0.
+/// Each per-core worker's thread does (`server`); the shared runtime's threads do not.
 pub fn enter(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
-/// The calling thread's worker index (`enter`), 0 if it never entered one.
+/// The calling thread's worker index (`enter`); past every copy if it is no worker.
 #[inline]
 pub fn worker() -> usize {
     WORKER.with(Cell::get)
+}
+
+/// Whether the calling thread is a worker's (`enter`): the only thread that worker's tasks run on.
+pub fn is_worker() -> bool {
+    worker() != NO_WORKER
 }
 
 /// `T` alone on its cache lines: 128 bytes, since Intel's prefetcher pulls lines in pairs.

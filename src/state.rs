@@ -1,6 +1,7 @@
 //! The one immutable snapshot of routes and pools that the request path reads, behind one
 //! `ArcSwap`. A request loads it once and keeps it to the end, so a reload never changes the
-//! rules under a request in flight.
+//! rules under a request in flight. On a per-core worker, requests hold it through the worker's
+//! own handle (`LocalSnapshot`), so that holding it writes no cache line another worker writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -271,5 +272,151 @@ impl Shared {
     /// The current snapshot; hold it for the whole request.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The current snapshot for a request: on a per-core worker's thread, through the worker's
+    /// own handle (`LocalSnapshot`), elsewhere the snapshot's `Arc` itself.
+    pub fn request_snapshot(&self) -> LocalSnapshot {
+        if !crate::shard::is_worker() {
+            return LocalSnapshot::new(self.snapshot.load_full());
+        }
+        let current = self.snapshot.load();
+        let stale = HANDLE.with(|handle| {
+            let mut handle = handle.borrow_mut();
+            match &*handle {
+                Some(held) if held.holds(&current) => return Ok(held.clone()),
+                _ => {}
+            }
+            let fresh = LocalSnapshot::new(arc_swap::Guard::into_inner(current));
+            Err((handle.replace(fresh.clone()), fresh))
+        });
+        match stale {
+            Ok(held) => held,
+            // The replaced handle drops here, outside the borrow.
+            Err((_old, fresh)) => fresh,
+        }
+    }
+
+    /// Lets go of the calling worker's handle if a reload has replaced its snapshot, so that
+    /// an idle worker does not keep the old pools (and their connections) alive. The worker's
+    /// idle sweep calls it every second.
+    pub fn release_stale_handle(&self) {
+        let current = self.snapshot.load();
+        let stale = HANDLE.with(|handle| {
+            let mut handle = handle.borrow_mut();
+            let fresh = handle.as_ref().is_none_or(|held| held.holds(&current));
+            if fresh {
+                None
+            } else {
+                handle.take()
+            }
+        });
+        drop(stale);
+    }
+}
+
+/// Drops the calling thread's handle on the snapshot (a worker that stops).
+pub fn forget_handle() {
+    let held = HANDLE.with(|handle| handle.borrow_mut().take());
+    drop(held);
+}
+
+thread_local! {
+    /// The per-core worker's own handle on the current snapshot (`Shared::request_snapshot`).
+    static HANDLE: std::cell::RefCell<Option<LocalSnapshot>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A worker's handle on a snapshot. Every request holds the snapshot to its end: cloning the
+/// snapshot's own `Arc` for that writes its count, a cache line every worker would then write
+/// twice per request. A worker's requests clone the worker's own handle instead, whose count
+/// only that worker writes; the handle holds the snapshot's `Arc` once.
+#[derive(Debug, Clone)]
+pub struct LocalSnapshot(Arc<Handle>);
+
+/// What a `LocalSnapshot` points at: the snapshot's `Arc`, held once per worker.
+#[derive(Debug)]
+struct Handle(Arc<Snapshot>);
+
+impl LocalSnapshot {
+    fn new(snapshot: Arc<Snapshot>) -> LocalSnapshot {
+        LocalSnapshot(Arc::new(Handle(snapshot)))
+    }
+
+    fn holds(&self, snapshot: &Arc<Snapshot>) -> bool {
+        Arc::ptr_eq(&self.0 .0, snapshot)
+    }
+}
+
+impl std::ops::Deref for LocalSnapshot {
+    type Target = Snapshot;
+    fn deref(&self) -> &Snapshot {
+        &self.0 .0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(generation: u64) -> Arc<Snapshot> {
+        let text =
+            "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\n\n[[route]]\npool = \"app\"\n\n\
+                    [pool.app]\nbackends = [{ address = \"127.0.0.1:1\" }]\n";
+        let config = Config::parse(text, std::path::Path::new("t.toml")).unwrap();
+        Arc::new(Snapshot::build(Arc::new(config), 1, generation))
+    }
+
+    /// On a worker's thread, requests share the worker's handle: the snapshot's own count
+    /// stays where it was however many requests hold it. A reload's snapshot gets a new handle,
+    /// and the old one is let go by the idle sweep even if no request comes.
+    #[test]
+    fn a_workers_requests_share_its_handle_until_a_reload() {
+        let first = snapshot(1);
+        let shared = Shared::new(Snapshot::build(first.config.clone(), 1, 1));
+        let shared = Arc::new(shared);
+        let worker = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                crate::shard::enter(0);
+                let current = shared.snapshot();
+                let count = Arc::strong_count(&current);
+                let a = shared.request_snapshot();
+                let b = shared.request_snapshot();
+                assert!(Arc::ptr_eq(&a.0, &b.0), "one handle for both requests");
+                assert_eq!(a.generation, 1);
+                // Held by `Shared`, `current` and the handle: not once per request.
+                assert_eq!(Arc::strong_count(&current), count + 1);
+                drop((a, b));
+                shared.store(snapshot(2));
+                let c = shared.request_snapshot();
+                assert_eq!(c.generation, 2);
+                // `Shared` and the handle let go of it: only `current` holds it.
+                assert_eq!(
+                    Arc::strong_count(&current),
+                    count - 1,
+                    "the old handle is gone"
+                );
+                drop(c);
+                let second = shared.snapshot();
+                shared.store(snapshot(3));
+                // Held by `second` and the worker's handle; no request comes, and the sweep
+                // lets go of the handle.
+                assert_eq!(Arc::strong_count(&second), 2);
+                shared.release_stale_handle();
+                assert_eq!(Arc::strong_count(&second), 1);
+                let third = shared.snapshot();
+                let held = Arc::strong_count(&third);
+                shared.release_stale_handle(); // nothing stale: nothing changes
+                assert_eq!(shared.request_snapshot().generation, 3);
+                assert_eq!(Arc::strong_count(&third), held + 1);
+                forget_handle();
+                assert_eq!(Arc::strong_count(&third), held);
+            })
+        };
+        worker.join().unwrap();
+        // A thread that is no worker gets a handle of its own each time.
+        let a = shared.request_snapshot();
+        let b = shared.request_snapshot();
+        assert!(!Arc::ptr_eq(&a.0, &b.0));
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::headers::trace::TraceId;
 use crate::listener::ActiveRequest;
 use crate::metrics::CLIENT_CLOSED;
-use crate::state::Snapshot;
+use crate::state::LocalSnapshot;
 use crate::upstream::InFlight;
 
 #[derive(Debug)]
@@ -33,7 +33,7 @@ pub struct Exchange {
     bytes_out: u64,
     /// Where the metrics go: the snapshot, the listener's position in it and the route's
     /// position in the listener's `routes`; `None` when metrics are off.
-    metrics: Option<(Arc<Snapshot>, usize, usize)>,
+    metrics: Option<(LocalSnapshot, usize, usize)>,
     /// Present only when the access log is on: a request without it allocates nothing for logs.
     log: Option<Box<AccessRecord>>,
 }
@@ -113,7 +113,7 @@ impl Exchange {
     /// a reload removed it), with metrics when the listener has them.
     pub fn new(
         active: ActiveRequest,
-        snapshot: &Arc<Snapshot>,
+        snapshot: &LocalSnapshot,
         listener: usize,
         log: Option<Box<AccessRecord>>,
     ) -> Exchange {

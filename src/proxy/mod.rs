@@ -36,7 +36,7 @@ use self::headers::{trace, X_REQUEST_ID};
 use crate::balance::Pick;
 use crate::config::Protocol;
 use crate::listener::ConnState;
-use crate::state::{ListenerState, Shared, Snapshot};
+use crate::state::{ListenerState, LocalSnapshot, Shared};
 use crate::upstream::InFlight;
 
 /// What a connection's requests share: where they came from and which worker serves them.
@@ -146,7 +146,7 @@ struct Outgoing {
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
 struct Started {
-    snapshot: Arc<Snapshot>,
+    snapshot: LocalSnapshot,
     listener: usize,
     version: Version,
     request_id: HeaderValue,
@@ -161,7 +161,7 @@ impl Started {
     fn new(ctx: &ConnContext, req: &Request<Incoming>) -> Started {
         let version = req.version();
         let active = ctx.conn.request_started(version == Version::HTTP_2);
-        let snapshot = ctx.shared.snapshot();
+        let snapshot = ctx.shared.request_snapshot();
         // `usize::MAX` when a reload removed the listener while this connection drains.
         let listener = snapshot.listener_index(ctx.listener).unwrap_or(usize::MAX);
         let request_id = match req.headers().get(&X_REQUEST_ID) {
