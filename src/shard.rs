@@ -1,6 +1,6 @@
 //! Per-worker copies of state every request writes, so that workers on different cores never
 //! write the same cache line: a counter two cores both add to moves its line between them on
-//! every add (30–50 ns each on the benchmark VM, `docs/performance.md`), a cost that grows with
+//! every add (15–20 ns more per add on the 2-vCPU benchmark VM, `benches/shard.rs`), a cost that grows with
 //! the number of cores. Each worker writes its own copy; readers (the metrics page, the admin
 //! API) add the copies up.
 
