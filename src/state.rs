@@ -51,6 +51,8 @@ pub struct Snapshot {
     /// Indexed like `config.pools`.
     pub pools: Vec<Arc<Pool>>,
     pub access_log: bool,
+    /// The workers whose per-worker state (`shard`) it was built with.
+    pub workers: usize,
 }
 
 impl Snapshot {
@@ -105,6 +107,7 @@ impl Snapshot {
             })
             .collect();
         Snapshot {
+            workers,
             generation,
             loaded_at: std::time::SystemTime::now(),
             access_log: config.log.access_log,
@@ -172,6 +175,8 @@ pub struct Shared {
     pub draining: Mutex<Vec<(Arc<str>, Arc<Backend>)>>,
     /// Each listener's counters by listener id, for the listener's whole life.
     listener_counters: Mutex<HashMap<usize, Arc<ListenerCounters>>>,
+    /// Copies of per-worker counters to make (`shard`).
+    workers: usize,
     /// The running log filter's handle, for `PUT /api/log-level` and reloads; `None` when
     /// sluice runs without a reloadable logger (embedded, most tests).
     pub log: Option<LogControl>,
@@ -207,7 +212,9 @@ pub struct ReloadFailure {
 impl Shared {
     pub fn new(snapshot: Snapshot) -> Shared {
         let max = snapshot.config.server.max_connections;
+        let workers = snapshot.workers;
         Shared {
+            workers,
             snapshot: ArcSwap::from_pointee(snapshot),
             connections: ConnectionLimit::new(max),
             reloads: ReloadCounts::default(),
@@ -224,7 +231,9 @@ impl Shared {
             .listener_counters
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        all.entry(id).or_default().clone()
+        all.entry(id)
+            .or_insert_with(|| Arc::new(ListenerCounters::new(self.workers)))
+            .clone()
     }
 
     /// The counters of `snapshot`'s listeners, in its order, with their names; those of removed
@@ -241,7 +250,12 @@ impl Shared {
         snapshot
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), all.entry(l.id).or_default().clone()))
+            .map(|l| {
+                let counters = all
+                    .entry(l.id)
+                    .or_insert_with(|| Arc::new(ListenerCounters::new(self.workers)));
+                (l.name.clone(), counters.clone())
+            })
             .collect()
     }
 

@@ -426,10 +426,17 @@ async fn requests_served_by_two_workers_are_all_counted() {
     let web = sluice.addrs[0];
     // Each on a new connection: the kernel spreads them over both workers' sockets (all 40 on
     // one worker has a chance of 2^-39).
+    let mut body_bytes = 0;
     for _ in 0..40 {
-        assert_eq!(get(&format!("http://{web}/api/x")).await.status, 200);
+        let got = get(&format!("http://{web}/api/x")).await;
+        assert_eq!(got.status, 200);
+        body_bytes += got.body.len();
     }
     let text = scrape(sluice.admin.unwrap()).await;
+    assert_eq!(
+        value(&text, "sluice_downstream_sent_bytes_total{listener=\"web\"}"),
+        body_bytes as f64
+    );
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let per_backend = |name: &str, labels: &str| {
         [&a_addr, &b_addr].map(|addr| {

@@ -276,12 +276,45 @@ pub struct ListenerCounters {
     pub connections: AtomicI64,
     /// Downstream connections accepted so far.
     pub connections_total: AtomicU64,
-    /// Request body bytes received and response body bytes sent.
-    pub received_bytes: AtomicU64,
-    pub sent_bytes: AtomicU64,
+    /// Request body bytes received and response body bytes sent, a count per worker.
+    bytes: PerWorker<ByteCounts>,
     /// Request heads refused before they became requests (ambiguous framing, by status; listener
     /// key 0): counted in `sluice_requests_total` with `pool=""`.
     pub refused: CodeCounts,
+}
+
+#[derive(Debug, Default)]
+struct ByteCounts {
+    received: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl ListenerCounters {
+    /// Byte counts with a copy per worker (every request adds to them).
+    pub fn new(workers: usize) -> ListenerCounters {
+        ListenerCounters {
+            bytes: PerWorker::new(workers),
+            ..ListenerCounters::default()
+        }
+    }
+
+    /// Counts request body bytes received, in the calling worker's copy.
+    pub fn add_received(&self, n: u64) {
+        self.bytes.local().received.fetch_add(n, Relaxed);
+    }
+
+    /// Counts response body bytes sent, in the calling worker's copy.
+    pub fn add_sent(&self, n: u64) {
+        self.bytes.local().sent.fetch_add(n, Relaxed);
+    }
+
+    pub fn received_bytes(&self) -> u64 {
+        self.bytes.iter().map(|b| b.received.load(Relaxed)).sum()
+    }
+
+    pub fn sent_bytes(&self) -> u64 {
+        self.bytes.iter().map(|b| b.sent.load(Relaxed)).sum()
+    }
 }
 
 /// RAII: one open downstream connection of a listener.

@@ -217,13 +217,13 @@ pub fn render(shared: &Shared) -> String {
             name: "sluice_downstream_received_bytes_total",
             kind: "counter",
             help: "Request body bytes received from clients.",
-            value: |c| c.received_bytes.load(Relaxed),
+            value: |c| c.received_bytes(),
         },
         Each {
             name: "sluice_downstream_sent_bytes_total",
             kind: "counter",
             help: "Response body bytes sent to clients.",
-            value: |c| c.sent_bytes.load(Relaxed),
+            value: |c| c.sent_bytes(),
         },
     ];
     for each in per_listener {

@@ -246,7 +246,7 @@ impl Body for UpstreamBody {
                         counter.fetch_add(len, Ordering::Relaxed);
                     }
                     if let Some(counters) = conn.listener_counters() {
-                        counters.received_bytes.fetch_add(len, Ordering::Relaxed);
+                        counters.add_received(len);
                     }
                 }
                 Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))

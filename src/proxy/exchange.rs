@@ -183,9 +183,7 @@ impl Exchange {
     fn record(&self, status: u16, took: Duration) {
         if self.bytes_out > 0 {
             if let Some(counters) = self._active.conn().listener_counters() {
-                counters
-                    .sent_bytes
-                    .fetch_add(self.bytes_out, Ordering::Relaxed);
+                counters.add_sent(self.bytes_out);
             }
         }
         let Some((snapshot, listener, route)) = &self.metrics else {
