@@ -434,7 +434,10 @@ async fn requests_served_by_two_workers_are_all_counted() {
     }
     let text = scrape(sluice.admin.unwrap()).await;
     assert_eq!(
-        value(&text, "sluice_downstream_sent_bytes_total{listener=\"web\"}"),
+        value(
+            &text,
+            "sluice_downstream_sent_bytes_total{listener=\"web\"}"
+        ),
         body_bytes as f64
     );
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());

@@ -178,53 +178,21 @@ mod tests {
     /// them without being named would see none.
     #[test]
     fn only_algorithms_that_say_so_read_latency() {
-        struct Watched(testing::Fixed, std::cell::Cell<usize>);
-        impl Backends for Watched {
-            fn len(&self) -> usize {
-                self.0.len()
-            }
-            fn weight(&self, i: usize) -> u32 {
-                self.0.weight(i)
-            }
-            fn ramp(&self, i: usize) -> f64 {
-                self.0.ramp(i)
-            }
-            fn settled(&self) -> bool {
-                self.0.settled()
-            }
-            fn in_flight(&self, i: usize) -> u64 {
-                self.0.in_flight(i)
-            }
-            fn latency(&self, i: usize, now: std::time::Instant) -> Option<f64> {
-                self.1.set(self.1.get() + 1);
-                self.0.latency(i, now)
-            }
-        }
-        let mut fixed = testing::Fixed::weights(&[1, 2, 3, 4]);
-        fixed.latency = vec![Some(0.004), Some(0.001), Some(0.003), Some(0.002)];
-        let backends = Watched(fixed, std::cell::Cell::new(0));
-        use Algorithm::*;
-        let all = [
-            RoundRobin,
-            PeakEwma,
-            RingHash,
-            Maglev,
-            WeightedRoundRobin,
-            Random,
-            LeastRequests,
-            PowerOfTwo,
-        ];
-        for algorithm in all {
-            let balancer = Balancer::new(algorithm, &backends.0.specs());
-            backends.1.set(0);
+        let mut backends = testing::Fixed::weights(&[1, 2, 3, 4]);
+        backends.latency = vec![Some(0.004), Some(0.001), Some(0.003), Some(0.002)];
+        for algorithm in Algorithm::ALL {
+            let balancer = Balancer::new(algorithm, &backends.specs());
+            backends
+                .latency_reads
+                .store(0, std::sync::atomic::Ordering::Relaxed);
             for key in 0..50 {
                 let _ = balancer.select(&backends, &Pick { key: Some(key) }).next();
             }
-            assert_eq!(
-                backends.1.get() > 0,
-                balancer.reads_latency(),
-                "{algorithm:?}"
-            );
+            let read = backends
+                .latency_reads
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0;
+            assert_eq!(read, balancer.reads_latency(), "{algorithm:?}");
         }
     }
 }
@@ -270,6 +238,8 @@ pub mod testing {
         pub ramps: Vec<f64>,
         pub in_flight: Vec<u64>,
         pub latency: Vec<Option<f64>>,
+        /// How many times a pick read `latency` (shared by clones).
+        pub latency_reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Fixed {
@@ -279,6 +249,7 @@ pub mod testing {
                 ramps: vec![1.0; weights.len()],
                 in_flight: vec![0; weights.len()],
                 latency: vec![None; weights.len()],
+                latency_reads: Default::default(),
             }
         }
 
@@ -312,6 +283,8 @@ pub mod testing {
             self.in_flight[i]
         }
         fn latency(&self, i: usize, _now: std::time::Instant) -> Option<f64> {
+            self.latency_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.latency[i]
         }
     }

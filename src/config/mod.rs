@@ -157,7 +157,20 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub fn as_str(self) -> &'static str {
+    /// Every algorithm, in the order error messages list them.
+    pub const ALL: [Algorithm; 8] = [
+        Algorithm::RoundRobin,
+        Algorithm::WeightedRoundRobin,
+        Algorithm::Random,
+        Algorithm::LeastRequests,
+        Algorithm::PowerOfTwo,
+        Algorithm::PeakEwma,
+        Algorithm::RingHash,
+        Algorithm::Maglev,
+    ];
+
+    /// Its name in the config file.
+    pub const fn as_str(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::PeakEwma => "peak_ewma",

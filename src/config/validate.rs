@@ -28,7 +28,7 @@ use toml::Spanned;
 use super::error::did_you_mean;
 use super::file::{self, DurationText, Later};
 use super::log_filter::{log_filter, LOG_FILTER_NOTE};
-use super::{Admin, Config, ConfigError, ConfigErrors, Log, LogFormat, Server};
+use super::{Admin, Algorithm, Config, ConfigError, ConfigErrors, Log, LogFormat, Server};
 use values::{parse_duration, ValueError};
 
 pub(super) use summary::summary;
@@ -37,17 +37,16 @@ const DEFAULT_ADMIN_BIND: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 const MIN_HEADER_BYTES: usize = 1024;
 const MAX_WEIGHT: i64 = super::MAX_WEIGHT as i64;
 
-/// Every algorithm name the format defines, implemented or not, for "expected one of".
-const ALGORITHMS: [&str; 8] = [
-    "round_robin",
-    "weighted_round_robin",
-    "random",
-    "least_requests",
-    "power_of_two",
-    "peak_ewma",
-    "ring_hash",
-    "maglev",
-];
+/// Every algorithm name the format defines, for "expected one of".
+const ALGORITHMS: [&str; Algorithm::ALL.len()] = {
+    let mut names = [""; Algorithm::ALL.len()];
+    let mut i = 0;
+    while i < names.len() {
+        names[i] = Algorithm::ALL[i].as_str();
+        i += 1;
+    }
+    names
+};
 const PROTOCOLS: [&str; 3] = ["http1", "h2", "auto"];
 const LOG_FORMATS: [&str; 2] = ["text", "json"];
 

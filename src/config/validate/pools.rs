@@ -83,16 +83,10 @@ impl Checker<'_> {
         let Some(written) = written else {
             return Algorithm::RoundRobin;
         };
-        match written.get_ref().as_str() {
-            "round_robin" => Algorithm::RoundRobin,
-            "peak_ewma" => Algorithm::PeakEwma,
-            "ring_hash" => Algorithm::RingHash,
-            "maglev" => Algorithm::Maglev,
-            "weighted_round_robin" => Algorithm::WeightedRoundRobin,
-            "random" => Algorithm::Random,
-            "least_requests" => Algorithm::LeastRequests,
-            "power_of_two" => Algorithm::PowerOfTwo,
-            _ => {
+        let name = written.get_ref().as_str();
+        match Algorithm::ALL.into_iter().find(|a| a.as_str() == name) {
+            Some(algorithm) => algorithm,
+            None => {
                 let available = ALGORITHMS;
                 self.push(self.choice_error(written, "algorithm", &ALGORITHMS, &available));
                 Algorithm::RoundRobin
