@@ -239,14 +239,7 @@ mod tests {
 
     #[test]
     fn a_skipped_backends_share_spreads_evenly() {
-        for algorithm in [
-            Algorithm::RoundRobin,
-            Algorithm::WeightedRoundRobin,
-            Algorithm::Random,
-            Algorithm::LeastRequests,
-            Algorithm::PowerOfTwo,
-            Algorithm::PeakEwma,
-        ] {
+        for algorithm in Algorithm::ALL.into_iter().filter(|a| !a.hashes()) {
             let p = pool(algorithm, 4, |_| {});
             p.backends[1].health.set_checks_pass(false);
             let got = shares(&p, 3000);
