@@ -23,7 +23,13 @@ pub fn encode(parts: &Parts, extra: impl FnOnce(&mut Vec<u8>), host: &str, out: 
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(http::header::HOST) {
+    // Clients send `Host` first: a look at the first field spares a lookup by hash.
+    let first_is_host = parts
+        .headers
+        .keys()
+        .next()
+        .is_some_and(|name| name == http::header::HOST);
+    if !first_is_host && !parts.headers.contains_key(http::header::HOST) {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
