@@ -33,7 +33,7 @@ pub fn is_worker() -> bool {
 /// `T` alone on its cache lines: 128 bytes, since Intel's prefetcher pulls lines in pairs.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub struct Padded<T>(pub T);
+struct Padded<T>(T);
 
 impl<T> std::ops::Deref for Padded<T> {
     type Target = T;
@@ -81,14 +81,6 @@ impl<T> PerWorker<T> {
     /// Every copy, for adding them up.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.copies.iter().map(|c| &c.0)
-    }
-
-    pub fn len(&self) -> usize {
-        self.copies.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.copies.is_empty()
     }
 }
 

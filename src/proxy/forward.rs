@@ -171,9 +171,8 @@ impl Upstream {
                     // must not look attractive.
                     let failed = response.status().is_server_error();
                     let pool = &snapshot.pools[self.pool];
-                    if pool.balancer.reads_latency() {
-                        backend.observe(if failed { Err(()) } else { Ok(took) }, now.into_std());
-                    }
+                    let result = if failed { Err(()) } else { Ok(took) };
+                    pool.observe(self.backend, result, now.into_std());
                     backend.metrics.upstream.observe(took);
                     record_outcome(pool, self.backend, !failed);
                     return Ok((response, self.timed.then_some(took)));
@@ -218,9 +217,7 @@ impl Upstream {
                         backend.metrics.failed(failure);
                         backend.metrics.upstream.observe(self.sent.elapsed());
                         let pool = &snapshot.pools[self.pool];
-                        if pool.balancer.reads_latency() {
-                            backend.observe(Err(()), std::time::Instant::now());
-                        }
+                        pool.observe(self.backend, Err(()), std::time::Instant::now());
                         record_outcome(pool, self.backend, false);
                     }
                     return Err(error);

@@ -163,17 +163,6 @@ impl Backend {
         self.total.iter().map(|t| t.load(Ordering::Relaxed)).sum()
     }
 
-    /// Feeds the latency estimate: `Ok(rtt)` for an answer, `Err(())` for a failure (connect
-    /// error, timeout, 5xx), which counts as a slow response so that failing fast never
-    /// attracts traffic. `now` is the caller's clock reading (it has just read the clock to
-    /// measure `rtt`).
-    pub fn observe(&self, result: Result<Duration, ()>, now: Instant) {
-        match result {
-            Ok(rtt) => self.latency.observe(rtt, now),
-            Err(()) => self.latency.observe_failure(now),
-        }
-    }
-
     /// Counts a request as in flight until the returned guard drops, if the backend has fewer
     /// than `limit` in flight (`max_connections_per_backend`); `None` at the limit.
     pub fn try_start_request(self: &Arc<Self>, limit: u64) -> Option<InFlight> {
@@ -259,6 +248,22 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// Feeds backend `index`'s latency estimate, if the pool's algorithm reads it (otherwise
+    /// it would be two writes per response to a line every worker writes, for nothing):
+    /// `Ok(rtt)` for an answer, `Err(())` for a failure (connect error, timeout, 5xx), which
+    /// counts as a slow response so that failing fast never attracts traffic. `now` is the
+    /// caller's clock reading (it has just read the clock to measure `rtt`).
+    pub fn observe(&self, index: usize, result: Result<Duration, ()>, now: Instant) {
+        if !self.balancer.reads_latency() {
+            return;
+        }
+        let latency = &self.backends[index].latency;
+        match result {
+            Ok(rtt) => latency.observe(rtt, now),
+            Err(()) => latency.observe_failure(now),
+        }
+    }
+
     pub fn new(cfg: &config::Pool, workers: usize) -> Pool {
         Pool::build(cfg, workers, None)
     }
