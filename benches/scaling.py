@@ -32,7 +32,7 @@ class Cgroup:
 
     def __init__(self, name, cpus):
         v1 = "/sys/fs/cgroup/cpu"
-        if os.path.exists(os.path.join(v1, "cpu.cfs_quota_us")) or os.path.isdir(v1):
+        if os.path.isdir(v1):
             self.path = os.path.join(v1, name)
             os.makedirs(self.path, exist_ok=True)
             self._write("cpu.cfs_period_us", PERIOD_US)

@@ -298,20 +298,17 @@ impl Shared {
             return LocalSnapshot::new(self.snapshot.load_full());
         }
         let current = self.snapshot.load();
-        let stale = HANDLE.with(|handle| {
+        let (held, replaced) = HANDLE.with(|handle| {
             let mut handle = handle.borrow_mut();
-            match &*handle {
-                Some(held) if held.holds(&current) => return Ok(held.clone()),
-                _ => {}
+            if let Some(held) = handle.as_ref().filter(|held| held.holds(&current)) {
+                return (held.clone(), None);
             }
             let fresh = LocalSnapshot::new(arc_swap::Guard::into_inner(current));
-            Err((handle.replace(fresh.clone()), fresh))
+            (fresh.clone(), handle.replace(fresh))
         });
-        match stale {
-            Ok(held) => held,
-            // The replaced handle drops here, outside the borrow.
-            Err((_old, fresh)) => fresh,
-        }
+        // The replaced handle drops here, outside the borrow.
+        drop(replaced);
+        held
     }
 
     /// Lets go of the calling worker's handle if a reload has replaced its snapshot, so that
@@ -321,11 +318,9 @@ impl Shared {
         let current = self.snapshot.load();
         let stale = HANDLE.with(|handle| {
             let mut handle = handle.borrow_mut();
-            let fresh = handle.as_ref().is_none_or(|held| held.holds(&current));
-            if fresh {
-                None
-            } else {
-                handle.take()
+            match handle.as_ref() {
+                Some(held) if !held.holds(&current) => handle.take(),
+                _ => None,
             }
         });
         drop(stale);
