@@ -33,6 +33,7 @@ use crate::proxy::{headers, upgrade, ConnContext, Proxy};
 use crate::state::Shared;
 use crate::tls::{Downstream, Session};
 
+mod h1;
 pub mod limit;
 mod protocol;
 mod watched;
@@ -63,6 +64,9 @@ pub struct ConnState {
     /// HTTP/1 connection going dormant (`Served::Dormant`). hyper's end of the connection must
     /// not shut the socket down.
     dormant: AtomicBool,
+    /// sluice's own HTTP/1 side (`h1`) was asked to wind down: to rest when `dormant`, or else
+    /// to close, once the request in progress (if any) is answered.
+    winding_down: AtomicBool,
     /// Milliseconds after `epoch` since when a write has been waiting on a client that does
     /// not read, or `NONE`.
     write_blocked_since: AtomicU64,
@@ -85,6 +89,7 @@ impl ConnState {
             framing: Mutex::new(Scanner::new(limits)),
             tunnel: AtomicBool::new(false),
             dormant: AtomicBool::new(false),
+            winding_down: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(NONE),
             request_deadline: AtomicU64::new(NONE),
         }

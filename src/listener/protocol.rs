@@ -7,6 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::watched::WatchedIo;
-use super::{opening, ConnState, ListenerSettings};
+use super::{h1, opening, poll_again, ConnState, ListenerSettings};
 use crate::config;
 use crate::proxy::Proxy;
 use crate::tls::Downstream;
@@ -104,6 +105,18 @@ pub(super) async fn sniff(stream: &mut TcpStream) -> io::Result<(Protocol, Bytes
     }
 }
 
+/// The most bytes an HTTP/1 request head may take before hyper (or sluice's own side, which
+/// leaves it to hyper then) stops reading it. Room for the largest allowed head, so sluice's
+/// own checks answer 414 and 431 with a body and a request id; only far larger heads meet
+/// hyper's bare 431.
+fn max_head(settings: &config::Listener) -> usize {
+    settings
+        .max_header_bytes
+        .saturating_add(settings.max_uri_bytes)
+        .saturating_add(1024)
+        .max(8192)
+}
+
 pub(super) fn http1_builder(settings: &config::Listener) -> http1::Builder {
     let mut builder = http1::Builder::new();
     builder
@@ -111,15 +124,7 @@ pub(super) fn http1_builder(settings: &config::Listener) -> http1::Builder {
         // The watchdog times heads and idle connections; hyper's timer would fight it.
         .header_read_timeout(None)
         .keep_alive(true)
-        // Room for the largest allowed head, so sluice's own checks answer 414 and 431 with a
-        // body and a request id; only far larger heads meet hyper's bare 431.
-        .max_buf_size(
-            settings
-                .max_header_bytes
-                .saturating_add(settings.max_uri_bytes)
-                .saturating_add(1024)
-                .max(8192),
-        );
+        .max_buf_size(max_head(settings));
     builder
 }
 
@@ -145,11 +150,15 @@ pub(super) fn http2_builder(settings: &config::Listener) -> http2::Builder<Tokio
 
 pub(super) type ServedIo = TokioIo<WatchedIo>;
 
-/// One downstream connection as hyper serves it, in the protocol it was found to speak. An
-/// HTTP/2 connection's state is several KiB and lives on the heap, so that the idle HTTP/1
+/// One downstream connection as it is served, in the protocol it was found to speak: HTTP/1
+/// by sluice's own side (`h1`) until a request needs hyper's, HTTP/2 by hyper. An HTTP/2
+/// connection's state is several KiB and lives on the heap, so that the idle HTTP/1
 /// connections that are most of a listener's do not each carry room for it in their task.
-#[allow(clippy::large_enum_variant)] // HTTP/1 inline on purpose: most connections speak it.
+#[allow(clippy::large_enum_variant)] // hyper's HTTP/1 inline: a connection that needed it once
+                                     // is likely to need it again.
 pub(super) enum Served {
+    /// sluice's own HTTP/1 side, with the connection's state (for its wind-down signal).
+    Own(h1::Serving, Arc<ConnState>),
     Http1(http1::UpgradeableConnection<ServedIo, Proxy>),
     Http2(Pin<Box<http2::Connection<ServedIo, Proxy, TokioExecutor>>>),
     /// An idle HTTP/1 connection in clear text without hyper's connection and its buffers: the
@@ -168,14 +177,17 @@ impl Served {
     ) -> Served {
         match protocol {
             Protocol::Http1 => {
-                Served::Http1(settings.http1.serve_connection(io, proxy).with_upgrades())
+                let state = io.inner().state.clone();
+                Served::Own(h1::serve(io, proxy, max_head(&settings.settings)), state)
             }
             Protocol::Http2 => Served::Http2(Box::pin(settings.http2.serve_connection(io, proxy))),
         }
     }
 
-    /// Serves until the connection ends. An HTTP/1 connection that ends dormant (`state.dormant`)
-    /// becomes `Dormant` and comes back as a new hyper connection once the client sends again.
+    /// Serves until the connection ends. An HTTP/1 request sluice's own side does not take goes
+    /// to a hyper connection made for it. An HTTP/1 connection that ends dormant
+    /// (`state.dormant`) becomes `Dormant`, and is served by sluice's own side again once the
+    /// client sends again.
     pub(super) fn poll(
         &mut self,
         cx: &mut Context<'_>,
@@ -184,7 +196,27 @@ impl Served {
     ) -> Poll<hyper::Result<()>> {
         loop {
             let done = match self {
-                Served::Http1(conn) => std::task::ready!(Pin::new(conn).poll(cx)),
+                Served::Own(serving, _) => {
+                    let ended = std::task::ready!(serving.as_mut().poll(cx));
+                    *self = match ended {
+                        h1::Ended::Closed => return Poll::Ready(Ok(())),
+                        h1::Ended::HandOff(io, proxy) => Served::Http1(
+                            settings.http1.serve_connection(io, proxy).with_upgrades(),
+                        ),
+                        h1::Ended::Rest(io, proxy) => Served::Dormant(io, proxy),
+                    };
+                    continue;
+                }
+                Served::Http1(conn) => {
+                    let polled = Pin::new(&mut *conn).poll(cx);
+                    // Asked to wind down just before handing a request over: hyper's
+                    // connection, busy with it now, finishes it and then closes (or rests).
+                    if polled.is_pending() && state.winding_down.swap(false, Ordering::Relaxed) {
+                        Pin::new(conn).graceful_shutdown();
+                        return poll_again(cx);
+                    }
+                    std::task::ready!(polled)
+                }
                 Served::Http2(conn) => return conn.as_mut().poll(cx),
                 Served::Dormant(io, _) => {
                     let Downstream::Plain(stream) = &io.inner().stream else {
@@ -224,10 +256,10 @@ impl Served {
         }
     }
 
-    /// Whether the connection may go dormant once idle: HTTP/1 served by hyper now, not
+    /// Whether the connection may go dormant once idle: HTTP/1, not
     /// already going dormant, and not a WebSocket tunnel (its socket belongs to the tunnel).
     pub(super) fn may_rest(&self, state: &ConnState) -> bool {
-        matches!(self, Served::Http1(_))
+        matches!(self, Served::Http1(_) | Served::Own(..))
             && !state.dormant.load(Ordering::Relaxed)
             && !state.tunnel.load(Ordering::Relaxed)
     }
@@ -235,6 +267,8 @@ impl Served {
     /// Finish what is in flight, then close (HTTP/2: GOAWAY first).
     pub(super) fn graceful_shutdown(&mut self) {
         match self {
+            // Seen by sluice's side when it next polls (`serve` has the task polled again).
+            Served::Own(_, state) => state.winding_down.store(true, Ordering::Relaxed),
             Served::Http1(conn) => Pin::new(conn).graceful_shutdown(),
             Served::Http2(conn) => conn.as_mut().graceful_shutdown(),
             Served::Dormant(..) | Served::Changing => {}

@@ -35,6 +35,28 @@ pub enum BodyError {
     Superseded,
 }
 
+/// A request body as the client sends it: hyper's, or none at all (`NoBody`: sluice's own
+/// HTTP/1 server side, `listener::h1`, takes bodiless requests only).
+pub trait ClientBody: Body + Send + 'static {
+    /// hyper's body, to stream to the backend; `None` when there is none.
+    fn into_incoming(self) -> Option<Incoming>;
+}
+
+impl ClientBody for Incoming {
+    fn into_incoming(self) -> Option<Incoming> {
+        Some(self)
+    }
+}
+
+/// The body of a request that has none.
+pub type NoBody = http_body_util::Empty<Bytes>;
+
+impl ClientBody for NoBody {
+    fn into_incoming(self) -> Option<Incoming> {
+        None
+    }
+}
+
 /// The request body sent to a backend.
 #[derive(Debug)]
 pub enum UpstreamBody {

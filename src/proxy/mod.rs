@@ -28,7 +28,7 @@ use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use self::body::{FromBackend, ResponseBody, UpstreamBody};
+use self::body::{ClientBody, FromBackend, ResponseBody, UpstreamBody};
 use self::choose::{Shortage, Tried};
 use self::error::ProxyError;
 use self::exchange::{AccessRecord, Exchange, UpstreamStatus};
@@ -73,6 +73,14 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     /// future only awaits the backend's response head. That keeps the per-request future (boxed,
     /// as hyper needs one type) small.
     fn call(&self, req: Request<Incoming>) -> Answer {
+        self.serve(req)
+    }
+}
+
+impl Proxy {
+    /// Serves one request: hyper's (above), or a bodiless one that sluice's own HTTP/1 server
+    /// side read (`listener::h1`).
+    pub fn serve<B: ClientBody>(&self, req: Request<B>) -> Answer {
         let mut request = Started::new(&self.0, &req);
         let (mut outgoing, first) = match request.prepare(&self.0, req) {
             Ok(prepared) => prepared,
@@ -158,7 +166,7 @@ struct Started {
 }
 
 impl Started {
-    fn new(ctx: &ConnContext, req: &Request<Incoming>) -> Started {
+    fn new<B>(ctx: &ConnContext, req: &Request<B>) -> Started {
         let version = req.version();
         let active = ctx.conn.request_started(version == Version::HTTP_2);
         let snapshot = ctx.shared.request_snapshot();
@@ -206,10 +214,10 @@ impl Started {
     }
 
     /// Checks, routes and rewrites the request for its backend.
-    fn prepare(
+    fn prepare<B: ClientBody>(
         &mut self,
         ctx: &ConnContext,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
     ) -> Result<(Outgoing, Attempt), ProxyError> {
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
@@ -291,7 +299,13 @@ impl Started {
                 authority
             }
         };
-        let body = upstream_body(listener, body_limit, body, exchange, &ctx.conn);
+        let body = upstream_body(
+            listener,
+            body_limit,
+            body.into_incoming(),
+            exchange,
+            &ctx.conn,
+        );
         headers::strip_present_hop_by_hop(&mut parts.headers, hop_by_hop);
         if let Some(upgrade) = &upgrade {
             upgrade.restore(&mut parts.headers);
@@ -539,9 +553,9 @@ impl Started {
 
 /// Limits hyper does not enforce the way the SPEC wants: URI length (414) and head size (431).
 /// (The body limit depends on the route: checked once it is known.)
-fn check_limits(
+fn check_limits<B>(
     listener: &ListenerState,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     header_bytes: usize,
 ) -> Result<(), ProxyError> {
     let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
@@ -558,13 +572,13 @@ fn check_limits(
 fn upstream_body(
     listener: &ListenerState,
     limit: Option<u64>,
-    body: Incoming,
+    body: Option<Incoming>,
     exchange: &mut Exchange,
     conn: &Arc<ConnState>,
 ) -> UpstreamBody {
-    if body.is_end_stream() {
+    let Some(body) = body.filter(|body| !body.is_end_stream()) else {
         return UpstreamBody::Empty;
-    }
+    };
     let counter = exchange.log_mut().map(|log| {
         let counter = Arc::new(AtomicU64::new(0));
         log.bytes_in = Some(counter.clone());

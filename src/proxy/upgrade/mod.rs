@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -101,7 +100,7 @@ impl Pending {
     /// `Some` for a WebSocket upgrade request: HTTP/1.1 `GET` with `Connection: upgrade` and
     /// `Upgrade: websocket`. Other upgrades (`h2c` is refused earlier) are not tunnelled: their
     /// headers are stripped and the request goes on as a plain one.
-    pub fn of(req: &mut Request<Incoming>, slot: &Arc<Slot>) -> Option<Pending> {
+    pub fn of<B>(req: &mut Request<B>, slot: &Arc<Slot>) -> Option<Pending> {
         if req.version() != Version::HTTP_11 || req.method() != Method::GET {
             return None;
         }
@@ -126,7 +125,7 @@ impl Pending {
     /// `Some` for an RFC 8441 WebSocket request: HTTP/2 `CONNECT` with `:protocol websocket`.
     /// The request becomes the `GET` it is sent to the backend as; any other `CONNECT` is left
     /// alone (and refused).
-    pub fn connect(req: &mut Request<Incoming>, runner: &Runner) -> Option<Pending> {
+    pub fn connect<B>(req: &mut Request<B>, runner: &Runner) -> Option<Pending> {
         if req.version() != Version::HTTP_2 || req.method() != Method::CONNECT {
             return None;
         }
