@@ -29,6 +29,7 @@ use super::watched::WatchedIo;
 use super::ConnState;
 use crate::proxy::body::{NoBody, ResponseBody};
 use crate::proxy::Proxy;
+use crate::upstream::h1::write_field;
 
 /// How a connection served here ended.
 pub(super) enum Ended {
@@ -90,7 +91,7 @@ async fn run(mut io: ServedIo, proxy: Proxy, max_head: usize) -> Ended {
                 return Poll::Ready(Some(response));
             }
             if buf.is_empty() {
-                buf.reserve(READ_BUFFER);
+                make_room(&mut buf);
                 match poll_read(io.inner_mut(), cx, &mut buf) {
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
                     Poll::Ready(Ok(_)) | Poll::Pending => {}
@@ -168,15 +169,22 @@ async fn read(io: &mut WatchedIo, buf: &mut BytesMut, state: &ConnState) -> Read
         if buf.is_empty() && state.winding_down.load(Ordering::Relaxed) {
             return Poll::Ready(Read::WindDown);
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_BUFFER);
-        }
+        make_room(buf);
         match std::task::ready!(poll_read(io, cx, buf)) {
             Ok(0) | Err(_) => Poll::Ready(Read::End),
             Ok(_) => Poll::Ready(Read::Data),
         }
     })
     .await
+}
+
+/// Room in `buf` for a read. Only when little is left: the room the buffer has may be shared
+/// with the fields of a request in flight, and asking for more than there is would allocate a
+/// new buffer rather than wait for them to go.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_BUFFER);
+    }
 }
 
 /// One read into the spare capacity of `buf`.
@@ -442,7 +450,7 @@ fn encode_head(
         } else if *name == header::DATE {
             wrote_date = true;
         }
-        write_field(out, name.as_str().as_bytes(), value.as_bytes());
+        write_field(out, name, value.as_bytes());
     }
     let framing = if bodiless {
         Framing::None
@@ -455,7 +463,7 @@ fn encode_head(
         match length {
             Some(n) => {
                 let mut digits = [0u8; 20];
-                write_field(out, b"content-length", decimal(&mut digits, n));
+                write_field(out, &header::CONTENT_LENGTH, decimal(&mut digits, n));
                 Framing::Length(n)
             }
             None => {
@@ -481,13 +489,6 @@ fn has_close(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
-fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A `Content-Length` value: digits only, no overflow.
