@@ -615,6 +615,82 @@ mod tests {
         assert_eq!(chunk_size(&mut buf, 65_536), b"10000\r\n");
     }
 
+    fn head_of(status: u16, fields: &[(&str, &str)], body: &'static str, closing: bool) -> String {
+        let mut response = Response::new(ResponseBody::local(body, None));
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (name, value) in fields {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            response
+                .headers_mut()
+                .append(name, HeaderValue::from_str(value).unwrap());
+        }
+        let (parts, body) = response.into_parts();
+        let mut out = Vec::new();
+        let (framing, close) = encode_head(&parts, &body, closing, &mut out);
+        format!("{framing:?} {close}\n{}", String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn heads_are_framed_as_hyper_frames_them() {
+        let head = head_of(200, &[("x-a", "1"), ("date", "d")], "hello", false);
+        assert_eq!(
+            head,
+            "Length(5) false\nHTTP/1.1 200 OK\r\nx-a: 1\r\ndate: d\r\ncontent-length: 5\r\n\r\n"
+        );
+        // The header's length is the one sent, once; a `Transfer-Encoding` is never passed on.
+        let head = head_of(
+            404,
+            &[
+                ("content-length", "5"),
+                ("transfer-encoding", "chunked"),
+                ("content-length", "5"),
+            ],
+            "hello",
+            false,
+        );
+        assert!(
+            head.starts_with(
+                "Length(5) false\nHTTP/1.1 404 Not Found\r\ncontent-length: 5\r\ndate: "
+            ),
+            "{head}"
+        );
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        // 204 and 304 have no body; a 304 keeps the length of what it stands for.
+        let head = head_of(304, &[("content-length", "99")], "", false);
+        assert!(
+            head.starts_with("None false\nHTTP/1.1 304 Not Modified\r\ncontent-length: 99\r\n"),
+            "{head}"
+        );
+        let head = head_of(204, &[], "", false);
+        assert!(
+            head.starts_with("None false\nHTTP/1.1 204 No Content\r\ndate: "),
+            "{head}"
+        );
+        // An empty body is a length of 0.
+        assert!(head_of(200, &[], "", false)
+            .starts_with("Length(0) false\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n"));
+    }
+
+    #[test]
+    fn closing_says_so_once() {
+        let head = head_of(200, &[], "x", true);
+        assert_eq!(head.matches("connection: close\r\n").count(), 1, "{head}");
+        assert!(head.starts_with("Length(1) true\n"), "{head}");
+        let head = head_of(400, &[("connection", "close")], "x", true);
+        assert_eq!(head.matches("connection: close\r\n").count(), 1, "{head}");
+        // A local answer that closes the connection closes it here too.
+        assert!(
+            head_of(400, &[("connection", "close")], "x", false).starts_with("Length(1) true\n")
+        );
+        let head = head_of(200, &[("connection", "keep-alive")], "x", false);
+        assert!(head.starts_with("Length(1) false\n"), "{head}");
+        let date = head.split("date: ").nth(1).unwrap();
+        assert!(
+            date.ends_with(" GMT\r\n\r\n") && date.len() == 33,
+            "{date:?}"
+        );
+    }
+
     fn parsed(text: &str) -> (BytesMut, Parsed) {
         let mut buf = BytesMut::from(text);
         let parsed = parse(&mut buf);
