@@ -12,7 +12,10 @@ on a shared machine; req/s is printed for information only.
 Exit 1 if sluice's CPU/request exceeds nginx's by more than --max-ratio (or a round had errors).
 If nginx or wrk is missing: prints "skipped: nginx/wrk not installed" and exits 0.
 
-usage: benches/guard.py [--binary target/release/sluice] [--rounds 3] [--seconds 3] [--max-ratio 1.5]
+`--compare OTHER` runs a second sluice build beside them, in the same interleaved rounds (for
+measuring a change: its figures are printed, the verdict is the first binary's).
+
+usage: benches/guard.py [--binary target/release/sluice] [--compare OTHER] [--rounds 3] [--seconds 3] [--max-ratio 1.5]
 """
 import argparse, json, os, re, shutil, statistics, subprocess, sys
 
@@ -41,6 +44,7 @@ def wrk(port, seconds, conns, pgid=None, path="/"):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--binary", default=None, help="sluice binary (default target/release/sluice)")
+    ap.add_argument("--compare", default=None, help="another sluice binary, measured alongside")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=64)
@@ -67,6 +71,14 @@ def main():
         procs.append(b.start([binary, "run", "--config", conf, "--workers", "1"], os.path.join(run, "sluice.log"), 1))
         pg["sluice"] = procs[-1].pid
         targets = {"nginx": nport, "sluice": sport}
+        if a.compare:
+            cport = b.free_port()
+            cconf = os.path.join(run, "compare.toml")
+            b.sluice_config(cconf, cport, bports, admin_port=b.free_port())
+            procs.append(b.start([a.compare, "run", "--config", cconf, "--workers", "1"],
+                                 os.path.join(run, "compare.log"), 1))
+            pg["compare"] = procs[-1].pid
+            targets["compare"] = cport
         for p in bports + list(targets.values()):
             if not b.wait_port(p):
                 print(f"port {p} did not open; logs in {run}", file=sys.stderr)
