@@ -29,7 +29,7 @@ use super::watched::WatchedIo;
 use super::ConnState;
 use crate::proxy::body::{NoBody, ResponseBody};
 use crate::proxy::Proxy;
-use crate::upstream::h1::write_field;
+use crate::upstream::h1::{parse_length, write_field, RawFields};
 
 /// How a connection served here ended.
 pub(super) enum Ended {
@@ -293,8 +293,9 @@ async fn respond(
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     out.clear();
-    let (framing, close) = encode_head(&parts, &body, closing, out);
-    drop(parts);
+    let raw = body.take_raw_fields();
+    let (framing, close) = encode_head(&parts, raw.as_deref(), &body, closing, out);
+    drop((parts, raw));
     let mut remaining = match framing {
         Framing::Length(n) => n,
         _ => 0,
@@ -406,10 +407,12 @@ async fn write_all(io: &mut WatchedIo, parts: &[&[u8]]) -> io::Result<()> {
 
 /// Encodes the status line and header fields as hyper's HTTP/1 server would for a `GET`: the
 /// length from `Content-Length`, or else the body's exact size, or else chunked; a `Date`;
-/// `Connection: close` when `closing`. Returns the framing and whether the connection closes
-/// after this answer.
+/// `Connection: close` when `closing`. A backend's fields left unparsed (`raw`) are written as
+/// they came, names in lower case, except those the map sets (sluice's own, which take their
+/// place). Returns the framing and whether the connection closes after this answer.
 fn encode_head(
     parts: &http::response::Parts,
+    raw: Option<&RawFields>,
     body: &ResponseBody,
     closing: bool,
     out: &mut Vec<u8>,
@@ -424,34 +427,36 @@ fn encode_head(
         out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let bodiless = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
-    let mut listed_close = false;
-    let mut length = None;
-    let mut lengths_agree = true;
-    let mut wrote_date = false;
-    for (name, value) in &parts.headers {
-        if *name == header::CONTENT_LENGTH && !bodiless {
-            // Written below, once.
-            match (parse_length(value.as_bytes()), length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => lengths_agree = false,
-            }
-            continue;
+    let mut fields = Fields {
+        out,
+        bodiless: status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED,
+        listed_close: false,
+        length: None,
+        lengths_agree: true,
+        wrote_date: false,
+    };
+    for (name, value) in raw.into_iter().flat_map(RawFields::iter) {
+        let set = |k: &HeaderName| {
+            let k = k.as_str().as_bytes();
+            k.len() == name.len() && name.eq_ignore_ascii_case(k)
+        };
+        if !parts.headers.keys().any(set) {
+            fields.add(name, value, true);
         }
-        if *name == header::TRANSFER_ENCODING {
-            // The body is framed here.
-            continue;
-        }
-        if *name == header::CONNECTION {
-            listed_close |= has_close(value.as_bytes());
-        } else if *name == header::DATE {
-            wrote_date = true;
-        }
-        write_field(out, name, value.as_bytes());
     }
+    for (name, value) in &parts.headers {
+        fields.add(name.as_str().as_bytes(), value.as_bytes(), false);
+    }
+    let Fields {
+        out,
+        bodiless,
+        listed_close,
+        length,
+        lengths_agree,
+        wrote_date,
+    } = fields;
     let framing = if bodiless {
         Framing::None
     } else {
@@ -484,22 +489,54 @@ fn encode_head(
     (framing, closing || listed_close)
 }
 
+/// The header fields of an answer as they are written, and what they said.
+struct Fields<'a> {
+    out: &'a mut Vec<u8>,
+    /// The status has no body (1xx, 204, 304): a `Content-Length` is passed on as it is.
+    bodiless: bool,
+    listed_close: bool,
+    /// The `Content-Length` given, written once, after the fields.
+    length: Option<u64>,
+    lengths_agree: bool,
+    wrote_date: bool,
+}
+
+impl Fields<'_> {
+    /// One field; `lower`: the name may have upper-case letters, written in lower case.
+    fn add(&mut self, name: &[u8], value: &[u8], lower: bool) {
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        match name.len() {
+            14 if !self.bodiless && is("content-length") => {
+                match (parse_length(value), self.length) {
+                    (Some(n), None) => self.length = Some(n),
+                    (Some(n), Some(m)) if n == m => {}
+                    _ => self.lengths_agree = false,
+                }
+                return;
+            }
+            // The body is framed here.
+            17 if is("transfer-encoding") => return,
+            10 if is("connection") => self.listed_close |= has_close(value),
+            4 if is("date") => self.wrote_date = true,
+            _ => {}
+        }
+        let out = &mut *self.out;
+        let start = out.len();
+        out.extend_from_slice(name);
+        if lower {
+            out[start..].make_ascii_lowercase();
+        }
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Whether a `Connection` value lists `close`.
 fn has_close(value: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
-/// A `Content-Length` value: digits only, no overflow.
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |n, &d| match d {
-        b'0'..=b'9' => Some(n * 10 + u64::from(d - b'0')),
-        _ => None,
-    })
 }
 
 /// `n` in decimal, in `buf`.
@@ -626,7 +663,7 @@ mod tests {
         }
         let (parts, body) = response.into_parts();
         let mut out = Vec::new();
-        let (framing, close) = encode_head(&parts, &body, closing, &mut out);
+        let (framing, close) = encode_head(&parts, None, &body, closing, &mut out);
         format!("{framing:?} {close}\n{}", String::from_utf8(out).unwrap())
     }
 

@@ -516,9 +516,6 @@ async fn serve(
         waiting: false,
     };
     let outcome = poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.poll(cx, settings, &state) {
-            return Poll::Ready(result.err());
-        }
         // The shutdown future is polled with its own waker, and again only once that waker has
         // fired: re-polling it on every wake of a busy connection would take a lock shared by
         // all connections.
@@ -540,6 +537,11 @@ async fn serve(
                 closing = true;
                 return poll_again(cx);
             }
+        }
+        // After the shutdown signal: an answer that is ready as shutdown begins already says
+        // the connection closes.
+        if let Poll::Ready(result) = conn.poll(cx, settings, &state) {
+            return Poll::Ready(result.err());
         }
         let rest = plain && !closing && conn.may_rest(&state);
         match watchdog(

@@ -38,11 +38,17 @@ pub enum BodyError {
 /// A request body as the client sends it: hyper's, or none at all (`NoBody`: sluice's own
 /// HTTP/1 server side, `listener::h1`, takes bodiless requests only).
 pub trait ClientBody: Body + Send + 'static {
+    /// The server side that reads these requests writes a backend's response fields as they
+    /// came (`ResponseBody::take_raw_fields`), without a header map in between.
+    const RAW_FIELDS: bool;
+
     /// hyper's body, to stream to the backend; `None` when there is none.
     fn into_incoming(self) -> Option<Incoming>;
 }
 
 impl ClientBody for Incoming {
+    const RAW_FIELDS: bool = false;
+
     fn into_incoming(self) -> Option<Incoming> {
         Some(self)
     }
@@ -52,6 +58,8 @@ impl ClientBody for Incoming {
 pub type NoBody = http_body_util::Empty<Bytes>;
 
 impl ClientBody for NoBody {
+    const RAW_FIELDS: bool = true;
+
     fn into_incoming(self) -> Option<Incoming> {
         None
     }
@@ -374,6 +382,15 @@ impl ResponseBody {
                 (!text.is_empty()).then(|| Bytes::from_static(text.as_bytes())),
             ),
             exchange,
+        }
+    }
+
+    /// The backend's response fields, unparsed, when they were left so (`ClientBody::RAW_FIELDS`):
+    /// the response's map then holds only what sluice set, which takes their place.
+    pub fn take_raw_fields(&mut self) -> Option<Box<crate::upstream::h1::RawFields>> {
+        match &mut self.content {
+            Content::Upstream(FromBackend::H1(body)) => body.take_raw_fields(),
+            _ => None,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Outbound<'a> {
     pub added: &'a Added,
     pub request_id: &'a HeaderValue,
     pub body: UpstreamBody,
+    /// The response's fields may stay unparsed (`ClientBody::RAW_FIELDS`).
+    pub raw_fields: bool,
 }
 
 /// An exchange with a backend in progress: the client's request is on its way.
@@ -88,6 +90,7 @@ impl Upstream {
             added,
             request_id,
             body,
+            raw_fields,
         } = request;
         // A request that may be sent twice: kept for a retry on a fresh connection.
         let replayable = is_idempotent(&parts.method) && matches!(body, UpstreamBody::Empty);
@@ -99,6 +102,7 @@ impl Upstream {
                     worker,
                     &parts,
                     |out: &mut Vec<u8>| added.write(request_id, out),
+                    raw_fields,
                     pool.timeouts.idle,
                     pool.dial(),
                     now.into_std(),

@@ -150,6 +150,9 @@ struct Outgoing {
     upgrade: Option<Box<upgrade::Pending>>,
     /// The headers sluice adds, for every attempt; taken by the last (`Started::start`).
     added: Option<headers::Added>,
+    /// The backend's response fields may stay unparsed (`ClientBody::RAW_FIELDS`; not for gRPC,
+    /// whose answers sluice adds a `Trailer` to when the backend sent none).
+    raw_fields: bool,
 }
 
 /// A request that has arrived: what its answer needs, whichever way it goes.
@@ -372,6 +375,7 @@ impl Started {
             deadline,
             upgrade: upgrade.map(Box::new),
             added: Some(added),
+            raw_fields: B::RAW_FIELDS && !self.grpc,
         };
         Ok((outgoing, first))
     }
@@ -407,6 +411,7 @@ impl Started {
             added,
             request_id: &self.request_id,
             body,
+            raw_fields: out.raw_fields,
         };
         forward::Upstream::start(out.pool, out.worker, index, pool, request, timed, now)
             .limit(out.deadline)

@@ -41,6 +41,8 @@ pub struct Body {
     home: Option<Home>,
     /// The response's map has no hop-by-hop fields (`head::Head::hop_by_hop_removed`).
     pub(super) hop_by_hop_removed: bool,
+    /// The response's fields, unparsed (its map is empty): `head::Head::raw`.
+    pub(super) raw: Option<Box<super::RawFields>>,
 }
 
 impl Body {
@@ -57,6 +59,7 @@ impl Body {
             keep_alive,
             home: Some(home),
             hop_by_hop_removed: false,
+            raw: None,
         };
         if matches!(body.state, State::Done) {
             body.release();
@@ -67,6 +70,12 @@ impl Body {
     /// Whether the response's header map was made without its hop-by-hop fields.
     pub fn hop_by_hop_removed(&self) -> bool {
         self.hop_by_hop_removed
+    }
+
+    /// The response's fields, unparsed, if they were left so (its map is then empty): taken, so
+    /// that the head's bytes go once the fields are written, not with the body.
+    pub fn take_raw_fields(&mut self) -> Option<Box<super::RawFields>> {
+        self.raw.take()
     }
 
     /// The body has been read to its end: the connection can serve the next request, if it

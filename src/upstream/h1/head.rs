@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
@@ -72,6 +72,8 @@ pub struct Head {
     pub keep_alive: bool,
     /// The hop-by-hop fields were left out of the map (`Connection` named no other field).
     pub hop_by_hop_removed: bool,
+    /// The fields, unparsed, when `parse` was allowed to leave them so: the map is empty.
+    pub raw: Option<Box<RawFields>>,
 }
 
 pub enum Parsed {
@@ -82,9 +84,39 @@ pub enum Parsed {
     Complete(Head),
 }
 
+/// A response head's fields as the backend sent them, for sluice's own HTTP/1 server side to
+/// write out without a header map in between (`Head::raw`): the head's bytes, and where each
+/// field it keeps has its name and value. Names and values are as `httparse` checked them
+/// (tokens; visible characters, spaces and tabs); names keep the backend's case.
+/// Boxed, with room for `RAW_FIELDS` fields (one allocation, as a `Vec` of spans would be; the
+/// body that carries it stays small to move).
+#[derive(Debug)]
+pub struct RawFields {
+    head: Bytes,
+    count: usize,
+    spans: [[u32; 4]; RAW_FIELDS],
+}
+
+/// The most fields a head left unparsed may keep; heads with more are parsed into the map.
+const RAW_FIELDS: usize = 32;
+
+impl RawFields {
+    /// The fields, `(name, value)`, in the backend's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans[..self.count].iter().map(|&[ns, ne, vs, ve]| {
+            (
+                &self.head[ns as usize..ne as usize],
+                &self.head[vs as usize..ve as usize],
+            )
+        })
+    }
+}
+
 /// Parses the response head at the start of `buf`; a complete head is split off `buf` (its
 /// header values share the bytes read, nothing is copied), leaving the body's first bytes.
-pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
+/// `raw`: the fields may stay unparsed (`RawFields`) and the map empty, when the hop-by-hop
+/// fields can be left out without it.
+pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, Error> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -132,20 +164,36 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
     }
     let count = response.headers.len();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
     // The hop-by-hop fields are read (`facts`) but not kept, which spares the proxy a pass to
     // strip them; unless `Connection` names other fields, which that pass then removes too.
     let strip = !facts.names_others;
-    for (i, &(ns, ne, vs, ve)) in indices[..count].iter().enumerate() {
-        if strip && hop_by_hop & (1 << i) != 0 {
-            continue;
+    let kept = indices[..count]
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| !strip || hop_by_hop & (1 << i) == 0)
+        .map(|(_, &(ns, ne, vs, ve))| [ns, ne, vs, ve]);
+    let (headers, raw) = if raw && strip && count <= RAW_FIELDS {
+        let mut fields = Box::new(RawFields {
+            head,
+            count: 0,
+            spans: [[0; 4]; RAW_FIELDS],
+        });
+        for span in kept {
+            fields.spans[fields.count] = span;
+            fields.count += 1;
         }
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
-            .map_err(|_| Error::Invalid("invalid response header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Error::Invalid("invalid response header value"))?;
-        headers.append(name, value);
-    }
+        (HeaderMap::new(), Some(fields))
+    } else {
+        let mut headers = HeaderMap::with_capacity(count);
+        for [ns, ne, vs, ve] in kept {
+            let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+                .map_err(|_| Error::Invalid("invalid response header name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+                .map_err(|_| Error::Invalid("invalid response header value"))?;
+            headers.append(name, value);
+        }
+        (headers, None)
+    };
     let bodiless = *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -190,6 +238,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method) -> Result<Parsed, Error> {
         framing,
         keep_alive,
         hop_by_hop_removed: strip,
+        raw,
     }))
 }
 
@@ -258,7 +307,8 @@ impl Facts {
     }
 }
 
-fn parse_length(digits: &[u8]) -> Option<u64> {
+/// A `Content-Length` value: digits only, no overflow.
+pub fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -273,7 +323,7 @@ mod tests {
 
     fn head(text: &str, method: Method) -> Result<Parsed, Error> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse(&mut buf, &method)
+        parse(&mut buf, &method, false)
     }
 
     fn complete(text: &str) -> Head {
@@ -317,7 +367,7 @@ mod tests {
     fn splits_the_head_off_and_leaves_the_body() {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello"[..]);
-        let Ok(Parsed::Complete(head)) = parse(&mut buf, &Method::GET) else {
+        let Ok(Parsed::Complete(head)) = parse(&mut buf, &Method::GET, false) else {
             panic!("complete")
         };
         assert_eq!(&buf[..], b"hello");
@@ -336,11 +386,11 @@ mod tests {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
         assert!(matches!(
-            parse(&mut buf, &Method::GET),
+            parse(&mut buf, &Method::GET, false),
             Ok(Parsed::Informational)
         ));
         assert!(
-            matches!(parse(&mut buf, &Method::GET), Ok(Parsed::Complete(h)) if h.framing == Framing::Empty)
+            matches!(parse(&mut buf, &Method::GET, false), Ok(Parsed::Complete(h)) if h.framing == Framing::Empty)
         );
         assert!(matches!(
             head("HTTP/1.1 101 Switching Protocols\r\n\r\n", Method::GET),
@@ -405,6 +455,39 @@ mod tests {
             complete("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n");
         assert!(ten.keep_alive);
         assert_eq!(ten.response.version(), Version::HTTP_10);
+    }
+
+    fn raw(text: &str) -> Head {
+        let mut buf = BytesMut::from(text);
+        let Ok(Parsed::Complete(head)) = parse(&mut buf, &Method::GET, true) else {
+            panic!("incomplete: {text:?}");
+        };
+        head
+    }
+
+    #[test]
+    fn fields_left_unparsed_keep_their_order_and_lose_the_hop_by_hop_ones() {
+        let head = raw(
+            "HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nX-A:  1 \r\n\
+                        Keep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nhi",
+        );
+        assert!(head.response.headers().is_empty());
+        assert_eq!(head.framing, Framing::Length(2));
+        let fields: Vec<_> = head.raw.as_ref().unwrap().iter().collect();
+        let expected: [(&[u8], &[u8]); 3] =
+            [(b"Server", b"x"), (b"X-A", b"1"), (b"Content-Length", b"2")];
+        assert_eq!(fields, expected);
+        // `Connection` naming another field needs the map (the proxy strips that field).
+        let head = raw("HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n");
+        assert!(head.raw.is_none());
+        assert!(head.response.headers().contains_key("x-secret"));
+        // As do more fields than the raw form has room for.
+        let many: String = (0..RAW_FIELDS + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let head = raw(&format!("HTTP/1.1 204 No Content\r\n{many}\r\n"));
+        assert!(head.raw.is_none());
+        assert_eq!(head.response.headers().len(), RAW_FIELDS + 1);
     }
 
     #[test]

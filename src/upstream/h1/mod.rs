@@ -14,7 +14,7 @@
 mod body;
 mod head;
 
-pub use self::head::write_field;
+pub use self::head::{parse_length, write_field, RawFields};
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -224,6 +224,8 @@ pub struct Exchange {
     /// fresh connection sends the very same bytes.
     head: Vec<u8>,
     method: Method,
+    /// The response's fields may stay unparsed (`head::RawFields`).
+    raw: bool,
     home: Option<Home>,
     /// The connection came from the idle list.
     reused: bool,
@@ -239,12 +241,15 @@ pub struct Dial<'a> {
 impl Exchange {
     /// Starts `parts` (a request without a body) with the fields `extra` writes after its own,
     /// on an idle connection of `worker` to `backend`, or a new one; `now`: the caller's clock
-    /// reading.
+    /// reading. `raw`: the response's fields may stay unparsed, for a server side that writes
+    /// them out as they are (`Body::raw_fields`).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         backend: &Arc<Backend>,
         worker: usize,
         parts: &Parts,
         extra: impl FnOnce(&mut Vec<u8>),
+        raw: bool,
         max_idle: Duration,
         dial: Dial<'_>,
         now: Instant,
@@ -263,6 +268,7 @@ impl Exchange {
             state,
             head,
             method: parts.method.clone(),
+            raw,
             home: Some(Home {
                 backend: backend.clone(),
                 worker,
@@ -332,7 +338,7 @@ impl Future for Exchange {
                 }
                 State::Reading(conn) => {
                     if !conn.buf.is_empty() {
-                        match head::parse(&mut conn.buf, &this.method)? {
+                        match head::parse(&mut conn.buf, &this.method, this.raw)? {
                             head::Parsed::Partial => {}
                             head::Parsed::Informational => continue,
                             head::Parsed::Complete(parsed) => {
@@ -370,6 +376,7 @@ impl Exchange {
         conn.head = std::mem::take(&mut self.head);
         let mut body = Body::new(conn, parsed.framing, parsed.keep_alive, home);
         body.hop_by_hop_removed = parsed.hop_by_hop_removed;
+        body.raw = parsed.raw;
         Ok(parsed.response.map(|()| body))
     }
 }

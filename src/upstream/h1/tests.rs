@@ -95,6 +95,7 @@ async fn exchange(backend: &Arc<Backend>, parts: &Parts) -> Result<Response<Body
         0,
         parts,
         |_| {},
+        false,
         IDLE,
         dial,
         std::time::Instant::now(),
@@ -356,7 +357,7 @@ mod never_panics {
         #[test]
         fn on_any_head(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let mut buf = bytes::BytesMut::from(&bytes[..]);
-            let _ = head::parse(&mut buf, &http::Method::GET);
+            let _ = head::parse(&mut buf, &http::Method::GET, false);
         }
 
         /// Nor on heads that look nearly right: a valid status line, then fields built from
@@ -377,7 +378,7 @@ mod never_panics {
         ) {
             let text = format!("HTTP/1.1 {status} X\r\n{}\r\n\r\nbody", fields.join("\r\n"));
             let mut buf = bytes::BytesMut::from(text.as_bytes());
-            let _ = head::parse(&mut buf, &http::Method::GET);
+            let _ = head::parse(&mut buf, &http::Method::GET, false);
         }
     }
 }
