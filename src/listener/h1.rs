@@ -408,8 +408,8 @@ async fn write_all(io: &mut WatchedIo, parts: &[&[u8]]) -> io::Result<()> {
 /// Encodes the status line and header fields as hyper's HTTP/1 server would for a `GET`: the
 /// length from `Content-Length`, or else the body's exact size, or else chunked; a `Date`;
 /// `Connection: close` when `closing`. A backend's fields left unparsed (`raw`) are written as
-/// they came, names in lower case, except those the map sets (sluice's own, which take their
-/// place). Returns the framing and whether the connection closes after this answer.
+/// they came, names in the backend's case as nginx and HAProxy pass them, except those the map
+/// sets (sluice's own, which take their place). Returns the framing and whether the connection closes after this answer.
 fn encode_head(
     parts: &http::response::Parts,
     raw: Option<&RawFields>,
@@ -443,11 +443,11 @@ fn encode_head(
             k.len() == name.len() && name.eq_ignore_ascii_case(k)
         };
         if !parts.headers.keys().any(set) {
-            fields.add(name, value, true);
+            fields.add(name, value);
         }
     }
     for (name, value) in &parts.headers {
-        fields.add(name.as_str().as_bytes(), value.as_bytes(), false);
+        fields.add(name.as_str().as_bytes(), value.as_bytes());
     }
     let Fields {
         out,
@@ -502,8 +502,8 @@ struct Fields<'a> {
 }
 
 impl Fields<'_> {
-    /// One field; `lower`: the name may have upper-case letters, written in lower case.
-    fn add(&mut self, name: &[u8], value: &[u8], lower: bool) {
+    /// One field, its name as given.
+    fn add(&mut self, name: &[u8], value: &[u8]) {
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
         match name.len() {
             14 if !self.bodiless && is("content-length") => {
@@ -521,11 +521,7 @@ impl Fields<'_> {
             _ => {}
         }
         let out = &mut *self.out;
-        let start = out.len();
         out.extend_from_slice(name);
-        if lower {
-            out[start..].make_ascii_lowercase();
-        }
         out.extend_from_slice(b": ");
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
