@@ -45,21 +45,10 @@ fn echoing_backend() -> (TestBackend, Gate) {
     let handler: Handler = Arc::new(move |req: Request<Incoming>| {
         let (record, held) = (record.clone(), held.clone());
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            let echo = format!("{} {}", parts.method, parts.uri);
-            let path = parts.uri.path().to_string();
-            record.lock().unwrap().push(Seen {
-                method: parts.method,
-                uri: parts.uri,
-                version: parts.version,
-                headers: parts.headers,
-                body,
-            });
+            let seen = Seen::of(req).await;
+            let echo = format!("{} {}", seen.method, seen.uri);
+            let path = seen.uri.path().to_string();
+            record.lock().unwrap().push(seen);
             let response = Response::builder();
             match path.as_str() {
                 "/chunked" => response.body(unsized_body(stream::iter(chunks()))).unwrap(),

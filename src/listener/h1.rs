@@ -302,12 +302,18 @@ async fn respond(
         Framing::Length(n) => n,
         _ => 0,
     };
-    let mut done = matches!(framing, Framing::None | Framing::Length(0));
+    // The exchange ends with the body (in-flight counts, metrics, the access log): dropped as
+    // soon as its last piece is in hand, before that piece goes out, so that a client that has
+    // its answer finds it counted.
+    let mut body = match framing {
+        Framing::None | Framing::Length(0) => None,
+        _ => Some(body),
+    };
     // The head waits in `out` to go out with the body's first piece.
     let mut head_pending = true;
     let mut complete = true;
-    while !done {
-        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+    while let Some(piece) = body.as_mut() {
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut *piece).poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
                 // Nothing to add yet: what there is goes out while the body waits.
@@ -316,7 +322,7 @@ async fn respond(
                     head_pending = false;
                 }
                 io.flush().await?;
-                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                poll_fn(|cx| Pin::new(&mut *piece).poll_frame(cx)).await
             }
         };
         let head: &[u8] = if head_pending { out } else { &[] };
@@ -343,22 +349,24 @@ async fn respond(
                         complete = false;
                     }
                     remaining -= take as u64;
+                    if remaining == 0 || !complete {
+                        body = None;
+                    }
                     write_all(io, &[head, &data[..take]]).await?;
-                    done = remaining == 0 || !complete;
                 }
             }
             None if framing == Framing::Chunked => {
+                body = None;
                 write_all(io, &[head, b"0\r\n\r\n"]).await?;
-                done = true;
             }
             // Cut short, or failed: the client must not take what it got for all of it.
             None | Some(Err(_)) => {
                 if let Some(Err(e)) = frame {
                     tracing::debug!(error = %e, "response body failed");
                 }
-                write_all(io, &[head]).await?;
+                body = None;
                 complete = false;
-                done = true;
+                write_all(io, &[head]).await?;
             }
         }
         head_pending = false;
@@ -367,8 +375,6 @@ async fn respond(
         write_all(io, &[out]).await?;
     }
     io.flush().await?;
-    // The exchange ends with its body: in-flight counts, metrics, the access log.
-    drop(body);
     Ok(complete && !close)
 }
 

@@ -76,21 +76,10 @@ impl GatedBackend {
         let handler: Handler = Arc::new(move |req: Request<Incoming>| {
             let (tag, record, held) = (tag.clone(), record.clone(), held.clone());
             Box::pin(async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let path = parts.uri.path().to_string();
-                let id = parts.headers.get("x-id").cloned();
-                record.lock().unwrap().push(Seen {
-                    method: parts.method,
-                    uri: parts.uri,
-                    version: parts.version,
-                    headers: parts.headers,
-                    body,
-                });
+                let seen = Seen::of(req).await;
+                let path = seen.uri.path().to_string();
+                let id = seen.headers.get("x-id").cloned();
+                record.lock().unwrap().push(seen);
                 let mut response = Response::builder().header("x-backend", tag.as_str());
                 if let Some(id) = id {
                     response = response.header("x-id", id);

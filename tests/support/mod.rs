@@ -50,6 +50,25 @@ pub struct Seen {
     pub body: Bytes,
 }
 
+impl Seen {
+    /// The request, its body read whole.
+    pub async fn of(req: Request<Incoming>) -> Seen {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Seen {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 /// A real HTTP backend on its own thread.
 pub struct TestBackend {
     pub addr: SocketAddr,
@@ -68,19 +87,8 @@ impl TestBackend {
         let handler: Handler = Arc::new(move |req: Request<Incoming>| {
             let (record, tag) = (record.clone(), tag.clone());
             Box::pin(async move {
-                let (parts, body) = req.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                record.lock().unwrap().push(Seen {
-                    method: parts.method,
-                    uri: parts.uri,
-                    version: parts.version,
-                    headers: parts.headers,
-                    body,
-                });
+                let seen = Seen::of(req).await;
+                record.lock().unwrap().push(seen);
                 Response::builder()
                     .header("x-backend", tag.as_str())
                     .body(full(tag))
