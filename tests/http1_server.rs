@@ -587,8 +587,9 @@ fn an_answer_during_shutdown_says_close() {
     );
 }
 
+/// HTTP/1.0 and absolute-form targets are hyper's; `HEAD` is sluice's own side's, like `GET`.
 #[test]
-fn http_1_0_and_head_requests_are_served_by_hyper() {
+fn http_1_0_absolute_targets_and_head_requests_are_answered() {
     let (backend, _) = echoing_backend();
     let sluice = TestSluice::start(&simple_config(&[&backend]));
 
@@ -617,7 +618,8 @@ fn http_1_0_and_head_requests_are_served_by_hyper() {
         assert_eq!(response.text(), format!("GET {path}"));
     }
 
-    // HEAD: the GET's length, no body; the next request's answer follows at once.
+    // HEAD: the GET's length, no body; the next request's answer follows at once (so no body
+    // bytes were sent).
     let mut conn = RawConn::open(sluice.addr());
     conn.send(b"HEAD /head HTTP/1.1\r\nHost: app.test\r\n\r\n");
     let response = conn.head_response();
