@@ -94,6 +94,8 @@ def main():
                 runs[name].append(wrk(port, a.seconds, a.conns, pg[name]))
         res = {n: {"rps": statistics.median(r["rps"] for r in rs),
                    "cpu_us_per_req": statistics.median(r["cpu_us_per_req"] for r in rs),
+                   "user_us": statistics.median(r["user_us"] for r in rs),
+                   "system_us": statistics.median(r["system_us"] for r in rs),
                    "rounds_cpu_us_per_req": [round(r["cpu_us_per_req"], 2) for r in rs],
                    "non2xx": sum(r["non2xx"] for r in rs),
                    "socket_errors": [r["socket_errors"] for r in rs if r["socket_errors"]]}
@@ -106,6 +108,7 @@ def main():
         else:
             for name, r in res.items():
                 print(f"{name:7} {r['rps']:9.0f} req/s  {r['cpu_us_per_req']:7.2f} cpu us/req "
+                      f"(user {r['user_us']:.2f}, system {r['system_us']:.2f}) "
                       f"(rounds {r['rounds_cpu_us_per_req']})  non2xx {r['non2xx']} {' '.join(r['socket_errors'])}")
             print(f"sluice/nginx cpu per request: x{ratio:.3f} (limit x{a.max_ratio:g}): {'PASS' if ok else 'FAIL'}")
             if errors:
