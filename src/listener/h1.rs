@@ -2,7 +2,7 @@
 //! `GET` (and `HEAD`) with no body, no upgrade and no `Expect`. It reads and parses the head, hands the
 //! request to the proxy and writes the answer, without hyper's dispatcher and its header-map
 //! encoder; a backend's answer through sluice's own client (`upstream::h1`) is written from the
-//! fields as they came, with no header map built in between (`RawFields`). Together, 12% fewer
+//! fields as they came, with no header map built in between (`RawFields`). Together, 11% fewer
 //! instructions per small proxied request (`docs/performance.md`).
 //!
 //! Anything else, and anything it cannot parse, goes to hyper's HTTP/1 server with every byte
