@@ -826,6 +826,28 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a client sends, parsing answers and loses nothing: a request with the rest
+        /// of the bytes behind it, a partial head still whole in the buffer, or everything read
+        /// handed on for hyper.
+        #[test]
+        fn parsing_never_panics_or_loses_bytes(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            prefix in proptest::sample::select(vec!["", "GET / HTTP/1.1\r\n", "HEAD /x HTTP/1.1\r\nHost: a\r\n", "GET /a HTTP/1.1\r\nHost: a\r\n\r\n"]),
+        ) {
+            let input = [prefix.as_bytes(), &bytes].concat();
+            let mut buf = BytesMut::from(&input[..]);
+            match parse(&mut buf) {
+                Parsed::Partial => proptest::prop_assert_eq!(&buf[..], &input[..]),
+                Parsed::Other(read) => {
+                    proptest::prop_assert_eq!(&read[..], &input[..]);
+                    proptest::prop_assert!(buf.is_empty());
+                }
+                Parsed::Request(_, _) => proptest::prop_assert!(input.ends_with(&buf)),
+            }
+        }
+    }
+
     #[test]
     fn a_head_request_is_served_here_too() {
         let (_, p) = parsed("HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n");
