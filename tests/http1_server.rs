@@ -80,6 +80,14 @@ fn echoing_backend() -> (TestBackend, Gate) {
     (TestBackend::with_handler("echo", seen, handler), gate)
 }
 
+/// The echoing backend (and its gate) behind a sluice, and a raw connection to that sluice.
+fn echo_sluice() -> (TestBackend, Gate, TestSluice, RawConn) {
+    let (backend, gate) = echoing_backend();
+    let sluice = TestSluice::start(&simple_config(&[&backend]));
+    let conn = RawConn::open(sluice.addr());
+    (backend, gate, sluice, conn)
+}
+
 /// A body of `pieces`, of no length known in advance: hyper sends it chunked.
 fn unsized_body(pieces: impl Stream<Item = Bytes> + Send + Sync + 'static) -> Body {
     let frames = pieces.map(|piece| Ok::<_, Infallible>(Frame::data(piece)));
@@ -222,9 +230,7 @@ fn refuses(addr: SocketAddr) -> bool {
 
 #[test]
 fn keep_alive_serves_many_gets_on_one_connection_and_one_upstream_connection() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     for i in 0..5 {
         conn.send(get_request(&format!("/ka/{i}?q={i}")).as_bytes());
         let response = conn.response();
@@ -255,9 +261,7 @@ fn keep_alive_serves_many_gets_on_one_connection_and_one_upstream_connection() {
 
 #[test]
 fn pipelined_gets_are_answered_in_order() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     let pipelined: String = ["/first", "/second", "/third"]
         .iter()
         .map(|p| get_request(p))
@@ -274,9 +278,7 @@ fn pipelined_gets_are_answered_in_order() {
 /// while the first is answered, and the rest completes it.
 #[test]
 fn a_pipelined_head_split_across_writes_is_completed_and_answered() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     let second = get_request("/second");
     let (start, rest) = second.split_at(12);
     conn.send(format!("{}{start}", get_request("/first")).as_bytes());
@@ -288,9 +290,7 @@ fn a_pipelined_head_split_across_writes_is_completed_and_answered() {
 
 #[test]
 fn a_post_mid_connection_goes_to_hyper_with_its_body_and_the_connection_goes_on() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     conn.send(get_request("/one").as_bytes());
     assert_answer(&conn.response(), "GET /one");
     conn.send(post_request("/two", "hello, body").as_bytes());
@@ -337,9 +337,7 @@ fn a_post_mid_connection_goes_to_hyper_with_its_body_and_the_connection_goes_on(
 /// hyper the `POST` it had already read, body and all, and the requests after it.
 #[test]
 fn a_post_pipelined_behind_a_get_is_handed_to_hyper_whole() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     let pipelined = format!(
         "{}{}{}",
         get_request("/a"),
@@ -359,9 +357,7 @@ fn a_post_pipelined_behind_a_get_is_handed_to_hyper_whole() {
 
 #[test]
 fn connection_close_is_answered_with_close_and_the_connection_ends() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     conn.send(get_request("/warm").as_bytes());
     assert_answer(&conn.response(), "GET /warm");
     // A request pipelined behind the closing one is never served.
@@ -385,9 +381,7 @@ fn connection_close_is_answered_with_close_and_the_connection_ends() {
 
 #[test]
 fn a_body_of_unknown_length_is_sent_chunked_and_the_connection_goes_on() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (_backend, _, _sluice, mut conn) = echo_sluice();
     conn.send(get_request("/chunked").as_bytes());
     let response = conn.response();
     assert_eq!(response.status(), 200, "{response:?}");
@@ -402,9 +396,7 @@ fn a_body_of_unknown_length_is_sent_chunked_and_the_connection_goes_on() {
 /// (a long poll, say), not with the body's first bytes.
 #[test]
 fn a_head_goes_out_while_the_body_waits() {
-    let (backend, gate) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (_backend, gate, _sluice, mut conn) = echo_sluice();
     conn.send(get_request("/late").as_bytes());
     let (status_line, headers) = read_head(&mut conn);
     assert_eq!(status_line, "HTTP/1.1 200 OK");
@@ -454,9 +446,7 @@ fn a_slow_body_is_relayed_as_it_comes() {
 
 #[test]
 fn answers_204_and_304_carry_no_body_and_the_connection_goes_on() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (_backend, _, _sluice, mut conn) = echo_sluice();
 
     conn.send(get_request("/status/204").as_bytes());
     let response = conn.head_response();
@@ -660,9 +650,7 @@ fn a_head_with_too_many_fields_is_handed_off_and_refused() {
 
 #[test]
 fn a_head_arriving_in_pieces_is_answered() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     conn.stream().set_nodelay(true).unwrap();
     let head = "GET /in/pieces?x=1 HTTP/1.1\r\nHost: app.test\r\nX-Long: some value\r\n\r\n";
     // Paced, so that sluice reads the head in pieces rather than whole once it is all there.
@@ -688,9 +676,7 @@ fn a_head_arriving_in_pieces_is_answered() {
 /// its next requests (`listener::REST_AFTER`: a second).
 #[test]
 fn a_handed_off_connection_rests_and_is_served_again() {
-    let (backend, _) = echoing_backend();
-    let sluice = TestSluice::start(&simple_config(&[&backend]));
-    let mut conn = RawConn::open(sluice.addr());
+    let (backend, _, _sluice, mut conn) = echo_sluice();
     conn.send(post_request("/post", "x").as_bytes());
     assert_answer(&conn.response(), "POST /post");
     // Past the rest period: the connection is dormant, then woken by the next request.
