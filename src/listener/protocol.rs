@@ -256,8 +256,8 @@ impl Served {
         }
     }
 
-    /// Whether the connection may go dormant once idle: HTTP/1, not
-    /// already going dormant, and not a WebSocket tunnel (its socket belongs to the tunnel).
+    /// Whether the connection may go dormant once idle: HTTP/1, not already going dormant, and
+    /// not a WebSocket tunnel (its socket belongs to the tunnel).
     pub(super) fn may_rest(&self, state: &ConnState) -> bool {
         matches!(self, Served::Http1(_) | Served::Own(..))
             && !state.dormant.load(Ordering::Relaxed)

@@ -69,9 +69,6 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
     type Error = Infallible;
     type Future = Answer;
 
-    /// Everything up to the upstream exchange is synchronous, so it runs here; the returned
-    /// future only awaits the backend's response head. That keeps the per-request future (boxed,
-    /// as hyper needs one type) small.
     fn call(&self, req: Request<Incoming>) -> Answer {
         self.serve(req)
     }
@@ -79,7 +76,9 @@ impl hyper::service::Service<Request<Incoming>> for Proxy {
 
 impl Proxy {
     /// Serves one request: hyper's (above), or a bodiless one that sluice's own HTTP/1 server
-    /// side read (`listener::h1`).
+    /// side read (`listener::h1`). Everything up to the upstream exchange is synchronous, so it
+    /// runs here; the returned future only awaits the backend's response head. That keeps the
+    /// per-request future (boxed, as hyper needs one type) small.
     pub fn serve<B: ClientBody>(&self, req: Request<B>) -> Answer {
         let mut request = Started::new(&self.0, &req);
         let (mut outgoing, first) = match request.prepare(&self.0, req) {
