@@ -57,10 +57,7 @@ impl<'a> Facts<'a> {
                 facts.codings += 1;
                 facts.coding.get_or_insert(value);
             } else if name == header::UPGRADE {
-                facts.upgrade_h2c |= value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+                facts.upgrade_h2c |= lists(value.as_bytes(), b"h2c");
             }
         }
         facts
@@ -69,6 +66,17 @@ impl<'a> Facts<'a> {
 
 /// Rejects what cannot be forwarded unambiguously. Runs before routing: a rejected request is
 /// never forwarded, and its connection is closed.
+/// The items of a comma-separated field value (RFC 9110 section 5.6.1), trimmed; empty ones
+/// included.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Whether a comma-separated field value lists `token` (case-insensitive).
+pub fn lists(value: &[u8], token: &[u8]) -> bool {
+    list_items(value).any(|item| item.eq_ignore_ascii_case(token))
+}
+
 pub fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
     check_request_with(req, &Facts::of(req.headers()))
 }
@@ -325,8 +333,7 @@ fn remove_connection(headers: &mut HeaderMap) {
     // hide the names it lists. The usual `keep-alive` and `close` allocate nothing.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in connection.remove_entry_mult().1 {
-        for token in value.as_bytes().split(|&b| b == b',') {
-            let token = token.trim_ascii();
+        for token in list_items(value.as_bytes()) {
             if token.is_empty()
                 || token.eq_ignore_ascii_case(b"close")
                 || token.eq_ignore_ascii_case(b"keep-alive")

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::WatchedIo;
 use crate::proxy::body::ResponseBody;
+use crate::proxy::headers::lists;
 use crate::upstream::h1::{parse_length, write_field, RawFields};
 
 /// How the answer's body is framed.
@@ -281,7 +282,7 @@ impl Fields<'_> {
             }
             // The body is framed here.
             17 if is("transfer-encoding") => return,
-            10 if is("connection") => self.listed_close |= has_close(value),
+            10 if is("connection") => self.listed_close |= lists(value, b"close"),
             4 if is("date") => self.wrote_date = true,
             _ => {}
         }
@@ -291,13 +292,6 @@ impl Fields<'_> {
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-}
-
-/// Whether a `Connection` value lists `close`.
-fn has_close(value: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 /// `n` in decimal, in `buf`.

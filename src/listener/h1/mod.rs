@@ -33,6 +33,7 @@ use super::protocol::ServedIo;
 use super::watched::WatchedIo;
 use super::ConnState;
 use crate::proxy::body::NoBody;
+use crate::proxy::headers::lists;
 use crate::proxy::Proxy;
 
 /// How a connection served here ended.
@@ -257,13 +258,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::Other(read);
         }
         if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Parsed::Other(read);
-                }
+            if lists(h.value, b"upgrade") {
+                return Parsed::Other(read);
             }
+            close |= lists(h.value, b"close");
         }
         let name = HeaderName::from_bytes(name);
         let value = HeaderValue::from_maybe_shared(read.slice_ref(h.value));

@@ -218,12 +218,10 @@ fn is_websocket(value: &HeaderValue) -> bool {
 
 /// Some `name` header lists `token` (comma-separated, case-insensitive).
 fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &[u8]) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+    headers
+        .get_all(name)
+        .iter()
+        .any(|value| headers::lists(value.as_bytes(), token))
 }
 
 /// The client's answer to an upgrade request: a backend's 101 opens the tunnel (left in the

@@ -288,7 +288,7 @@ impl Facts {
                 true
             }
             10 if is("connection") => {
-                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                for token in crate::proxy::headers::list_items(value) {
                     let close = token.eq_ignore_ascii_case(b"close");
                     let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
                     self.close |= close;
