@@ -453,7 +453,8 @@ impl Added {
 
     /// Writes them as HTTP/1.1 head fields into `out`, in order, with `request_id`.
     pub fn write(&self, request_id: &HeaderValue, out: &mut Vec<u8>) {
-        let mut field = |name: &HeaderName, value: &[u8]| h1::write_field(out, name, value);
+        let mut field =
+            |name: &HeaderName, value: &[u8]| h1::write_field(out, name.as_str().as_bytes(), value);
         field(&X_FORWARDED_FOR, self.forwarded_for.as_bytes());
         if let Some(proto) = &self.forwarded_proto {
             field(&X_FORWARDED_PROTO, proto.as_bytes());

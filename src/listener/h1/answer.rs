@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{self, HeaderName};
+use http::header::HeaderName;
 use http::{Response, StatusCode};
 use hyper::body::Body;
 use tokio::io::AsyncWriteExt;
@@ -217,8 +217,7 @@ pub(super) fn encode_head(
         // The length a `GET` would have had, when the answer says it and no field did.
         let exact = body.size_hint().exact().filter(|_| !body.is_end_stream());
         if let (None, Some(n)) = (length, exact) {
-            let mut digits = [0u8; 20];
-            write_field(out, &header::CONTENT_LENGTH, decimal(&mut digits, n));
+            write_length(out, n);
         }
         Framing::None
     } else {
@@ -229,8 +228,7 @@ pub(super) fn encode_head(
         };
         match length {
             Some(n) => {
-                let mut digits = [0u8; 20];
-                write_field(out, &header::CONTENT_LENGTH, decimal(&mut digits, n));
+                write_length(out, n);
                 Framing::Length(n)
             }
             None => {
@@ -286,12 +284,14 @@ impl Fields<'_> {
             4 if is("date") => self.wrote_date = true,
             _ => {}
         }
-        let out = &mut *self.out;
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        write_field(self.out, name, value);
     }
+}
+
+/// `content-length: n`.
+fn write_length(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    write_field(out, b"content-length", decimal(&mut digits, n));
 }
 
 /// `n` in decimal, in `buf`.

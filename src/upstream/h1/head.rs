@@ -39,15 +39,15 @@ pub fn encode(parts: &Parts, extra: impl FnOnce(&mut Vec<u8>), host: &str, out: 
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     for (name, value) in &parts.headers {
-        write_field(out, name, value.as_bytes());
+        write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     extra(out);
     out.extend_from_slice(b"\r\n");
 }
 
 /// Appends one head field, `name: value` and its line end.
-pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    out.extend_from_slice(name.as_str().as_bytes());
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -346,7 +346,8 @@ mod tests {
             HeaderName::from_static("x-added"),
             HeaderValue::from_static("2"),
         );
-        let extra = |out: &mut Vec<u8>| write_field(out, &name, value.as_bytes());
+        let extra =
+            |out: &mut Vec<u8>| write_field(out, name.as_str().as_bytes(), value.as_bytes());
         encode(&parts, extra, "10.0.0.1:80", &mut out);
         assert_eq!(
             out,
