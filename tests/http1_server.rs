@@ -152,6 +152,16 @@ fn assert_serves_next(conn: &mut RawConn, path: &str) {
     assert_answer(&response, &format!("GET {path}"));
 }
 
+/// Reads a response head, which must be a `200` with a chunked body.
+fn read_chunked_ok_head(conn: &mut RawConn) {
+    let (status_line, headers) = read_head(conn);
+    assert_eq!(status_line, "HTTP/1.1 200 OK");
+    assert!(
+        headers.contains(&"transfer-encoding: chunked".to_string()),
+        "{headers:?}"
+    );
+}
+
 /// Reads a response's status line and its fields (lower-cased `name: value` lines) off
 /// `conn`, leaving its body unread.
 fn read_head(conn: &mut RawConn) -> (String, Vec<String>) {
@@ -398,12 +408,7 @@ fn a_body_of_unknown_length_is_sent_chunked_and_the_connection_goes_on() {
 fn a_head_goes_out_while_the_body_waits() {
     let (_backend, gate, _sluice, mut conn) = echo_sluice();
     conn.send(get_request("/late").as_bytes());
-    let (status_line, headers) = read_head(&mut conn);
-    assert_eq!(status_line, "HTTP/1.1 200 OK");
-    assert!(
-        headers.contains(&"transfer-encoding: chunked".to_string()),
-        "{headers:?}"
-    );
+    read_chunked_ok_head(&mut conn);
     assert_eq!(gate.arrived(), 1, "the body was made already");
     gate.open();
     assert_eq!(read_chunked(&mut conn), b"late");
@@ -419,12 +424,7 @@ fn a_slow_body_is_relayed_as_it_comes() {
     let sluice = TestSluice::start(&config_with(&[backend.addr()], "", "", ""));
     let mut conn = RawConn::open(sluice.addr());
     conn.send(get_request("/stream").as_bytes());
-    let (status_line, headers) = read_head(&mut conn);
-    assert_eq!(status_line, "HTTP/1.1 200 OK");
-    assert!(
-        headers.contains(&"transfer-encoding: chunked".to_string()),
-        "{headers:?}"
-    );
+    read_chunked_ok_head(&mut conn);
     let chunks = stream_chunks("slow");
     let mut body = Vec::new();
     while body.len() < chunks[0].len() {
