@@ -511,6 +511,38 @@ fn a_304_keeps_its_length_and_has_no_body() {
     }
 }
 
+/// A backend's own `X-Request-Id` fields (in any case) give way to sluice's one, the request's
+/// id, on sluice's own side where the backend's fields are written as they came.
+#[test]
+fn the_request_id_replaces_the_backends_own() {
+    let backend = raw_backend(|_| {
+        "HTTP/1.1 200 OK\r\nX-Request-ID: from-backend\r\nServer: raw\r\n\
+         x-request-id: again\r\nContent-Length: 2\r\n\r\nok"
+            .to_string()
+    });
+    let sluice = TestSluice::start(&config_with(&[backend], "", "", ""));
+    let mut conn = RawConn::open(sluice.addr());
+    let ids = |response: &RawResponse| -> Vec<String> {
+        let named = response.headers.iter().filter(|(n, _)| n == "x-request-id");
+        named.map(|(_, v)| v.clone()).collect()
+    };
+    conn.send(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: client-7\r\n\r\n");
+    let response = conn.response();
+    assert_eq!(response.text(), "ok");
+    assert_eq!(ids(&response), ["client-7"], "{response:?}");
+    assert_eq!(response.header("server"), Some("raw"), "{response:?}");
+
+    conn.send(get_request("/").as_bytes());
+    let response = conn.response();
+    let generated = ids(&response);
+    assert_eq!(generated.len(), 1, "{response:?}");
+    assert_eq!(generated[0].len(), 32, "{response:?}");
+    assert!(
+        generated[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{response:?}"
+    );
+}
+
 /// A client that leaves while its `GET` waits at a slow backend: the request is dropped and
 /// counted as 499, and sluice serves the next client as before.
 #[test]

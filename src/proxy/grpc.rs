@@ -34,10 +34,9 @@ pub enum Code {
 
 /// Whether the request is a gRPC call: its content type is `application/grpc` or one of its
 /// subtypes (`application/grpc+proto`, `application/grpc-web`...).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// Whether a `Content-Type` value names gRPC (`headers::Facts::grpc`).
+pub fn is_grpc_type(value: &HeaderValue) -> bool {
+    value.as_bytes().starts_with(b"application/grpc")
 }
 
 /// The gRPC status for a failure sluice answers itself. The HTTP status the failure would
@@ -167,9 +166,10 @@ mod tests {
             ("text/plain", false),
         ];
         for (ct, want) in cases {
-            assert_eq!(is_grpc(&headers(&[("content-type", ct)])), want, "{ct}");
+            let facts = crate::proxy::headers::Facts::of(&headers(&[("content-type", ct)]));
+            assert_eq!(facts.grpc, want, "{ct}");
         }
-        assert!(!is_grpc(&HeaderMap::new()));
+        assert!(!crate::proxy::headers::Facts::of(&HeaderMap::new()).grpc);
     }
 
     #[test]

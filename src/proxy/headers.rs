@@ -15,23 +15,30 @@ use crate::upstream::h1;
 pub mod trace;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `Strict-Transport-Security`, as a static (sluice sets it by reference, `RawFields::set`).
+pub static STRICT_TRANSPORT_SECURITY: HeaderName = header::STRICT_TRANSPORT_SECURITY;
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// What one pass over a request's headers found: everything the checks need, so no header is
-/// looked up twice.
+/// What one pass over a request's headers found: everything the checks and the request's
+/// start need, so no header is looked up twice. Owned (the values are shared, not copied), so
+/// that the request can change and move while they are kept.
 #[derive(Debug, Default)]
-pub struct Facts<'a> {
+pub struct Facts {
     pub hosts: usize,
-    pub host: Option<&'a HeaderValue>,
+    pub host: Option<HeaderValue>,
     lengths: usize,
-    length: Option<&'a HeaderValue>,
+    length: Option<HeaderValue>,
     codings: usize,
-    coding: Option<&'a HeaderValue>,
+    coding: Option<HeaderValue>,
     upgrade_h2c: bool,
+    /// The first `x-request-id`.
+    pub request_id: Option<HeaderValue>,
+    /// `Content-Type` names gRPC (`grpc::is_grpc`).
+    pub grpc: bool,
     /// The hop-by-hop headers present (what stripping has to remove).
     pub hop_by_hop: HopByHop,
     /// The headers sluice sets itself that the request arrived with.
@@ -40,24 +47,30 @@ pub struct Facts<'a> {
     pub head_bytes: usize,
 }
 
-impl<'a> Facts<'a> {
-    pub fn of(headers: &'a HeaderMap) -> Facts<'a> {
+impl Facts {
+    pub fn of(headers: &HeaderMap) -> Facts {
         let mut facts = Facts::default();
         for (name, value) in headers {
             facts.head_bytes += name.as_str().len() + value.len() + 4;
             facts.hop_by_hop.add(name);
+            let before = facts.own;
             facts.own.add(name);
+            if !before.has(Own::REQUEST_ID) && facts.own.has(Own::REQUEST_ID) {
+                facts.request_id = Some(value.clone());
+            }
             if name == header::HOST {
                 facts.hosts += 1;
-                facts.host.get_or_insert(value);
+                facts.host.get_or_insert_with(|| value.clone());
             } else if name == header::CONTENT_LENGTH {
                 facts.lengths += 1;
-                facts.length.get_or_insert(value);
+                facts.length.get_or_insert_with(|| value.clone());
             } else if name == header::TRANSFER_ENCODING {
                 facts.codings += 1;
-                facts.coding.get_or_insert(value);
+                facts.coding.get_or_insert_with(|| value.clone());
             } else if name == header::UPGRADE {
                 facts.upgrade_h2c |= lists(value.as_bytes(), b"h2c");
+            } else if name == header::CONTENT_TYPE && !facts.grpc {
+                facts.grpc = super::grpc::is_grpc_type(value);
             }
         }
         facts
@@ -82,7 +95,7 @@ pub fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
 }
 
 /// `check_request` with the header facts already gathered.
-pub fn check_request_with<B>(req: &Request<B>, facts: &Facts<'_>) -> Result<(), ProxyError> {
+pub fn check_request_with<B>(req: &Request<B>, facts: &Facts) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::BadRequest("CONNECT is not supported\n"));
     }
@@ -95,7 +108,7 @@ pub fn check_request_with<B>(req: &Request<B>, facts: &Facts<'_>) -> Result<(), 
     // Whatever names the host becomes the upstream `Host` and `X-Forwarded-Host`: it must be a
     // plain host[:port] (no userinfo, no spaces), whether it came from `Host`, an absolute-form
     // target or HTTP/2's `:authority`.
-    if let Some(host) = facts.host {
+    if let Some(host) = &facts.host {
         if !valid_host(host.as_bytes()) {
             return Err(ProxyError::BadRequest("invalid Host header\n"));
         }
@@ -122,10 +135,10 @@ fn valid_host(host: &[u8]) -> bool {
 
 fn check_h1_framing<B>(
     req: &Request<B>,
-    facts: &Facts<'_>,
+    facts: &Facts,
     version: Version,
 ) -> Result<(), ProxyError> {
-    match facts.host {
+    match &facts.host {
         None if version == Version::HTTP_11 => {
             return Err(ProxyError::BadRequest("missing Host header\n"))
         }
@@ -157,13 +170,13 @@ fn check_h1_framing<B>(
             "more than one Content-Length header\n",
         ));
     }
-    if let Some(len) = facts.length {
+    if let Some(len) = &facts.length {
         let digits = len.as_bytes();
         if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
             return Err(ProxyError::BadRequest("invalid Content-Length\n"));
         }
     }
-    if let Some(te) = facts.coding {
+    if let Some(te) = &facts.coding {
         if facts.length.is_some() {
             return Err(ProxyError::BadRequest(
                 "both Content-Length and Transfer-Encoding\n",
@@ -183,8 +196,8 @@ fn check_h1_framing<B>(
 
 /// HTTP/2 carries the host in `:authority`; a `Host` header that disagrees makes the request
 /// ambiguous.
-fn check_h2_authority<B>(req: &Request<B>, facts: &Facts<'_>) -> Result<(), ProxyError> {
-    if let (Some(host), Some(authority)) = (facts.host, req.uri().authority()) {
+fn check_h2_authority<B>(req: &Request<B>, facts: &Facts) -> Result<(), ProxyError> {
+    if let (Some(host), Some(authority)) = (&facts.host, req.uri().authority()) {
         if !host
             .as_bytes()
             .eq_ignore_ascii_case(authority.as_str().as_bytes())

@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
@@ -80,8 +80,9 @@ impl Proxy {
     /// runs here; the returned future only awaits the backend's response head. That keeps the
     /// per-request future (boxed, as hyper needs one type) small.
     pub fn serve<B: ClientBody>(&self, req: Request<B>) -> Answer {
-        let mut request = Started::new(&self.0, &req);
-        let (mut outgoing, first) = match request.prepare(&self.0, req) {
+        let facts = headers::Facts::of(req.headers());
+        let mut request = Started::new(&self.0, &req, &facts);
+        let (mut outgoing, first) = match request.prepare(&self.0, req, facts) {
             Ok(prepared) => prepared,
             Err(e) => return Box::pin(std::future::ready(Ok(request.fail(&e)))),
         };
@@ -168,13 +169,13 @@ struct Started {
 }
 
 impl Started {
-    fn new<B>(ctx: &ConnContext, req: &Request<B>) -> Started {
+    fn new<B>(ctx: &ConnContext, req: &Request<B>, facts: &headers::Facts) -> Started {
         let version = req.version();
         let active = ctx.conn.request_started(version == Version::HTTP_2);
         let snapshot = ctx.shared.request_snapshot();
         // `usize::MAX` when a reload removed the listener while this connection drains.
         let listener = snapshot.listener_index(ctx.listener).unwrap_or(usize::MAX);
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
+        let request_id = match &facts.request_id {
             Some(id) if !id.is_empty() && id.len() <= 200 => headers::detach(id),
             _ => headers::new_request_id(),
         };
@@ -209,7 +210,7 @@ impl Started {
             listener,
             version,
             request_id,
-            grpc: grpc::is_grpc(req.headers()),
+            grpc: facts.grpc,
             exchange: Exchange::new(active, &snapshot, listener, log),
             snapshot,
         }
@@ -220,6 +221,7 @@ impl Started {
         &mut self,
         ctx: &ConnContext,
         mut req: Request<B>,
+        facts: headers::Facts,
     ) -> Result<(Outgoing, Attempt), ProxyError> {
         // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
         if self.version != Version::HTTP_2 {
@@ -234,7 +236,6 @@ impl Started {
         // RFC 8441: an HTTP/2 WebSocket arrives as `CONNECT` with `:protocol websocket`; from
         // here on it is the `GET` it goes to the backend as.
         let connect = upgrade::Pending::connect(&mut req, &ctx.runner);
-        let facts = headers::Facts::of(req.headers());
         let trace = match facts.own.traceparent() {
             true => trace::Incoming::of(req.headers()),
             false => trace::Incoming::Missing,
@@ -248,7 +249,7 @@ impl Started {
             return Err(redirect_https(&req));
         }
         let (hop_by_hop, own) = (facts.hop_by_hop, facts.own);
-        let host_header = facts.host.cloned();
+        let host_header = facts.host;
 
         let host = match &host_header {
             Some(h) => h.to_str().ok(),
@@ -515,12 +516,9 @@ impl Started {
                 if self.grpc && self.version != Version::HTTP_2 {
                     grpc::announce_trailers(response.headers_mut());
                 }
-                response
-                    .headers_mut()
-                    .insert(X_REQUEST_ID.clone(), self.request_id);
+                set_own(&mut response, &X_REQUEST_ID, self.request_id);
                 if let Some(hsts) = self.hsts {
-                    let headers = response.headers_mut();
-                    headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+                    set_own(&mut response, &headers::STRICT_TRANSPORT_SECURITY, hsts);
                 }
                 self.exchange.set_status(response.status());
                 if let Some(log) = self.exchange.log_mut() {
@@ -553,6 +551,23 @@ impl Started {
         }
         response
     }
+}
+
+/// Sets a field of sluice's own in a backend's answer: in its unparsed fields when they were
+/// left so (`RawFields::set`, no map made for it), else in its map.
+fn set_own(response: &mut forward::BackendResponse, name: &'static HeaderName, value: HeaderValue) {
+    let raw = match response.body_mut() {
+        FromBackend::H1(body) => body.raw_fields_mut(),
+        _ => None,
+    };
+    let value = match raw {
+        Some(raw) => match raw.set(name, value) {
+            Ok(()) => return,
+            Err(value) => value,
+        },
+        None => value,
+    };
+    response.headers_mut().insert(name.clone(), value);
 }
 
 /// Limits hyper does not enforce the way the SPEC wants: URI length (414) and head size (431).

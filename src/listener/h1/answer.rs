@@ -200,6 +200,9 @@ pub(super) fn encode_head(
             fields.add(name, value);
         }
     }
+    for (name, value) in raw.into_iter().flat_map(RawFields::set_fields) {
+        fields.add(name, value);
+    }
     for (name, value) in &parts.headers {
         fields.add(name.as_str().as_bytes(), value.as_bytes());
     }

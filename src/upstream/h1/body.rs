@@ -78,6 +78,11 @@ impl Body {
         self.raw.take()
     }
 
+    /// The response's fields, unparsed, if they were left so: for sluice to set its own.
+    pub fn raw_fields_mut(&mut self) -> Option<&mut super::RawFields> {
+        self.raw.as_deref_mut()
+    }
+
     /// The body has been read to its end: the connection can serve the next request, if it
     /// holds nothing beyond this response.
     fn release(&mut self) {

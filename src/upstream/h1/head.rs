@@ -95,21 +95,70 @@ pub struct RawFields {
     head: Bytes,
     count: usize,
     spans: [[u32; 4]; RAW_FIELDS],
+    /// Fields sluice sets in the answer (`x-request-id`, HSTS), in place of any of the
+    /// backend's with the same name: kept here rather than in a map made for them alone (two
+    /// allocations per answer).
+    set: [Option<(&'static HeaderName, HeaderValue)>; SET_FIELDS],
 }
+
+/// How many fields sluice may set in an answer whose fields stay unparsed.
+const SET_FIELDS: usize = 2;
 
 /// The most fields a head left unparsed may keep; heads with more are parsed into the map.
 const RAW_FIELDS: usize = 32;
 
 impl RawFields {
-    /// The fields, `(name, value)`, in the backend's order.
+    /// The backend's fields, `(name, value)`, in its order; those sluice sets too are left out.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans[..self.count].iter().map(|&[ns, ne, vs, ve]| {
-            (
-                &self.head[ns as usize..ne as usize],
-                &self.head[vs as usize..ve as usize],
-            )
+        self.spans[..self.count]
+            .iter()
+            .map(|&[ns, ne, vs, ve]| {
+                (
+                    &self.head[ns as usize..ne as usize],
+                    &self.head[vs as usize..ve as usize],
+                )
+            })
+            .filter(|(name, _)| !self.is_set(name))
+    }
+
+    /// Sets `name` (lowercase, as `HeaderName`s are) to `value` in the answer, in place of the
+    /// backend's fields of that name. The value comes back when there is no room (the caller
+    /// then uses the map).
+    pub fn set(
+        &mut self,
+        name: &'static HeaderName,
+        value: HeaderValue,
+    ) -> Result<(), HeaderValue> {
+        match self.set.iter_mut().find(|slot| slot.is_none()) {
+            Some(slot) => {
+                *slot = Some((name, value));
+                Ok(())
+            }
+            None => Err(value),
+        }
+    }
+
+    /// Whether sluice set a field of this name (`set`).
+    fn is_set(&self, name: &[u8]) -> bool {
+        self.set.iter().any(|field| {
+            field
+                .as_ref()
+                .is_some_and(|(set, _)| same_name(set.as_str().as_bytes(), name))
         })
     }
+
+    /// The fields sluice set (`set`), `(name, value)`.
+    pub fn set_fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.set
+            .iter()
+            .flatten()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+    }
+}
+
+/// `name` is `lower` (a lowercase name), in any case.
+fn same_name(lower: &[u8], name: &[u8]) -> bool {
+    lower.len() == name.len() && name.eq_ignore_ascii_case(lower)
 }
 
 /// Parses the response head at the start of `buf`; a complete head is split off `buf` (its
@@ -177,6 +226,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, E
             head,
             count: 0,
             spans: [[0; 4]; RAW_FIELDS],
+            set: [const { None }; SET_FIELDS],
         });
         for span in kept {
             fields.spans[fields.count] = span;
@@ -489,6 +539,34 @@ mod tests {
         let head = raw(&format!("HTTP/1.1 204 No Content\r\n{many}\r\n"));
         assert!(head.raw.is_none());
         assert_eq!(head.response.headers().len(), RAW_FIELDS + 1);
+    }
+
+    #[test]
+    fn fields_sluice_sets_take_the_place_of_the_backends() {
+        static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        static HSTS: HeaderName = HeaderName::from_static("strict-transport-security");
+        static OTHER: HeaderName = HeaderName::from_static("x-other");
+        let mut head = raw("HTTP/1.1 200 OK\r\nX-Request-ID: backend\r\nServer: x\r\n\
+             x-request-id: again\r\nContent-Length: 0\r\n\r\n");
+        let fields = head.raw.as_mut().unwrap();
+        fields
+            .set(&REQUEST_ID, HeaderValue::from_static("mine"))
+            .unwrap();
+        fields
+            .set(&HSTS, HeaderValue::from_static("max-age=1"))
+            .unwrap();
+        // Room for sluice's own fields only: a third comes back.
+        let refused = fields.set(&OTHER, HeaderValue::from_static("v"));
+        assert_eq!(refused, Err(HeaderValue::from_static("v")));
+        let kept: Vec<_> = fields.iter().collect();
+        let expected: [(&[u8], &[u8]); 2] = [(b"Server", b"x"), (b"Content-Length", b"0")];
+        assert_eq!(kept, expected);
+        let set: Vec<_> = fields.set_fields().collect();
+        let expected: [(&[u8], &[u8]); 2] = [
+            (b"x-request-id", b"mine"),
+            (b"strict-transport-security", b"max-age=1"),
+        ];
+        assert_eq!(set, expected);
     }
 
     #[test]
