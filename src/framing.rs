@@ -134,6 +134,26 @@ impl Scanner {
         }
     }
 
+    /// sluice's own HTTP/1 side (`listener::h1`) reads the heads from here on, and the scanner
+    /// sees only the bytes it hands to hyper, from the start of a head. Possible only between
+    /// heads, with no verdict waiting: then the connection is no longer fresh (the HTTP/2
+    /// preface can only open it) and the limits come back, for that side to hand any head past
+    /// them to hyper (and so to the scanner, which refuses it). `None`: the scanner must go on
+    /// seeing every byte.
+    pub fn step_aside(&mut self) -> Option<Limits> {
+        let between_heads = self.state == State::Head
+            && self.line.is_empty()
+            && !self.line_cut
+            && self.head.bytes == 0
+            && self.head.lines == 0
+            && self.verdicts.is_empty();
+        if !between_heads {
+            return None;
+        }
+        self.fresh = false;
+        Some(self.limits)
+    }
+
     /// The verdict on the next request head, in arrival order. `None` when the scanner has no
     /// complete head on record: the request cannot be vouched for.
     pub fn take_verdict(&mut self) -> Option<Verdict> {
@@ -388,6 +408,36 @@ mod tests {
     fn verdicts(input: &[u8]) -> Vec<Verdict> {
         let mut s = scan(input);
         std::iter::from_fn(|| s.take_verdict()).take(10).collect()
+    }
+
+    #[test]
+    fn the_scanner_steps_aside_only_between_heads() {
+        let limits = Limits {
+            max_head: 100,
+            max_request_line: 50,
+        };
+        let mut s = Scanner::new(limits);
+        let got = s.step_aside().expect("a new connection is between heads");
+        assert_eq!((got.max_head, got.max_request_line), (100, 50));
+        // No longer fresh: the preface cannot turn checking off after the first head.
+        s.feed(b"PRI * HTTP/2.0\r\n\r\n");
+        assert_ne!(s.state, State::Off);
+
+        let refuses = |bytes: &[u8]| {
+            let mut s = Scanner::default();
+            s.feed(bytes);
+            s.step_aside().is_none()
+        };
+        // A verdict not yet taken; part of a head; a body still to come.
+        assert!(refuses(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(refuses(b"GET / HTTP/1.1\r\nHo"));
+        assert!(refuses(b"GET / HTTP/1.1\r\n"));
+        let mut s = Scanner::default();
+        s.feed(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\na");
+        assert_eq!(s.take_verdict(), Some(Ok(())));
+        assert!(s.step_aside().is_none());
+        s.feed(b"bc");
+        assert!(s.step_aside().is_some());
     }
 
     #[test]

@@ -483,6 +483,56 @@ fn a_bad_head_pipelined_behind_a_good_one_is_refused_after_it() {
     assert_eq!(seen[0].uri, "/first");
 }
 
+/// sluice's own HTTP/1 side serves bodiless `GET`s without the framing scanner, and hands any
+/// other head to hyper from its first byte: the scanner still judges every one of those, after
+/// any number of `GET`s, in separate reads or pipelined behind them.
+#[test]
+fn heads_after_gets_served_by_sluices_own_side_are_still_scanned() {
+    let backend = TestBackend::start("app");
+    let sluice = TestSluice::start(&config_with(
+        &[backend.addr],
+        "",
+        "max_uri_bytes = 1024",
+        "",
+    ));
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
+
+    // `Content-Length` with `Transfer-Encoding`: hyper alone would drop the length and forward.
+    let mut conn = RawConn::open(sluice.addr());
+    for path in ["/one", "/two"] {
+        conn.send(get(path).as_bytes());
+        assert_eq!(conn.response().status(), 200);
+    }
+    conn.send(
+        b"POST /smuggled HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_local_answer(
+        &conn.response(),
+        400,
+        "both content-length and transfer-encoding",
+    );
+    assert_eq!(conn.rest(), (String::new(), true));
+
+    // A head past a limit, pipelined behind a `GET` in one write, and in a read of its own.
+    for pipelined in [true, false] {
+        let mut conn = RawConn::open(sluice.addr());
+        let long = get(&format!("/{}", "u".repeat(2000)));
+        match pipelined {
+            true => conn.send(format!("{}{long}", get("/three")).as_bytes()),
+            false => conn.send(get("/three").as_bytes()),
+        }
+        assert_eq!(conn.response().status(), 200);
+        if !pipelined {
+            conn.send(long.as_bytes());
+        }
+        assert_local_answer(&conn.response(), 414, "too long");
+        assert_eq!(conn.rest(), (String::new(), true));
+    }
+    let seen: Vec<String> = backend.seen().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(seen, ["/one", "/two", "/three", "/three"]);
+}
+
 /// Bytes that hyper reads as chunked trailers must not look like request heads to sluice's own
 /// framing scanner, or a later refused request could slip through under another's verdict.
 #[test]

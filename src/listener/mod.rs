@@ -122,6 +122,12 @@ impl ConnState {
             )))
     }
 
+    /// sluice's own HTTP/1 side takes the heads from here on (`framing::Scanner::step_aside`).
+    pub fn scanner_step_aside(&self) -> Option<framing::Limits> {
+        let mut scanner = self.framing.lock().unwrap_or_else(|e| e.into_inner());
+        scanner.step_aside()
+    }
+
     /// The connection becomes a tunnel (`proxy::upgrade`): its bytes bypass the framing scanner.
     pub fn open_tunnel(&self) {
         self.tunnel.store(true, Ordering::Relaxed);
@@ -500,6 +506,7 @@ async fn serve(
         refusal: Vec::new(),
         replay: first,
         scan_replay: true,
+        scanning: true,
     });
     let mut conn = Served::new(settings, protocol, io, Proxy(Arc::new(ctx)));
     let mut stopping = pin!(shutdown.cancelled());

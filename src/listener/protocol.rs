@@ -178,7 +178,7 @@ impl Served {
         match protocol {
             Protocol::Http1 => {
                 let state = io.inner().state.clone();
-                Served::Own(h1::serve(io, proxy, max_head(&settings.settings)), state)
+                Served::Own(h1::serve(io, proxy), state)
             }
             Protocol::Http2 => Served::Http2(Box::pin(settings.http2.serve_connection(io, proxy))),
         }

@@ -106,6 +106,7 @@ async fn socket_pair() -> (WatchedIo, TcpStream) {
         refusal: Vec::new(),
         replay: bytes::Bytes::new(),
         scan_replay: false,
+        scanning: true,
     };
     (io, client)
 }

@@ -33,6 +33,10 @@ pub(super) struct WatchedIo {
     /// The replayed bytes have not been through the framing scanner yet (the first bytes;
     /// a dormant connection's went through it when hyper read them).
     pub(super) scan_replay: bool,
+    /// The framing scanner sees the bytes read. Not while sluice's own HTTP/1 side reads the
+    /// heads itself (`listener::h1`): it hands hyper every byte from the start of the head it
+    /// does not serve, to be scanned then (`scan_replay`).
+    pub(super) scanning: bool,
 }
 
 impl WatchedIo {
@@ -107,7 +111,7 @@ impl AsyncRead for WatchedIo {
                 // Even empty, the `Bytes` holds its whole buffer.
                 this.replay = bytes::Bytes::new();
             }
-            if !this.scan_replay {
+            if !this.scan_replay || !this.scanning {
                 this.state.on_read();
                 return Poll::Ready(Ok(()));
             }
@@ -120,8 +124,12 @@ impl AsyncRead for WatchedIo {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if buf.filled().len() > before && this.scan(buf, before) {
-            return Poll::Ready(Ok(()));
+        if buf.filled().len() > before {
+            if !this.scanning {
+                this.state.on_read();
+            } else if this.scan(buf, before) {
+                return Poll::Ready(Ok(()));
+            }
         }
         result
     }

@@ -42,12 +42,17 @@ pub trait ClientBody: Body + Send + 'static {
     /// came (`ResponseBody::take_raw_fields`), without a header map in between.
     const RAW_FIELDS: bool;
 
+    /// The server side that reads these requests checked their framing itself, and the
+    /// framing scanner has no verdict on them (`framing::Scanner::step_aside`).
+    const VOUCHED: bool;
+
     /// hyper's body, to stream to the backend; `None` when there is none.
     fn into_incoming(self) -> Option<Incoming>;
 }
 
 impl ClientBody for Incoming {
     const RAW_FIELDS: bool = false;
+    const VOUCHED: bool = false;
 
     fn into_incoming(self) -> Option<Incoming> {
         Some(self)
@@ -59,6 +64,7 @@ pub type NoBody = http_body_util::Empty<Bytes>;
 
 impl ClientBody for NoBody {
     const RAW_FIELDS: bool = true;
+    const VOUCHED: bool = true;
 
     fn into_incoming(self) -> Option<Incoming> {
         None

@@ -223,8 +223,9 @@ impl Started {
         mut req: Request<B>,
         facts: headers::Facts,
     ) -> Result<(Outgoing, Attempt), ProxyError> {
-        // Every HTTP/1 head has a framing verdict, taken in order, whatever happens next.
-        if self.version != Version::HTTP_2 {
+        // Every HTTP/1 head hyper read has a framing verdict, taken in order, whatever happens
+        // next. (sluice's own side checks the heads it serves itself.)
+        if self.version != Version::HTTP_2 && !B::VOUCHED {
             ctx.conn.framing_verdict()?;
         }
         let snapshot = &self.snapshot;

@@ -32,6 +32,7 @@ use self::answer::respond;
 use super::protocol::ServedIo;
 use super::watched::WatchedIo;
 use super::ConnState;
+use crate::framing::Limits;
 use crate::proxy::body::NoBody;
 use crate::proxy::headers::lists;
 use crate::proxy::Proxy;
@@ -49,14 +50,13 @@ pub(super) enum Ended {
 
 pub(super) type Serving = Pin<Box<dyn Future<Output = Ended> + Send>>;
 
-/// Serves HTTP/1.1 on `io` until the connection ends or needs hyper. `max_head`: the most bytes
-/// a head may take before hyper is left to refuse it (hyper's `max_buf_size`).
-pub(super) fn serve(io: ServedIo, proxy: Proxy, max_head: usize) -> Serving {
+/// Serves HTTP/1.1 on `io` until the connection ends or needs hyper.
+pub(super) fn serve(io: ServedIo, proxy: Proxy) -> Serving {
     io.inner()
         .state
         .winding_down
         .store(false, Ordering::Relaxed);
-    Box::pin(run(io, proxy, max_head))
+    Box::pin(run(io, proxy))
 }
 
 /// What a first read allocates, as hyper's does; heads of up to `max_head` grow it.
@@ -65,8 +65,18 @@ const READ_BUFFER: usize = 8192;
 /// The most header fields a head read here may have (hyper's default too).
 const MAX_HEADERS: usize = 100;
 
-async fn run(mut io: ServedIo, proxy: Proxy, max_head: usize) -> Ended {
+async fn run(mut io: ServedIo, proxy: Proxy) -> Ended {
     let state = io.inner().state.clone();
+    // This side reads the heads itself, and the framing scanner sees only what it hands to
+    // hyper: the heads served here have no body, so between them the scanner has nothing to
+    // follow (and no verdict to give: `ClientBody::VOUCHED`). Unless the scanner is in the middle
+    // of something, or the bytes waiting went through it already (hyper read them): then hyper
+    // serves on.
+    let unscanned = io.inner().replay.is_empty() || io.inner().scan_replay;
+    let Some(limits) = unscanned.then(|| state.scanner_step_aside()).flatten() else {
+        return Ended::HandOff(io, proxy);
+    };
+    io.inner_mut().scanning = false;
     let mut buf = BytesMut::new();
     take_replay(io.inner_mut(), &mut buf);
     let mut out = Vec::new();
@@ -76,9 +86,9 @@ async fn run(mut io: ServedIo, proxy: Proxy, max_head: usize) -> Ended {
             if buf.is_empty() && state.winding_down.load(Ordering::Relaxed) {
                 return wind_down(io, proxy, &state).await;
             }
-            match parse(&mut buf) {
+            match parse(&mut buf, &limits) {
                 Parsed::Request(request, close) => break (request, close),
-                Parsed::Partial if buf.len() < max_head => {}
+                Parsed::Partial if buf.len() <= limits.max_head => {}
                 Parsed::Partial => return hand_off(io, proxy, buf.split().freeze()),
                 Parsed::Other(read) => return hand_off(io, proxy, read),
             }
@@ -126,9 +136,13 @@ async fn run(mut io: ServedIo, proxy: Proxy, max_head: usize) -> Ended {
 }
 
 /// The connection was asked to wind down while idle: rest or close.
-async fn wind_down(io: ServedIo, proxy: Proxy, state: &ConnState) -> Ended {
+async fn wind_down(mut io: ServedIo, proxy: Proxy, state: &ConnState) -> Ended {
     match state.dormant.load(Ordering::Relaxed) {
-        true => Ended::Rest(io, proxy),
+        true => {
+            // Whoever serves it next reads through the scanner, unless it steps aside again.
+            io.inner_mut().scanning = true;
+            Ended::Rest(io, proxy)
+        }
         false => shut(io).await,
     }
 }
@@ -139,17 +153,19 @@ async fn shut(mut io: ServedIo) -> Ended {
     Ended::Closed
 }
 
-/// hyper takes over: it reads `read` first (scanned already: the socket's replay was all
-/// taken at the start, `take_replay`).
+/// hyper takes over: it reads `read` first, from the start of the head this side did not
+/// serve, and the framing scanner sees every byte from there on, as if it had never stepped
+/// aside (`run`).
 fn hand_off(mut io: ServedIo, proxy: Proxy, read: Bytes) -> Ended {
     let inner = io.inner_mut();
     inner.replay = read;
-    inner.scan_replay = false;
+    inner.scan_replay = true;
+    inner.scanning = true;
     Ended::HandOff(io, proxy)
 }
 
-/// Takes the bytes read before this side had the connection (to find its protocol, or by
-/// hyper before it rested) into `buf`, through the socket's scanner.
+/// Takes the bytes read before this side had the connection (to find its protocol) into
+/// `buf`.
 fn take_replay(io: &mut WatchedIo, buf: &mut BytesMut) {
     let mut cx = Context::from_waker(Waker::noop());
     while !io.replay.is_empty() {
@@ -213,8 +229,9 @@ enum Parsed {
 
 /// Parses the request head at the start of `buf`. A head this side serves is taken off `buf`
 /// (its fields share the bytes read, nothing is copied); one it does not leaves `buf` empty
-/// and comes back with everything read.
-fn parse(buf: &mut BytesMut) -> Parsed {
+/// and comes back with everything read. So does a head that may be past the framing scanner's
+/// `limits`, for the scanner to refuse.
+fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
     // Frozen, so that the fields can share it: most heads arrive whole, and what follows them
     // (rarely anything) goes back to `buf`.
     let read = buf.split().freeze();
@@ -241,6 +258,12 @@ fn parse(buf: &mut BytesMut) -> Parsed {
     let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
         return Parsed::Other(read);
     };
+    // The request line as the scanner counts it, line end included (leading empty lines, which
+    // it leaves out, are in `len`: near a limit, the head is the scanner's to judge).
+    let request_line = method.as_str().len() + path.len() + "  HTTP/1.1\r\n".len();
+    if len > limits.max_head || request_line > limits.max_request_line {
+        return Parsed::Other(read);
+    }
     let Ok(uri) = Uri::from_maybe_shared(read.slice_ref(path.as_bytes())) else {
         return Parsed::Other(read);
     };

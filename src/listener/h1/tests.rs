@@ -134,7 +134,7 @@ fn closing_says_so_once() {
 
 fn parsed(text: &str) -> (BytesMut, Parsed) {
     let mut buf = BytesMut::from(text);
-    let parsed = parse(&mut buf);
+    let parsed = parse(&mut buf, &Limits::NONE);
     (buf, parsed)
 }
 
@@ -184,7 +184,7 @@ proptest::proptest! {
     ) {
         let input = [prefix.as_bytes(), &bytes].concat();
         let mut buf = BytesMut::from(&input[..]);
-        match parse(&mut buf) {
+        match parse(&mut buf, &Limits::NONE) {
             Parsed::Partial => proptest::prop_assert_eq!(&buf[..], &input[..]),
             Parsed::Other(read) => {
                 proptest::prop_assert_eq!(&read[..], &input[..]);
