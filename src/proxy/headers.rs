@@ -77,8 +77,6 @@ impl Facts {
     }
 }
 
-/// Rejects what cannot be forwarded unambiguously. Runs before routing: a rejected request is
-/// never forwarded, and its connection is closed.
 /// The items of a comma-separated field value (RFC 9110 section 5.6.1), trimmed; empty ones
 /// included.
 pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -90,6 +88,38 @@ pub fn lists(value: &[u8], token: &[u8]) -> bool {
     list_items(value).any(|item| item.eq_ignore_ascii_case(token))
 }
 
+/// Whether the field name `name`, a token as a parser checked it, is `lower` (lowercase
+/// letters, digits and `-`) in any case. Eight bytes at a time: or-ing each byte with 0x20
+/// lowercases a letter and leaves a digit or `-` as it is, and turns no other token character
+/// into one of those. (Most names a proxy looks for are 10 to 17 bytes long: byte by byte,
+/// their comparisons were a tenth of the work of reading a backend's answer.)
+pub fn is_name(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let len = name.len();
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    let word = |bytes: &[u8], at: usize| {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word) | CASE
+    };
+    let mut at = 0;
+    while at + 8 < len {
+        if word(name, at) != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    // The last eight bytes, overlapping the ones before when the length is not a multiple.
+    word(name, len - 8) == word(lower, len - 8)
+}
+
+/// Rejects what cannot be forwarded unambiguously. Runs before routing: a rejected request is
+/// never forwarded, and its connection is closed.
 pub fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
     check_request_with(req, &Facts::of(req.headers()))
 }

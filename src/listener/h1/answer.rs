@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::WatchedIo;
 use crate::proxy::body::ResponseBody;
-use crate::proxy::headers::lists;
+use crate::proxy::headers::{is_name, lists};
 use crate::upstream::h1::{parse_length, write_field, RawFields};
 
 /// How the answer's body is framed.
@@ -194,7 +194,7 @@ pub(super) fn encode_head(
     for (name, value) in raw.into_iter().flat_map(RawFields::iter) {
         let set = |k: &HeaderName| {
             let k = k.as_str().as_bytes();
-            k.len() == name.len() && name.eq_ignore_ascii_case(k)
+            is_name(name, k)
         };
         if !parts.headers.keys().any(set) {
             fields.add(name, value);
@@ -268,7 +268,7 @@ struct Fields<'a> {
 impl Fields<'_> {
     /// One field, its name as given.
     fn add(&mut self, name: &[u8], value: &[u8]) {
-        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        let is = |known: &str| is_name(name, known.as_bytes());
         match name.len() {
             14 if is("content-length") => {
                 match (parse_length(value), self.length) {

@@ -34,7 +34,7 @@ use super::watched::WatchedIo;
 use super::ConnState;
 use crate::framing::Limits;
 use crate::proxy::body::NoBody;
-use crate::proxy::headers::lists;
+use crate::proxy::headers::{is_name, lists};
 use crate::proxy::Proxy;
 
 /// How a connection served here ended.
@@ -272,15 +272,15 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         // Bodies, upgrades, `100 Continue` and trailers are hyper's.
-        if name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"te")
+        if is_name(name, b"content-length")
+            || is_name(name, b"transfer-encoding")
+            || is_name(name, b"upgrade")
+            || is_name(name, b"expect")
+            || is_name(name, b"te")
         {
             return Parsed::Other(read);
         }
-        if name.eq_ignore_ascii_case(b"connection") {
+        if is_name(name, b"connection") {
             if lists(h.value, b"upgrade") {
                 return Parsed::Other(read);
             }

@@ -275,3 +275,45 @@ fn each_name_sets_its_own_bit() {
     assert_eq!(bit_among(&header::HOST, &HOP_BY_HOP), 0);
     assert_eq!(bit_among(&header::HOST, &OWN), 0);
 }
+
+#[test]
+fn names_are_compared_in_any_case_at_every_length() {
+    for lower in [
+        "te",
+        "date",
+        "upgrade",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+    ] {
+        assert!(is_name(lower.as_bytes(), lower.as_bytes()));
+        assert!(is_name(
+            lower.to_ascii_uppercase().as_bytes(),
+            lower.as_bytes()
+        ));
+        // One byte off, at each place: the first and last words overlap when the length is
+        // not a multiple of eight.
+        for at in 0..lower.len() {
+            let mut other = lower.as_bytes().to_vec();
+            other[at] = if other[at] == b'x' { b'y' } else { b'x' };
+            assert!(!is_name(&other, lower.as_bytes()), "{lower} at {at}");
+        }
+        assert!(!is_name(&lower.as_bytes()[1..], lower.as_bytes()));
+    }
+}
+
+proptest::proptest! {
+    /// For any two tokens, the same answer as a byte-by-byte comparison.
+    #[test]
+    fn name_comparison_agrees_with_a_byte_by_byte_one(
+        name in "[!#$%&'*+.^_`|~0-9A-Za-z-]{0,40}",
+        lower in "[0-9a-z-]{0,40}",
+        same in proptest::bool::ANY,
+    ) {
+        let name = if same { lower.to_ascii_uppercase() } else { name };
+        proptest::prop_assert_eq!(
+            is_name(name.as_bytes(), lower.as_bytes()),
+            name.as_bytes().eq_ignore_ascii_case(lower.as_bytes())
+        );
+    }
+}

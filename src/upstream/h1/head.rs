@@ -9,6 +9,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 use super::Error;
+use crate::proxy::headers::is_name;
 
 /// Response heads with more fields are refused (hyper's client allows 100 too).
 const MAX_HEADERS: usize = 100;
@@ -158,7 +159,7 @@ impl RawFields {
 
 /// `name` is `lower` (a lowercase name), in any case.
 fn same_name(lower: &[u8], name: &[u8]) -> bool {
-    lower.len() == name.len() && name.eq_ignore_ascii_case(lower)
+    is_name(name, lower)
 }
 
 /// Parses the response head at the start of `buf`; a complete head is split off `buf` (its
@@ -311,7 +312,7 @@ impl Facts {
     /// `proxy::headers::HopByHop`). Names are told apart by length first: most fields are none
     /// of these, and cost one comparison.
     fn note(&mut self, name: &str, value: &[u8]) -> Result<bool, Error> {
-        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        let is = |known: &str| is_name(name.as_bytes(), known.as_bytes());
         let hop_by_hop = match name.len() {
             14 if is("content-length") => {
                 // `Content-Length: 5, 5` and repeated equal fields are one length; any other
