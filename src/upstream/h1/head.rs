@@ -193,38 +193,40 @@ pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, E
         return Ok(Parsed::Informational);
     }
     let http10 = response.version == Some(0);
+    // Where a field's name and value are in the head: offsets within a head of at most the read
+    // limit, so they fit in 32 bits.
     let base = buf.as_ptr() as usize;
-    let mut indices = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let mut facts = Facts::default();
-    // Bit i: field i is hop-by-hop (`MAX_HEADERS` fits).
-    let mut hop_by_hop = 0u128;
-    for (i, (slot, header)) in indices.iter_mut().zip(response.headers.iter()).enumerate() {
-        if facts.note(header.name, header.value)? {
-            hop_by_hop |= 1 << i;
-        }
+    let span = |header: &httparse::Header<'_>| {
         let name = header.name.as_ptr() as usize - base;
         let value = header.value.as_ptr() as usize - base;
-        // Offsets within a head of at most the read limit: they fit in 32 bits.
-        *slot = (
+        [
             name as u32,
             (name + header.name.len()) as u32,
             value as u32,
             (value + header.value.len()) as u32,
-        );
+        ]
+    };
+    let mut facts = Facts::default();
+    // Bit i: field i is hop-by-hop (`MAX_HEADERS` fits).
+    let mut hop_by_hop = 0u128;
+    for (i, header) in response.headers.iter().enumerate() {
+        if facts.note(header.name, header.value)? {
+            hop_by_hop |= 1 << i;
+        }
     }
     let count = response.headers.len();
-    let head = buf.split_to(len).freeze();
     // The hop-by-hop fields are read (`facts`) but not kept, which spares the proxy a pass to
     // strip them; unless `Connection` names other fields, which that pass then removes too.
     let strip = !facts.names_others;
-    let kept = indices[..count]
+    let kept = response
+        .headers
         .iter()
         .enumerate()
         .filter(|&(i, _)| !strip || hop_by_hop & (1 << i) == 0)
-        .map(|(_, &(ns, ne, vs, ve))| [ns, ne, vs, ve]);
+        .map(|(_, header)| span(header));
     let (headers, raw) = if raw && strip && count <= RAW_FIELDS {
         let mut fields = Box::new(RawFields {
-            head,
+            head: Bytes::new(),
             count: 0,
             spans: [[0; 4]; RAW_FIELDS],
             set: [const { None }; SET_FIELDS],
@@ -233,10 +235,18 @@ pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, E
             fields.spans[fields.count] = span;
             fields.count += 1;
         }
+        fields.head = buf.split_to(len).freeze();
         (HeaderMap::new(), Some(fields))
     } else {
-        let mut headers = HeaderMap::with_capacity(count);
-        for [ns, ne, vs, ve] in kept {
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
+        let mut n = 0;
+        for span in kept {
+            spans[n] = span;
+            n += 1;
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(n);
+        for &[ns, ne, vs, ve] in &spans[..n] {
             let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
                 .map_err(|_| Error::Invalid("invalid response header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
