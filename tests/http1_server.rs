@@ -511,6 +511,28 @@ fn a_304_keeps_its_length_and_has_no_body() {
     }
 }
 
+/// The header maps of requests already sent are filled again by the next heads read on the
+/// worker: nothing of one request's fields reaches the backend with the next.
+#[test]
+fn a_request_carries_only_its_own_fields() {
+    let (backend, _gate, _sluice, mut conn) = echo_sluice();
+    conn.send(b"GET /first HTTP/1.1\r\nHost: app.test\r\nX-Secret: one\r\nAccept: a/b\r\n\r\n");
+    assert_eq!(conn.response().status(), 200);
+    conn.send(b"GET /second HTTP/1.1\r\nHost: app.test\r\nX-Other: two\r\n\r\n");
+    assert_eq!(conn.response().status(), 200);
+    let seen = backend.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].headers["x-secret"], "one");
+    assert_eq!(seen[0].headers["accept"], "a/b");
+    let second = &seen[1].headers;
+    assert_eq!(second["x-other"], "two");
+    assert!(
+        second.get("x-secret").is_none() && second.get("accept").is_none(),
+        "{second:?}"
+    );
+    assert_eq!(second.get_all("host").iter().count(), 1, "{second:?}");
+}
+
 /// A backend's own `X-Request-Id` fields (in any case) give way to sluice's one, the request's
 /// id, on sluice's own side where the backend's fields are written as they came.
 #[test]

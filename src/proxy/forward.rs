@@ -107,6 +107,9 @@ impl Upstream {
                     pool.dial(),
                     now.into_std(),
                 );
+                // Written: the map is for a next request's head.
+                let Parts { headers, .. } = parts;
+                super::headers::recycle_map(headers);
                 (Pending::H1(exchange), None)
             } else {
                 added.insert_into(request_id, &mut parts.headers);

@@ -656,5 +656,41 @@ pub fn hex_u64(n: u64) -> [u8; 16] {
     (v + each(b'0') + letters * 39).to_be_bytes()
 }
 
+/// The most request maps a worker keeps for reuse, and the most fields one may have room for.
+const SPARE_MAPS: usize = 64;
+const SPARE_MAP_ROOM: usize = 64;
+
+thread_local! {
+    /// Header maps of requests already sent (`recycle_map`), for the next request heads read on
+    /// this worker (`spare_map`): a request's map then costs no allocation. (Two were made and
+    /// freed per request, about 300 instructions of a small request's 18 000.)
+    static SPARE: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty map with room for `fields`: one this worker recycled, when it has one.
+pub fn spare_map(fields: usize) -> HeaderMap {
+    let map = SPARE.with_borrow_mut(Vec::pop);
+    match map {
+        Some(mut map) => {
+            map.reserve(fields);
+            map
+        }
+        None => HeaderMap::with_capacity(fields),
+    }
+}
+
+/// Keeps `map`, emptied, for a next request (`spare_map`); not one grown large.
+pub fn recycle_map(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_ROOM {
+        return;
+    }
+    map.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAPS {
+            spare.push(map);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests;

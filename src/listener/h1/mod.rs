@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use tokio::io::AsyncWriteExt;
 
@@ -34,7 +34,7 @@ use super::watched::WatchedIo;
 use super::ConnState;
 use crate::framing::Limits;
 use crate::proxy::body::NoBody;
-use crate::proxy::headers::{is_name, lists};
+use crate::proxy::headers::{is_name, lists, spare_map};
 use crate::proxy::Proxy;
 
 /// How a connection served here ended.
@@ -268,7 +268,7 @@ fn parse(buf: &mut BytesMut, limits: &Limits) -> Parsed {
         return Parsed::Other(read);
     };
     let mut close = false;
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    let mut headers = spare_map(req.headers.len());
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         // Bodies, upgrades, `100 Continue` and trailers are hyper's.

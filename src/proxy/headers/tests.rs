@@ -317,3 +317,28 @@ proptest::proptest! {
         );
     }
 }
+
+#[test]
+fn recycled_maps_come_back_empty_and_large_ones_are_not_kept() {
+    // A thread of its own: the spare maps are per thread.
+    std::thread::spawn(|| {
+        let mut map = spare_map(3);
+        map.insert(header::HOST, HeaderValue::from_static("a"));
+        map.append(header::ACCEPT, HeaderValue::from_static("b"));
+        let room = map.capacity();
+        recycle_map(map);
+        let again = spare_map(1);
+        assert!(again.is_empty());
+        assert_eq!(again.capacity(), room, "the same map, its room kept");
+
+        let mut large = HeaderMap::with_capacity(SPARE_MAP_ROOM + 1);
+        large.insert(header::HOST, HeaderValue::from_static("a"));
+        recycle_map(large);
+        assert!(
+            spare_map(1).capacity() < SPARE_MAP_ROOM,
+            "a large map was kept"
+        );
+    })
+    .join()
+    .unwrap();
+}
