@@ -83,14 +83,17 @@ async fn run(mut io: ServedIo, proxy: Proxy) -> Ended {
     loop {
         // A request head, complete.
         let (request, close) = loop {
-            if buf.is_empty() && state.winding_down.load(Ordering::Relaxed) {
-                return wind_down(io, proxy, &state).await;
-            }
-            match parse(&mut buf, &limits) {
-                Parsed::Request(request, close) => break (request, close),
-                Parsed::Partial if buf.len() <= limits.max_head => {}
-                Parsed::Partial => return hand_off(io, proxy, buf.split().freeze()),
-                Parsed::Other(read) => return hand_off(io, proxy, read),
+            if buf.is_empty() {
+                if state.winding_down.load(Ordering::Relaxed) {
+                    return wind_down(io, proxy, &state).await;
+                }
+            } else {
+                match parse(&mut buf, &limits) {
+                    Parsed::Request(request, close) => break (request, close),
+                    Parsed::Partial if buf.len() <= limits.max_head => {}
+                    Parsed::Partial => return hand_off(io, proxy, buf.split().freeze()),
+                    Parsed::Other(read) => return hand_off(io, proxy, read),
+                }
             }
             match read(io.inner_mut(), &mut buf, &state).await {
                 Read::Data => {}

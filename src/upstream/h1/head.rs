@@ -96,6 +96,8 @@ pub struct RawFields {
     head: Bytes,
     count: usize,
     spans: [[u32; 4]; RAW_FIELDS],
+    /// Bit i: field i gave way to one sluice set (`set`).
+    replaced: u32,
     /// Fields sluice sets in the answer (`x-request-id`, HSTS), in place of any of the
     /// backend's with the same name: kept here rather than in a map made for them alone (two
     /// allocations per answer).
@@ -111,15 +113,18 @@ const RAW_FIELDS: usize = 32;
 impl RawFields {
     /// The backend's fields, `(name, value)`, in its order; those sluice sets too are left out.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.spans[..self.count]
-            .iter()
-            .map(|&[ns, ne, vs, ve]| {
-                (
-                    &self.head[ns as usize..ne as usize],
-                    &self.head[vs as usize..ve as usize],
-                )
-            })
-            .filter(|(name, _)| !self.is_set(name))
+        (0..self.count)
+            .filter(|&i| self.replaced & (1 << i) == 0)
+            .map(|i| self.field(i))
+    }
+
+    /// Field `i`, `(name, value)`.
+    fn field(&self, i: usize) -> (&[u8], &[u8]) {
+        let [ns, ne, vs, ve] = self.spans[i];
+        (
+            &self.head[ns as usize..ne as usize],
+            &self.head[vs as usize..ve as usize],
+        )
     }
 
     /// Sets `name` (lowercase, as `HeaderName`s are) to `value` in the answer, in place of the
@@ -130,22 +135,16 @@ impl RawFields {
         name: &'static HeaderName,
         value: HeaderValue,
     ) -> Result<(), HeaderValue> {
-        match self.set.iter_mut().find(|slot| slot.is_none()) {
-            Some(slot) => {
-                *slot = Some((name, value));
-                Ok(())
+        let Some(slot) = self.set.iter_mut().find(|slot| slot.is_none()) else {
+            return Err(value);
+        };
+        *slot = Some((name, value));
+        for i in 0..self.count {
+            if is_name(self.field(i).0, name.as_str().as_bytes()) {
+                self.replaced |= 1 << i;
             }
-            None => Err(value),
         }
-    }
-
-    /// Whether sluice set a field of this name (`set`).
-    fn is_set(&self, name: &[u8]) -> bool {
-        self.set.iter().any(|field| {
-            field
-                .as_ref()
-                .is_some_and(|(set, _)| same_name(set.as_str().as_bytes(), name))
-        })
+        Ok(())
     }
 
     /// The fields sluice set (`set`), `(name, value)`.
@@ -155,11 +154,6 @@ impl RawFields {
             .flatten()
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
     }
-}
-
-/// `name` is `lower` (a lowercase name), in any case.
-fn same_name(lower: &[u8], name: &[u8]) -> bool {
-    is_name(name, lower)
 }
 
 /// Parses the response head at the start of `buf`; a complete head is split off `buf` (its
@@ -229,6 +223,7 @@ pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, E
             head: Bytes::new(),
             count: 0,
             spans: [[0; 4]; RAW_FIELDS],
+            replaced: 0,
             set: [const { None }; SET_FIELDS],
         });
         for span in kept {
