@@ -533,6 +533,81 @@ fn a_request_carries_only_its_own_fields() {
     assert_eq!(second.get_all("host").iter().count(), 1, "{second:?}");
 }
 
+/// A backend's field lines go out as it wrote them (names in its case, in its order, its
+/// `Content-Length` and `Date` where they were), except the hop-by-hop ones; a line written
+/// otherwise than `name: value` CRLF is written anew, and a length given twice or as a list is
+/// given once.
+#[test]
+fn a_backends_field_lines_go_out_as_written_or_written_anew() {
+    let backend = raw_backend(|path| match path {
+        "/plain" => "HTTP/1.1 200 OK\r\nServer: Raw\r\nDate: Sat, 21 Nov 2026 10:00:00 GMT\r\n\
+                     X-Spaced:   padded\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\
+                     X-Tab:\tv\r\nETag: \"e\"\r\n\r\nok"
+            .to_string(),
+        "/bare" => "HTTP/1.1 200 OK\nServer: Raw\nContent-Length: 2\nX-After: 1\n\nok".to_string(),
+        _ => "HTTP/1.1 200 OK\r\nServer: Raw\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\
+              X-After: 1\r\n\r\nok"
+            .to_string(),
+    });
+    let sluice = TestSluice::start(&config_with(&[backend], "", "", ""));
+    let mut conn = RawConn::open(sluice.addr());
+    let mut lines = |path: &str| -> Vec<String> {
+        conn.send(get_request(path).as_bytes());
+        let mut lines = Vec::new();
+        loop {
+            let line = conn.take_line();
+            if line.is_empty() {
+                break;
+            }
+            // The request id is sluice's own, new each time.
+            if !line.starts_with("x-request-id: ") {
+                lines.push(line);
+            }
+        }
+        assert_eq!(conn.take_exact(2), b"ok");
+        lines
+    };
+    assert_eq!(
+        lines("/plain"),
+        [
+            "HTTP/1.1 200 OK",
+            "Server: Raw",
+            "Date: Sat, 21 Nov 2026 10:00:00 GMT",
+            "X-Spaced: padded",
+            "Content-Length: 2",
+            "X-Tab: v",
+            "ETag: \"e\"",
+        ]
+    );
+    // Bare line feeds are not passed on: every line ends in CRLF (`take_line` would keep a
+    // bare LF inside a line). sluice adds the `Date` the backend did not send.
+    let bare = lines("/bare");
+    assert_eq!(
+        bare[..4],
+        [
+            "HTTP/1.1 200 OK",
+            "Server: Raw",
+            "Content-Length: 2",
+            "X-After: 1"
+        ]
+    );
+    assert_eq!(bare.len(), 5, "{bare:?}");
+    assert!(bare[4].starts_with("date: "), "{bare:?}");
+    let listed = lines("/listed");
+    assert_eq!(
+        listed[..3],
+        ["HTTP/1.1 200 OK", "Server: Raw", "X-After: 1"]
+    );
+    assert!(
+        listed.contains(&"content-length: 2".to_string()),
+        "{listed:?}"
+    );
+    let lengths = listed
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-length"));
+    assert_eq!(lengths.count(), 1, "{listed:?}");
+}
+
 /// A backend's own `X-Request-Id` fields (in any case) give way to sluice's one, the request's
 /// id, on sluice's own side where the backend's fields are written as they came.
 #[test]

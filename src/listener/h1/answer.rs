@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use super::WatchedIo;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::headers::{is_name, lists};
-use crate::upstream::h1::{parse_length, write_field, RawFields};
+use crate::upstream::h1::{parse_length, write_field, Lengths, RawFields};
 
 /// How the answer's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -189,15 +189,27 @@ pub(super) fn encode_head(
         listed_close: false,
         length: None,
         lengths_agree: true,
+        length_in_place: false,
         wrote_date: false,
     };
-    for (name, value) in raw.into_iter().flat_map(RawFields::iter) {
-        let set = |k: &HeaderName| {
-            let k = k.as_str().as_bytes();
-            is_name(name, k)
-        };
-        if !parts.headers.keys().any(set) {
-            fields.add(name, value);
+    match raw {
+        // Most answers: the backend's field lines go out as it wrote them, and what they say
+        // about the length and the date was noted as its head was read.
+        Some(raw) if parts.headers.is_empty() && raw.lengths() != Lengths::Other => {
+            raw.write_to(fields.out);
+            if let Lengths::Plain(n) = raw.lengths() {
+                fields.length = Some(n);
+                fields.length_in_place = true;
+            }
+            fields.wrote_date = raw.date;
+        }
+        _ => {
+            for (name, value) in raw.into_iter().flat_map(RawFields::iter) {
+                let set = |k: &HeaderName| is_name(name, k.as_str().as_bytes());
+                if !parts.headers.keys().any(set) {
+                    fields.add(name, value);
+                }
+            }
         }
     }
     for (name, value) in raw.into_iter().flat_map(RawFields::set_fields) {
@@ -211,6 +223,7 @@ pub(super) fn encode_head(
         listed_close,
         length,
         lengths_agree,
+        length_in_place,
         wrote_date,
         ..
     } = fields;
@@ -231,7 +244,9 @@ pub(super) fn encode_head(
         };
         match length {
             Some(n) => {
-                write_length(out, n);
+                if !length_in_place {
+                    write_length(out, n);
+                }
                 Framing::Length(n)
             }
             None => {
@@ -262,6 +277,8 @@ struct Fields<'a> {
     /// The `Content-Length` given (written once, after the fields, when there is a body).
     length: Option<u64>,
     lengths_agree: bool,
+    /// The one `Content-Length` field went out where the backend had it (`RawFields::write_to`).
+    length_in_place: bool,
     wrote_date: bool,
 }
 

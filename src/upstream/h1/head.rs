@@ -98,10 +98,27 @@ pub struct RawFields {
     spans: [[u32; 4]; RAW_FIELDS],
     /// Bit i: field i gave way to one sluice set (`set`).
     replaced: u32,
+    /// The length the fields give, when one `Content-Length` field gives it plainly (no list);
+    /// `None` with no such field, or with several, or a list (`plain_length`).
+    length: Option<u64>,
+    /// `Content-Length` fields.
+    lengths: u8,
+    /// A `Date` field is among them.
+    pub date: bool,
     /// Fields sluice sets in the answer (`x-request-id`, HSTS), in place of any of the
     /// backend's with the same name: kept here rather than in a map made for them alone (two
     /// allocations per answer).
     set: [Option<(&'static HeaderName, HeaderValue)>; SET_FIELDS],
+}
+
+/// What a head's `Content-Length` fields say (`RawFields::lengths`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lengths {
+    Absent,
+    /// One field, of one number.
+    Plain(u64),
+    /// Several fields, or a list: an answer gives the length once, normalised.
+    Other,
 }
 
 /// How many fields sluice may set in an answer whose fields stay unparsed.
@@ -145,6 +162,40 @@ impl RawFields {
             }
         }
         Ok(())
+    }
+
+    /// What the `Content-Length` fields say.
+    pub fn lengths(&self) -> Lengths {
+        match (self.lengths, self.length) {
+            (0, _) => Lengths::Absent,
+            (1, Some(n)) => Lengths::Plain(n),
+            _ => Lengths::Other,
+        }
+    }
+
+    /// Writes the fields kept (`iter`) into `out` as HTTP/1.1 field lines. Lines the backend
+    /// wrote as `name: value` CRLF go as it wrote them, consecutive ones in one copy (most
+    /// answers' fields are one or two runs of the head); any other line is written anew.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let head = &self.head[..];
+        // The run of the head's bytes being gathered: `start..end`.
+        let mut run = 0..0;
+        for i in (0..self.count).filter(|&i| self.replaced & (1 << i) == 0) {
+            let [ns, ne, vs, ve] = self.spans[i].map(|at| at as usize);
+            let line_end = ve + 2;
+            let plain = head.get(ne..vs) == Some(b": ") && head.get(ve..line_end) == Some(b"\r\n");
+            if plain && run.end == ns && !run.is_empty() {
+                run.end = line_end;
+                continue;
+            }
+            out.extend_from_slice(&head[run]);
+            run = 0..0;
+            match plain {
+                true => run = ns..line_end,
+                false => write_field(out, &head[ns..ne], &head[vs..ve]),
+            }
+        }
+        out.extend_from_slice(&head[run]);
     }
 
     /// The fields sluice set (`set`), `(name, value)`.
@@ -224,6 +275,9 @@ pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, E
             count: 0,
             spans: [[0; 4]; RAW_FIELDS],
             replaced: 0,
+            length: facts.length.filter(|_| !facts.length_listed),
+            lengths: facts.lengths,
+            date: facts.date,
             set: [const { None }; SET_FIELDS],
         });
         for span in kept {
@@ -306,6 +360,11 @@ pub fn parse(buf: &mut BytesMut, method: &Method, raw: bool) -> Result<Parsed, E
 #[derive(Default)]
 struct Facts {
     length: Option<u64>,
+    /// `Content-Length` fields (saturating).
+    lengths: u8,
+    /// A `Content-Length` value was a list.
+    length_listed: bool,
+    date: bool,
     transfer_encoding: bool,
     /// The last transfer coding named is `chunked`.
     chunked_last: bool,
@@ -324,6 +383,8 @@ impl Facts {
         let is = |known: &str| is_name(name.as_bytes(), known.as_bytes());
         let hop_by_hop = match name.len() {
             14 if is("content-length") => {
+                self.lengths = self.lengths.saturating_add(1);
+                self.length_listed |= value.contains(&b',');
                 // `Content-Length: 5, 5` and repeated equal fields are one length; any other
                 // disagreement makes the body's end unknowable.
                 for part in value.split(|&b| b == b',') {
@@ -361,6 +422,10 @@ impl Facts {
             16 => is("proxy-connection"),
             7 => is("upgrade"),
             2 => is("te"),
+            4 => {
+                self.date |= is("date");
+                false
+            }
             _ => false,
         };
         Ok(hop_by_hop)
@@ -549,6 +614,19 @@ mod tests {
         let head = raw(&format!("HTTP/1.1 204 No Content\r\n{many}\r\n"));
         assert!(head.raw.is_none());
         assert_eq!(head.response.headers().len(), RAW_FIELDS + 1);
+    }
+
+    #[test]
+    fn unparsed_fields_say_what_their_length_and_date_are() {
+        let fields = |text: &str| raw(text).raw.expect("left unparsed");
+        let one = fields("HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 2\r\n\r\n");
+        assert_eq!((one.lengths(), one.date), (Lengths::Plain(2), true));
+        let none = fields("HTTP/1.1 200 OK\r\nX-Date: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!((none.lengths(), none.date), (Lengths::Absent, false));
+        let list = fields("HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\n");
+        assert_eq!(list.lengths(), Lengths::Other);
+        let twice = fields("HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n");
+        assert_eq!(twice.lengths(), Lengths::Other);
     }
 
     #[test]

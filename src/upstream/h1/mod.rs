@@ -14,7 +14,7 @@
 mod body;
 mod head;
 
-pub use self::head::{parse_length, write_field, RawFields};
+pub use self::head::{parse_length, write_field, Lengths, RawFields};
 
 use std::collections::VecDeque;
 use std::future::Future;
