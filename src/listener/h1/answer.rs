@@ -39,7 +39,10 @@ pub(super) async fn respond(
     out.clear();
     let raw = body.take_raw_fields();
     let (framing, close) = encode_head(&parts, raw.as_deref(), &body, head, closing, out);
-    drop((parts, raw));
+    drop(parts);
+    if let Some(raw) = raw {
+        raw.recycle();
+    }
     let mut remaining = match framing {
         Framing::Length(n) => n,
         _ => 0,
