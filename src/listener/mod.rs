@@ -165,7 +165,7 @@ impl ConnState {
         }
         self.inflight.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NONE, Ordering::Relaxed);
-        ActiveRequest(self.clone())
+        ActiveRequest(self.clone(), NONE)
     }
 
     fn on_read(&self) {
@@ -239,13 +239,21 @@ impl Drop for WatchedDeadline<'_> {
     }
 }
 
-/// RAII: one request in flight on a connection.
+/// RAII: one request in flight on a connection; with when it ended, if its owner read the
+/// clock then (`ended_at`), in the connection's milliseconds.
 #[derive(Debug)]
-pub struct ActiveRequest(Arc<ConnState>);
+pub struct ActiveRequest(Arc<ConnState>, u64);
 
 impl ActiveRequest {
     pub fn conn(&self) -> &ConnState {
         &self.0
+    }
+
+    /// The request ends at `now`: the connection's idle time counts from it, with no clock
+    /// read of its own.
+    pub fn ended_at(&mut self, now: Instant) {
+        let ms = now.saturating_duration_since(self.0.epoch).as_millis();
+        self.1 = u64::try_from(ms).unwrap_or(NONE - 1);
     }
 }
 
@@ -253,7 +261,11 @@ impl Drop for ActiveRequest {
     fn drop(&mut self) {
         let state = &self.0;
         if state.inflight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            state.idle_since.store(state.now_ms(), Ordering::Relaxed);
+            let now = match self.1 {
+                NONE => state.now_ms(),
+                ended => ended,
+            };
+            state.idle_since.store(now, Ordering::Relaxed);
         }
     }
 }

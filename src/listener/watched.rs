@@ -33,9 +33,10 @@ pub(super) struct WatchedIo {
     /// The replayed bytes have not been through the framing scanner yet (the first bytes;
     /// a dormant connection's went through it when hyper read them).
     pub(super) scan_replay: bool,
-    /// The framing scanner sees the bytes read. Not while sluice's own HTTP/1 side reads the
-    /// heads itself (`listener::h1`): it hands hyper every byte from the start of the head it
-    /// does not serve, to be scanned then (`scan_replay`).
+    /// The framing scanner sees the bytes read, and the head timer starts with them. Not while
+    /// sluice's own HTTP/1 side reads the heads itself (`listener::h1`): it starts the timer
+    /// when a head is not complete in what it read, and hands hyper every byte from the start
+    /// of a head it does not serve, to be scanned then (`scan_replay`).
     pub(super) scanning: bool,
 }
 
@@ -111,7 +112,11 @@ impl AsyncRead for WatchedIo {
                 // Even empty, the `Bytes` holds its whole buffer.
                 this.replay = bytes::Bytes::new();
             }
-            if !this.scan_replay || !this.scanning {
+            if !this.scanning {
+                // sluice's own side times its heads itself.
+                return Poll::Ready(Ok(()));
+            }
+            if !this.scan_replay {
                 this.state.on_read();
                 return Poll::Ready(Ok(()));
             }
@@ -124,12 +129,9 @@ impl AsyncRead for WatchedIo {
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if !this.scanning {
-                this.state.on_read();
-            } else if this.scan(buf, before) {
-                return Poll::Ready(Ok(()));
-            }
+        // (sluice's own side, not scanning, times its heads itself.)
+        if buf.filled().len() > before && this.scanning && this.scan(buf, before) {
+            return Poll::Ready(Ok(()));
         }
         result
     }

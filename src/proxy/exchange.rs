@@ -23,7 +23,7 @@ use crate::upstream::InFlight;
 
 #[derive(Debug)]
 pub struct Exchange {
-    _active: ActiveRequest,
+    active: ActiveRequest,
     backend: Option<InFlight>,
     start: Instant,
     /// The status sent, 0 until one is.
@@ -123,7 +123,7 @@ impl Exchange {
             .filter(|l| !l.routes.is_empty())
             .map(|l| (snapshot.clone(), listener, l.routes.len() - 1));
         Exchange {
-            _active: active,
+            active,
             backend: None,
             start: Instant::now(),
             status: 0,
@@ -141,7 +141,7 @@ impl Exchange {
 
     /// The downstream connection the request arrived on.
     pub fn conn(&self) -> &crate::listener::ConnState {
-        self._active.conn()
+        self.active.conn()
     }
 
     pub fn log_mut(&mut self) -> Option<&mut AccessRecord> {
@@ -182,7 +182,7 @@ impl Exchange {
     /// duration and the bytes sent.
     fn record(&self, status: u16, took: Duration) {
         if self.bytes_out > 0 {
-            if let Some(counters) = self._active.conn().listener_counters() {
+            if let Some(counters) = self.active.conn().listener_counters() {
                 counters.add_sent(self.bytes_out);
             }
         }
@@ -203,7 +203,9 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        let total = self.start.elapsed();
+        let now = Instant::now();
+        let total = now.saturating_duration_since(self.start);
+        self.active.ended_at(now);
         // No status reached a client that went away first.
         let status = match self.status {
             0 => CLIENT_CLOSED,

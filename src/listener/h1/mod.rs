@@ -90,7 +90,9 @@ async fn run(mut io: ServedIo, proxy: Proxy) -> Ended {
             } else {
                 match parse(&mut buf, &limits) {
                     Parsed::Request(request, close) => break (request, close),
-                    Parsed::Partial if buf.len() <= limits.max_head => {}
+                    // The head is not all here: its timer runs from now (`header_read_timeout`).
+                    // A head read whole in one go is never timed, and costs no clock reading.
+                    Parsed::Partial if buf.len() <= limits.max_head => state.on_read(),
                     Parsed::Partial => return hand_off(io, proxy, buf.split().freeze()),
                     Parsed::Other(read) => return hand_off(io, proxy, read),
                 }
