@@ -258,8 +258,8 @@ fn smuggled_request_never_reaches_the_backend() {
 
 // ---- limits ----
 
-#[test]
-fn over_long_uri_gets_414() {
+/// A sluice with `max_uri_bytes = 1024` in front of a recording backend.
+fn with_uri_limit_1024() -> (TestBackend, TestSluice) {
     let backend = TestBackend::start("app");
     let sluice = TestSluice::start(&config_with(
         &[backend.addr],
@@ -267,6 +267,12 @@ fn over_long_uri_gets_414() {
         "max_uri_bytes = 1024",
         "",
     ));
+    (backend, sluice)
+}
+
+#[test]
+fn over_long_uri_gets_414() {
+    let (backend, sluice) = with_uri_limit_1024();
     let path = format!("/{}", "a".repeat(1999));
     let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
     let response = assert_rejected_by(&sluice, &backend, request.as_bytes(), 414);
@@ -488,13 +494,7 @@ fn a_bad_head_pipelined_behind_a_good_one_is_refused_after_it() {
 /// any number of `GET`s, in separate reads or pipelined behind them.
 #[test]
 fn heads_after_gets_served_by_sluices_own_side_are_still_scanned() {
-    let backend = TestBackend::start("app");
-    let sluice = TestSluice::start(&config_with(
-        &[backend.addr],
-        "",
-        "max_uri_bytes = 1024",
-        "",
-    ));
+    let (backend, sluice) = with_uri_limit_1024();
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
 
     // `Content-Length` with `Transfer-Encoding`: hyper alone would drop the length and forward.
