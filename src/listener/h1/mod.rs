@@ -59,7 +59,7 @@ pub(super) fn serve(io: ServedIo, proxy: Proxy) -> Serving {
     Box::pin(run(io, proxy))
 }
 
-/// What a first read allocates, as hyper's does; heads of up to `max_head` grow it.
+/// What a first read allocates, as hyper's does; heads of up to the scanner's `max_head` grow it.
 const READ_BUFFER: usize = 8192;
 
 /// The most header fields a head read here may have (hyper's default too).
