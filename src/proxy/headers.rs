@@ -4,6 +4,7 @@
 //! hyper accepts several ambiguous HTTP/1 framings that a proxy must not forward (request
 //! smuggling), so `check_request` re-checks what hyper let through.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -664,7 +665,7 @@ thread_local! {
     /// Header maps of requests already sent (`recycle_map`), for the next request heads read on
     /// this worker (`spare_map`): a request's map then costs no allocation. (Two were made and
     /// freed per request, about 300 instructions of a small request's 18 000.)
-    static SPARE: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty map with room for `fields`: one this worker recycled, when it has one.

@@ -1,6 +1,7 @@
 //! The two heads of an HTTP/1.1 exchange: the request head sluice writes, and the response head
 //! it reads, with the framing of the body that follows (RFC 9112 §6.3).
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -120,7 +121,7 @@ thread_local! {
     /// ~700 bytes from the stack.
     // Boxes, not the values: a box is what an answer carries and gives back, with no copy.
     #[allow(clippy::vec_box)]
-    static SPARE: std::cell::RefCell<Vec<Box<RawFields>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE: RefCell<Vec<Box<RawFields>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RawFields {
